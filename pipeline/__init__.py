@@ -1,0 +1,1 @@
+"""Control plane: CLI, configuration, storage interface. Never imports torch, decord or transformers."""

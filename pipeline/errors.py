@@ -1,0 +1,21 @@
+"""Errors that carry a message meant for the user, and the exit code the CLI gives them."""
+
+
+class Sam3vError(Exception):
+    """Base class. ``str(err)`` is one line a user can act on."""
+
+    exit_code = 1
+
+
+class InputError(Sam3vError):
+    """The user's input is at fault (missing file, not a video, bad prompt, bad option): exit 2."""
+
+    exit_code = 2
+
+
+class ModelUnavailableError(InputError):
+    """The model source cannot be loaded; the message says how to get one."""
+
+
+class ProcessingError(Sam3vError):
+    """Something failed while processing valid input (encoder crash, storage failure): exit 1."""
