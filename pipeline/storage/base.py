@@ -1,0 +1,36 @@
+"""The storage interface every backend implements.
+
+Keys are relative, '/'-separated. A key becomes visible only when its content is complete: a
+reader never sees a half-written result.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+
+class Storage(ABC):
+    @abstractmethod
+    def put_file(self, local_path: Path, key: str) -> str:
+        """Store a finished local file under ``key``; returns its URI."""
+
+    @abstractmethod
+    def put_bytes(self, data: bytes, key: str) -> str:
+        """Store ``data`` under ``key``; returns its URI."""
+
+    @abstractmethod
+    def get_bytes(self, key: str) -> bytes: ...
+
+    @abstractmethod
+    def exists(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def uri(self, key: str) -> str: ...
+
+
+def check_key(key: str) -> str:
+    parts = key.split("/")
+    if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise ValueError(f"invalid storage key {key!r}")
+    return key

@@ -1,0 +1,47 @@
+"""Local-directory storage (embedded mode, `sam3v segment --out DIR`)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+from pipeline.storage.base import Storage, check_key
+
+
+class LocalStorage(Storage):
+    def __init__(self, root: str | Path):
+        self.root = Path(root).expanduser().resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        return self.root / check_key(key)
+
+    def _publish(self, key: str, write) -> str:
+        final = self._path(key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        # Write beside the target under a name no reader takes for a result, then rename: atomic
+        # on one filesystem, so a crash leaves either the old file or the new one.
+        tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex}.partial")
+        try:
+            write(tmp)
+            os.replace(tmp, final)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return self.uri(key)
+
+    def put_file(self, local_path: Path, key: str) -> str:
+        return self._publish(key, lambda tmp: shutil.copyfile(local_path, tmp))
+
+    def put_bytes(self, data: bytes, key: str) -> str:
+        return self._publish(key, lambda tmp: tmp.write_bytes(data))
+
+    def get_bytes(self, key: str) -> bytes:
+        return self._path(key).read_bytes()
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def uri(self, key: str) -> str:
+        return str(self._path(key))

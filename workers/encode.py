@@ -1,0 +1,117 @@
+"""Encode composited frames: an ffmpeg process fed raw frames through a pipe (ffmpeg-python).
+
+Frames are the ones already decoded for the model, so the source is never decoded twice. ffmpeg
+converts rgb24 to yuv420p with swscale inside its own process, which runs beside ours.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import ffmpeg
+import numpy as np
+
+from pipeline.errors import ProcessingError
+
+
+@dataclass(frozen=True)
+class EncoderSettings:
+    codec: str = "auto"  # auto: h264_nvenc where the GPU has an encoder, libx264 otherwise
+    preset: str = "veryfast"
+    crf: int = 20
+
+
+@lru_cache(maxsize=1)
+def nvenc_available() -> bool:
+    """True only if h264_nvenc actually opens (H100/A100 list it but have no NVENC unit)."""
+    try:
+        probe = subprocess.run(
+            ["ffmpeg", "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i", "color=black:s=256x256:d=0.1",
+             "-frames:v", "1", "-c:v", "h264_nvenc", "-f", "null", "-"],
+            capture_output=True, timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return probe.returncode == 0
+
+
+def resolve_codec(settings: EncoderSettings) -> str:
+    if settings.codec != "auto":
+        return settings.codec
+    return "h264_nvenc" if nvenc_available() else "libx264"
+
+
+def even(n: int) -> int:
+    return n + (n % 2)
+
+
+def _codec_args(codec: str, settings: EncoderSettings, no_bframes: bool) -> dict:
+    if codec == "h264_nvenc":
+        args = {"preset": "p4", "cq": settings.crf, "rc": "vbr"}
+    else:
+        args = {"preset": settings.preset, "crf": settings.crf}
+    if no_bframes:
+        # Packets then come in display order, so VFR timestamps can be written back one to one.
+        args["bf"] = 0
+    return args
+
+
+class FrameEncoder:
+    """Write (H, W, 3) uint8 RGB frames; odd sizes are padded to even at the right/bottom edge."""
+
+    def __init__(self, path: Path, width: int, height: int, fps_rational: str,
+                 settings: EncoderSettings = EncoderSettings(), no_bframes: bool = False):
+        self.path = Path(path)
+        self.width, self.height = width, height
+        self.codec = resolve_codec(settings)
+        self.frames_written = 0
+        stream = ffmpeg.input("pipe:", format="rawvideo", pix_fmt="rgb24", s=f"{width}x{height}",
+                              framerate=fps_rational)
+        if (width, height) != (even(width), even(height)):
+            stream = stream.filter("pad", even(width), even(height), 0, 0, color="black")
+        stream = stream.output(
+            str(self.path), vcodec=self.codec, pix_fmt="yuv420p", an=None,
+            movflags="+faststart", **_codec_args(self.codec, settings, no_bframes),
+        )
+        args = stream.global_args("-hide_banner", "-loglevel", "error", "-nostdin").overwrite_output().compile()
+        self._proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self._stderr = bytearray()
+        # Drain stderr continuously: a full stderr pipe would block ffmpeg and then us.
+        self._drain = threading.Thread(target=self._read_stderr, daemon=True)
+        self._drain.start()
+
+    def _read_stderr(self) -> None:
+        for chunk in iter(lambda: self._proc.stderr.read(4096), b""):
+            self._stderr.extend(chunk)
+
+    def _error(self, what: str) -> ProcessingError:
+        tail = self._stderr.decode("utf-8", "replace").strip().splitlines()[-3:]
+        return ProcessingError(f"ffmpeg ({self.codec}) {what} writing {self.path.name}: {' | '.join(tail) or 'no message'}")
+
+    def write(self, rgb: np.ndarray) -> None:
+        if rgb.shape != (self.height, self.width, 3):
+            raise ValueError(f"frame is {rgb.shape}, encoder expects {(self.height, self.width, 3)}")
+        try:
+            self._proc.stdin.write(memoryview(np.ascontiguousarray(rgb)).cast("B"))
+        except BrokenPipeError:
+            self._proc.wait()
+            self._drain.join()
+            raise self._error("exited early") from None
+        self.frames_written += 1
+
+    def close(self) -> None:
+        self._proc.stdin.close()
+        code = self._proc.wait()
+        self._drain.join()
+        if code != 0:
+            raise self._error(f"failed (exit {code})")
+
+    def abort(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.kill()
+        self._proc.wait()
+        self.path.unlink(missing_ok=True)

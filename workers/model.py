@@ -1,0 +1,128 @@
+"""Load SAM 3 (model + tokenizer) once, on the requested device, or fail with a way forward."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import transformers
+from transformers import AutoTokenizer, Sam3VideoModel
+
+from pipeline.errors import InputError, ModelUnavailableError
+from workers.tiny_model import TINY_WARNING, is_tiny_model_dir
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "facebook/sam3"
+
+HOW_TO_GET_A_MODEL = (
+    "Real weights: accept the licence at https://huggingface.co/facebook/sam3, set HF_TOKEN and use "
+    "--model facebook/sam3 (or save it with save_pretrained and pass the directory). "
+    "For a meaningless test model: `sam3v model tiny DIR` then --model DIR."
+)
+
+
+@dataclass
+class LoadedModel:
+    model: Sam3VideoModel
+    tokenizer: object
+    device: torch.device
+    source: str
+    revision: str
+    is_tiny: bool
+
+    @property
+    def image_size(self) -> int:
+        return int(self.model.config.image_size)
+
+    @property
+    def hotstart_delay(self) -> int:
+        return int(self.model.hotstart_delay)
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        # bf16 autocast on CUDA (weights stay fp32); full precision on CPU.
+        return torch.bfloat16 if self.device.type == "cuda" else None
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda: no CUDA device is available on this machine (use --device cpu)")
+    if name not in ("cpu", "cuda"):
+        raise InputError(f"--device {name!r}: expected auto, cpu or cuda")
+    return torch.device(name)
+
+
+def _looks_like_path(source: str) -> bool:
+    # Hugging Face ids are exactly "owner/name"; anything else is a directory.
+    return Path(source).expanduser().exists() or source.startswith((".", "/", "~")) or source.count("/") != 1
+
+
+def _local_revision(directory: Path) -> str:
+    # Identifies the weights without hashing gigabytes: config plus each weight file's name and size.
+    digest = hashlib.sha256((directory / "config.json").read_bytes())
+    for weights in sorted(directory.glob("*.safetensors")):
+        digest.update(f"{weights.name}:{weights.stat().st_size}".encode())
+    return "local-" + digest.hexdigest()[:16]
+
+
+def _load_local(directory: Path) -> tuple[Sam3VideoModel, object, str]:
+    if not directory.is_dir():
+        raise ModelUnavailableError(f"model directory not found: {directory}. {HOW_TO_GET_A_MODEL}")
+    config = directory / "config.json"
+    if not config.is_file():
+        raise ModelUnavailableError(f"{directory} holds no config.json (not a save_pretrained model). {HOW_TO_GET_A_MODEL}")
+    try:
+        model_type = json.loads(config.read_text()).get("model_type")
+    except ValueError as err:
+        raise ModelUnavailableError(f"{config} is not valid JSON ({err}). {HOW_TO_GET_A_MODEL}") from err
+    if model_type != "sam3_video":
+        raise ModelUnavailableError(
+            f"{directory} holds a {model_type!r} model, not a SAM 3 video model (sam3_video). {HOW_TO_GET_A_MODEL}"
+        )
+    try:
+        model = Sam3VideoModel.from_pretrained(directory)
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+    except (OSError, ValueError) as err:
+        raise ModelUnavailableError(f"cannot load the model in {directory}: {err}. {HOW_TO_GET_A_MODEL}") from err
+    return model, tokenizer, _local_revision(directory)
+
+
+def _load_hub(repo_id: str) -> tuple[Sam3VideoModel, object, str]:
+    try:
+        model = Sam3VideoModel.from_pretrained(repo_id)
+        tokenizer = AutoTokenizer.from_pretrained(repo_id)
+    except Exception as err:  # hub errors come in many classes (gated, offline, not found, HTTP)
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        token_hint = "" if os.environ.get("HF_TOKEN") else " HF_TOKEN is not set."
+        raise ModelUnavailableError(
+            f"cannot load model {repo_id!r} from Hugging Face ({reason}).{token_hint} {HOW_TO_GET_A_MODEL}"
+        ) from err
+    revision = getattr(model.config, "_commit_hash", None) or "unknown"
+    return model, tokenizer, revision
+
+
+def load_model(source: str = DEFAULT_MODEL, device: str = "auto") -> LoadedModel:
+    """Load the model before any video is read, so a missing model fails first and clearly."""
+    torch_device = resolve_device(device)
+    # transformers warns on every frame once max_num_objects is reached, and about optional CUDA
+    # kernels; neither is actionable for a user of this tool.
+    transformers.logging.set_verbosity_error()
+    expanded = Path(os.path.expanduser(source))
+    if _looks_like_path(source):
+        model, tokenizer, revision = _load_local(expanded)
+        tiny = is_tiny_model_dir(expanded)
+    else:
+        model, tokenizer, revision = _load_hub(source)
+        tiny = False
+    if tiny:
+        log.info(TINY_WARNING)
+    model = model.to(torch_device).eval()
+    return LoadedModel(model, tokenizer, torch_device, source, revision, tiny)

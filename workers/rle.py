@@ -1,0 +1,24 @@
+"""COCO RLE for per-frame masks (pycocotools, compressed counts)."""
+
+from __future__ import annotations
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+
+def encode(mask: np.ndarray) -> dict:
+    """(H, W) bool -> {"size": [h, w], "counts": "<compressed RLE string>"}."""
+    rle = mask_utils.encode(np.asfortranarray(mask, dtype=np.uint8))
+    return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
+
+
+def bbox(rle: dict) -> list[float]:
+    """[x, y, w, h] in float pixels, from the RLE itself so the two always agree."""
+    coco = {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
+    return [float(v) for v in mask_utils.toBbox(coco)]
+
+
+def decode(rle: dict) -> np.ndarray:
+    """Inverse of ``encode``: (H, W) bool."""
+    coco = {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
+    return mask_utils.decode(coco).astype(bool)
