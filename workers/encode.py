@@ -61,15 +61,18 @@ def _codec_args(codec: str, settings: EncoderSettings, no_bframes: bool) -> dict
 
 
 class FrameEncoder:
-    """Write (H, W, 3) uint8 RGB frames; odd sizes are padded to even at the right/bottom edge."""
+    """Write (H, W, 3) uint8 RGB frames (or (H, W) ``gray`` ones); odd sizes are padded to even at
+    the right/bottom edge."""
 
     def __init__(self, path: Path, width: int, height: int, fps_rational: str,
-                 settings: EncoderSettings = EncoderSettings(), no_bframes: bool = False):
+                 settings: EncoderSettings = EncoderSettings(), no_bframes: bool = False,
+                 pix_fmt: str = "rgb24"):
         self.path = Path(path)
         self.width, self.height = width, height
+        self.frame_shape = (height, width, 3) if pix_fmt == "rgb24" else (height, width)
         self.codec = resolve_codec(settings)
         self.frames_written = 0
-        stream = ffmpeg.input("pipe:", format="rawvideo", pix_fmt="rgb24", s=f"{width}x{height}",
+        stream = ffmpeg.input("pipe:", format="rawvideo", pix_fmt=pix_fmt, s=f"{width}x{height}",
                               framerate=fps_rational)
         if (width, height) != (even(width), even(height)):
             stream = stream.filter("pad", even(width), even(height), 0, 0, color="black")
@@ -93,8 +96,8 @@ class FrameEncoder:
         return ProcessingError(f"ffmpeg ({self.codec}) {what} writing {self.path.name}: {' | '.join(tail) or 'no message'}")
 
     def write(self, rgb: np.ndarray) -> None:
-        if rgb.shape != (self.height, self.width, 3):
-            raise ValueError(f"frame is {rgb.shape}, encoder expects {(self.height, self.width, 3)}")
+        if rgb.shape != self.frame_shape:
+            raise ValueError(f"frame is {rgb.shape}, encoder expects {self.frame_shape}")
         try:
             self._proc.stdin.write(memoryview(np.ascontiguousarray(rgb)).cast("B"))
         except BrokenPipeError:

@@ -31,7 +31,8 @@ class MasksDocument:
     frames: list[dict] = field(default_factory=list)
     _objects: dict[int, _ObjectSpan] = field(default_factory=dict)
 
-    def add_frame(self, pts: float, found: FrameObjects) -> None:
+    def add_frame(self, pts: float, found: FrameObjects) -> list[list[float]]:
+        """Record one frame; returns each object's [x, y, w, h] box (the compositor reuses them)."""
         entries = []
         for obj_id, score, prompt, mask in zip(found.object_ids, found.scores, found.prompts, found.masks):
             seg = rle.encode(mask)
@@ -42,6 +43,7 @@ class MasksDocument:
             else:
                 span.last_frame = found.frame_idx
         self.frames.append({"frame": found.frame_idx, "pts": round(pts, 6), "objects": entries})
+        return [e["bbox"] for e in entries]
 
     def to_dict(self) -> dict:
         objects = [

@@ -39,7 +39,8 @@ class RenderStage:
         self.document = document
         self.encoders = {
             name: FrameEncoder(workdir / f"{name}.video.mp4", spec.width, spec.height, spec.fps_rational,
-                               spec.encoder, no_bframes=spec.no_bframes)
+                               spec.encoder, no_bframes=spec.no_bframes,
+                               pix_fmt="rgb24" if name == "overlay" else "gray")
             for name in videos
         }
         self.busy_seconds = 0.0
@@ -59,10 +60,10 @@ class RenderStage:
                 continue
 
     def _render(self, frame, found: FrameObjects) -> None:
-        self.document.add_frame(frame.pts, found)
+        bboxes = self.document.add_frame(frame.pts, found)
         for name, encoder in self.encoders.items():
             if name == "overlay":
-                encoder.write(overlay(frame.rgb, found.object_ids, found.masks, self.spec.opacity))
+                encoder.write(overlay(frame.rgb, found.object_ids, found.masks, self.spec.opacity, bboxes))
             else:
                 encoder.write(mask_frame(found.masks, self.spec.height, self.spec.width))
 

@@ -8,7 +8,9 @@ from pycocotools import mask as mask_utils
 
 def encode(mask: np.ndarray) -> dict:
     """(H, W) bool -> {"size": [h, w], "counts": "<compressed RLE string>"}."""
-    rle = mask_utils.encode(np.asfortranarray(mask, dtype=np.uint8))
+    # A bool array reinterpreted as uint8 costs nothing; only the column-major copy remains.
+    as_bytes = mask.view(np.uint8) if mask.dtype == np.bool_ else mask.astype(np.uint8)
+    rle = mask_utils.encode(np.asfortranarray(as_bytes))
     return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
 
 

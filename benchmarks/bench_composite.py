@@ -1,0 +1,68 @@
+"""Composite + encode stage vs a bare `ffmpeg -i X -an -c:v libx264 -preset P -crf C out.mp4`.
+
+Our stage is given the decoded frames and masks in memory (as in a run, where the model's frames
+are reused) and does RLE + overlay + the piped libx264 encode. Target: at most 1.15x ffmpeg's time.
+Run: .venv/bin/python -m benchmarks.bench_composite [VIDEO]
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.common import VIDEO_720P, interleaved, machine
+from workers.decode import open_reader
+from workers.encode import EncoderSettings
+from workers.masks_document import MasksDocument
+from workers.probe import probe
+from workers.render import RenderSpec, RenderStage
+from workers.tracker import FrameObjects
+
+
+def moving_masks(n: int, height: int, width: int) -> list[FrameObjects]:
+    """Two objects (a disc and a box) that move, about 15% of the frame, like a typical scene."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    out = []
+    for i in range(n):
+        cx, cy = width * (0.3 + 0.4 * i / n), height * 0.5
+        disc = (xx - cx) ** 2 + (yy - cy) ** 2 < (height * 0.25) ** 2
+        box = np.zeros((height, width), bool)
+        box[height // 8: height // 3, int(width * 0.6) + i % 50: int(width * 0.85)] = True
+        out.append(FrameObjects(i, [0, 1], [0.9, 0.8], ["a", "b"], np.stack([disc, box & ~disc])))
+    return out
+
+
+def main() -> None:
+    video = Path(sys.argv[1]) if len(sys.argv) > 1 else VIDEO_720P
+    info = probe(video)
+    frames = list(open_reader(info))
+    found = moving_masks(len(frames), info.height, info.width)
+    settings = EncoderSettings(codec="libx264")
+    tmp = Path(tempfile.mkdtemp(prefix="bench-composite-"))
+
+    def ours() -> None:
+        doc = MasksDocument(model={}, params={}, video={}, prompts=["a", "b"])
+        spec = RenderSpec(info.width, info.height, info.fps_rational, no_bframes=True, opacity=0.5, encoder=settings)
+        stage = RenderStage(tmp, ["overlay"], spec, doc)
+        for frame, objs in zip(frames, found):
+            stage.submit(frame, objs)
+        stage.finish()
+
+    def ffmpeg_cli() -> None:
+        subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(video), "-an", "-c:v", "libx264",
+                        "-preset", settings.preset, "-crf", str(settings.crf), str(tmp / "baseline.mp4")], check=True)
+
+    t_ours, t_ff = interleaved(ours, ffmpeg_cli)
+    print(f"machine: {machine()}")
+    print(f"video: {video.name} {info.width}x{info.height}, {len(frames)} frames; libx264 preset {settings.preset} crf {settings.crf}")
+    print(f"ffmpeg decode + libx264        : {t_ff:6.2f} s")
+    print(f"sam3v RLE + composite + encode : {t_ours:6.2f} s")
+    print(f"ratio (ours / ffmpeg, lower is better, target <= 1.15): {t_ours / t_ff:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
