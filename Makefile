@@ -31,9 +31,9 @@ test: setup
 	$(BIN)/python -m pytest -q
 
 bench: setup
-	$(BIN)/python benchmarks/bench_decode.py
-	$(BIN)/python benchmarks/bench_composite.py
-	$(BIN)/python benchmarks/bench_overlap.py
+	$(BIN)/python -m benchmarks.bench_decode
+	$(BIN)/python -m benchmarks.bench_composite
+	$(BIN)/python -m benchmarks.bench_overlap
 
 clean:
 	rm -rf out models .pytest_cache

@@ -115,6 +115,7 @@ def load_model(source: str = DEFAULT_MODEL, device: str = "auto") -> LoadedModel
     # transformers warns on every frame once max_num_objects is reached, and about optional CUDA
     # kernels; neither is actionable for a user of this tool.
     transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
     expanded = Path(os.path.expanduser(source))
     if _looks_like_path(source):
         model, tokenizer, revision = _load_local(expanded)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pipeline.errors import InputError
 from pipeline.storage import Storage
-from workers.decode import DecodeThread, open_reader
+from workers.decode import DecodeThread, Frame, open_reader
 from workers.encode import EncoderSettings, even
 from workers.masks_document import MasksDocument
 from workers.model import LoadedModel
@@ -90,7 +90,8 @@ def segment_video(source: str | Path, loaded: LoadedModel, opts: SegmentOptions,
     videos = opts.video_outputs()
     info = probe(source)
     reader = open_reader(info, start=0, count=opts.max_frames)
-    total = min(x for x in (info.frames_expected, opts.max_frames) if x) if (info.frames_expected or opts.max_frames) else None
+    limits = [n for n in (info.frames_expected, opts.max_frames) if n]
+    total = min(limits) if limits else None
 
     with tempfile.TemporaryDirectory(prefix="sam3v-") as tmp:
         workdir = Path(tmp)
@@ -106,7 +107,7 @@ def segment_video(source: str | Path, loaded: LoadedModel, opts: SegmentOptions,
         render = RenderStage(workdir, videos, spec, document)
         decode = DecodeThread(reader)
         tracker = VideoTracker(loaded, prompts, info.height, info.width)
-        pending: dict[int, object] = {}
+        pending: dict[int, Frame] = {}
         pts: list[float] = []
         model_busy = 0.0
         try:
@@ -134,9 +135,10 @@ def segment_video(source: str | Path, loaded: LoadedModel, opts: SegmentOptions,
             raise InputError(f"{source}: no frame could be decoded")
 
         warnings = []
-        if info.frames_expected and len(pts) < min(info.frames_expected, opts.max_frames or info.frames_expected):
+        if total and len(pts) < total:
+            detail = f" ({reader.warning})" if reader.warning else ""
             warnings.append(f"{Path(source).name}: the header promises {info.frames_expected} frames but only "
-                            f"{len(pts)} decoded (truncated or damaged file); processed those")
+                            f"{len(pts)} decoded (truncated or damaged file); processed those{detail}")
         document.video = _video_section(info, pts)
 
         mux_start = time.perf_counter()
