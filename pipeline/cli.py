@@ -84,6 +84,10 @@ def segment(
     outputs: Annotated[Optional[str], typer.Option(help="Comma-separated set of overlay, mask, rle. "
                                                         "Default: the one --apply-mask picks. masks.json is always written.")] = None,
     max_frames: Annotated[Optional[int], typer.Option(help="Process at most this many frames.")] = None,
+    chunk_frames: Annotated[Optional[int], typer.Option(
+        help="Run the video as chunks of this many frames, carrying tracker memory from chunk to chunk "
+             "through the state codec (as distributed workers do). 0 or absent: one chunk. "
+             "Results are identical either way.")] = None,
     device: Annotated[str, typer.Option(help="auto (cuda when present), cpu or cuda.")] = "auto",
     mask_opacity: Annotated[float, typer.Option(help="Overlay opacity, 0-1.")] = 0.5,
 ) -> None:
@@ -97,8 +101,8 @@ def segment(
     from workers.segment import SegmentOptions, segment_video
 
     opts = SegmentOptions(prompts=prompt, apply_mask=apply_mask, outputs=_parse_outputs(outputs),
-                          max_frames=max_frames, mask_opacity=mask_opacity)
-    opts.video_outputs()  # reject bad --outputs before loading anything
+                          max_frames=max_frames, chunk_frames=chunk_frames, mask_opacity=mask_opacity)
+    opts.validate()  # reject bad options before loading anything
     loaded = load_model(model, device)
     if loaded.is_tiny:
         err_console.print("[yellow]warning:[/] tiny random test model: its masks are meaningless")
@@ -114,9 +118,9 @@ def segment(
         err_console.print(f"[yellow]warning:[/] {warning}")
     t = result.timings
     err_console.print(
-        f"{result.num_frames} frames, {result.num_objects} objects; decoder {result.decoder}, "
+        f"{result.num_frames} frames, {result.num_objects} objects, {result.num_chunks} chunk(s); decoder {result.decoder}, "
         f"encoder {result.encoder}; busy s: decode {t['decode']:.1f} model {t['model']:.1f} "
-        f"render {t['render']:.1f} mux {t['mux']:.1f}, wall {t['wall']:.1f}"
+        f"render {t['render']:.1f} state {t['state']:.1f} mux {t['mux']:.1f}, wall {t['wall']:.1f}"
     )
     for name, uri in result.outputs.items():
         typer.echo(f"{name}: {uri}")

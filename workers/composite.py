@@ -23,14 +23,15 @@ def _box_slices(mask: np.ndarray, bbox: list[float] | None) -> tuple[slice, slic
 
 
 def overlay(rgb: np.ndarray, object_ids: list[int], masks: np.ndarray, opacity: float = DEFAULT_OPACITY,
-            bboxes: list[list[float]] | None = None) -> np.ndarray:
+            bboxes: list[list[float]] | None = None, in_place: bool = False) -> np.ndarray:
     """Blend each object's palette color over its pixels: ``src * (1 - a) + color * a``.
 
     Masks do not overlap (SAM 3 resolves that). Work is confined to each object's box (``bboxes``
     [x, y, w, h], e.g. from the RLE, saves finding it again) and done in integer arithmetic with a
-    masked copy rather than gather/scatter, which is what keeps this stage as fast as the encoder.
+    masked copy rather than gather/scatter. ``in_place`` draws on ``rgb`` itself (the render stage
+    owns its decoded frames and saves a full-frame copy).
     """
-    out = rgb.copy()
+    out = rgb if in_place else rgb.copy()
     weight = int(round(opacity * 256))
     for k, (obj_id, mask) in enumerate(zip(object_ids, masks)):
         box = _box_slices(mask, bboxes[k] if bboxes is not None else None)

@@ -6,6 +6,7 @@ converts rgb24 to yuv420p with swscale inside its own process, which runs beside
 
 from __future__ import annotations
 
+import queue
 import subprocess
 import threading
 from dataclasses import dataclass
@@ -86,6 +87,25 @@ class FrameEncoder:
         # Drain stderr continuously: a full stderr pipe would block ffmpeg and then us.
         self._drain = threading.Thread(target=self._read_stderr, daemon=True)
         self._drain.start()
+        # Writing a frame blocks until ffmpeg has read it; a feeder thread takes that wait off the
+        # compositing thread, so drawing the next frame overlaps with ffmpeg reading this one.
+        self._frames: queue.Queue = queue.Queue(maxsize=3)
+        self._feed_error: BaseException | None = None
+        self._feeder = threading.Thread(target=self._feed, daemon=True)
+        self._feeder.start()
+
+    def _feed(self) -> None:
+        while (frame := self._frames.get()) is not None:
+            if self._feed_error is not None:
+                continue
+            try:
+                self._proc.stdin.write(memoryview(frame).cast("B"))
+            except BrokenPipeError:
+                self._proc.wait()
+                self._drain.join()
+                self._feed_error = self._error("exited early")
+            except BaseException as err:
+                self._feed_error = err
 
     def _read_stderr(self) -> None:
         for chunk in iter(lambda: self._proc.stderr.read(4096), b""):
@@ -95,26 +115,33 @@ class FrameEncoder:
         tail = self._stderr.decode("utf-8", "replace").strip().splitlines()[-3:]
         return ProcessingError(f"ffmpeg ({self.codec}) {what} writing {self.path.name}: {' | '.join(tail) or 'no message'}")
 
-    def write(self, rgb: np.ndarray) -> None:
-        if rgb.shape != self.frame_shape:
-            raise ValueError(f"frame is {rgb.shape}, encoder expects {self.frame_shape}")
-        try:
-            self._proc.stdin.write(memoryview(np.ascontiguousarray(rgb)).cast("B"))
-        except BrokenPipeError:
-            self._proc.wait()
-            self._drain.join()
-            raise self._error("exited early") from None
+    def write(self, image: np.ndarray) -> None:
+        """Queue one frame. The array must not be modified afterwards (it is written later)."""
+        if image.shape != self.frame_shape:
+            raise ValueError(f"frame is {image.shape}, encoder expects {self.frame_shape}")
+        if self._feed_error is not None:
+            raise self._feed_error
+        self._frames.put(np.ascontiguousarray(image))
         self.frames_written += 1
 
     def close(self) -> None:
-        self._proc.stdin.close()
+        self._frames.put(None)
+        self._feeder.join()
+        try:
+            self._proc.stdin.close()
+        except BrokenPipeError:
+            pass
         code = self._proc.wait()
         self._drain.join()
+        if self._feed_error is not None:
+            raise self._feed_error
         if code != 0:
             raise self._error(f"failed (exit {code})")
 
     def abort(self) -> None:
         if self._proc.poll() is None:
             self._proc.kill()
+        self._frames.put(None)
+        self._feeder.join()
         self._proc.wait()
         self.path.unlink(missing_ok=True)

@@ -1,7 +1,8 @@
-"""Build ``masks.json``: per-frame COCO RLE masks, boxes and scores, plus what produced them.
+"""``masks.json``: per-frame COCO RLE masks, boxes and scores, plus what produced them.
 
-The format is documented in the README ("masks.json"); bump SCHEMA_VERSION on any change a
-reader would notice.
+Chunks each record their frames in a ``FrameLog``; ``build_document`` joins the logs into one
+document, so a chunked run's masks.json is byte-identical to an unchunked run's. The format is
+documented in the README ("masks.json"); bump SCHEMA_VERSION on any change a reader would notice.
 """
 
 from __future__ import annotations
@@ -16,49 +17,59 @@ SCHEMA_VERSION = 1
 
 
 @dataclass
-class _ObjectSpan:
-    prompt: str
-    first_frame: int
-    last_frame: int
+class FrameLog:
+    """Frame entries in masks.json's shape, and the prompt each object id was found by."""
 
-
-@dataclass
-class MasksDocument:
-    model: dict
-    params: dict
-    video: dict
-    prompts: list[str]
     frames: list[dict] = field(default_factory=list)
-    _objects: dict[int, _ObjectSpan] = field(default_factory=dict)
+    object_prompts: dict[int, str] = field(default_factory=dict)
 
-    def add_frame(self, pts: float, found: FrameObjects) -> list[list[float]]:
-        """Record one frame; returns each object's [x, y, w, h] box (the compositor reuses them)."""
+    def add(self, pts: float, found: FrameObjects) -> dict:
         entries = []
         for obj_id, score, prompt, mask in zip(found.object_ids, found.scores, found.prompts, found.masks):
             seg = rle.encode(mask)
             entries.append({"id": obj_id, "score": round(score, 6), "bbox": rle.bbox(seg), "segmentation": seg})
-            span = self._objects.get(obj_id)
-            if span is None:
-                self._objects[obj_id] = _ObjectSpan(prompt, found.frame_idx, found.frame_idx)
-            else:
-                span.last_frame = found.frame_idx
-        self.frames.append({"frame": found.frame_idx, "pts": round(pts, 6), "objects": entries})
-        return [e["bbox"] for e in entries]
-
-    def to_dict(self) -> dict:
-        objects = [
-            {"id": obj_id, "prompt": s.prompt, "first_frame": s.first_frame, "last_frame": s.last_frame}
-            for obj_id, s in sorted(self._objects.items())
-        ]
-        return {
-            "schema_version": SCHEMA_VERSION,
-            "model": self.model,
-            "params": self.params,
-            "video": {**self.video, "num_frames": len(self.frames)},
-            "prompts": self.prompts,
-            "objects": objects,
-            "frames": self.frames,
-        }
+            self.object_prompts.setdefault(obj_id, prompt)
+        entry = {"frame": found.frame_idx, "pts": round(pts, 6), "objects": entries}
+        self.frames.append(entry)
+        return entry
 
     def to_json(self) -> bytes:
-        return json.dumps(self.to_dict(), separators=(",", ":")).encode()
+        return json.dumps({"frames": self.frames, "object_prompts": {str(k): v for k, v in self.object_prompts.items()}},
+                          separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> FrameLog:
+        raw = json.loads(data)
+        return cls(raw["frames"], {int(k): v for k, v in raw["object_prompts"].items()})
+
+
+def _objects(frames: list[dict], prompts: dict[int, str]) -> list[dict]:
+    spans: dict[int, list[int]] = {}
+    for entry in frames:
+        for obj in entry["objects"]:
+            span = spans.setdefault(obj["id"], [entry["frame"], entry["frame"]])
+            span[1] = entry["frame"]
+    return [{"id": i, "prompt": prompts[i], "first_frame": a, "last_frame": b} for i, (a, b) in sorted(spans.items())]
+
+
+def build_document(model: dict, params: dict, video: dict, prompts: list[str], logs: list[FrameLog]) -> dict:
+    frames = [entry for log in logs for entry in log.frames]
+    numbers = [entry["frame"] for entry in frames]
+    if numbers != list(range(len(numbers))):
+        raise ValueError("frame logs are not contiguous from frame 0: a chunk's frames are missing or repeated")
+    object_prompts: dict[int, str] = {}
+    for log in logs:
+        object_prompts.update(log.object_prompts)
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "model": model,
+        "params": params,
+        "video": {**video, "num_frames": len(frames)},
+        "prompts": prompts,
+        "objects": _objects(frames, object_prompts),
+        "frames": frames,
+    }
+
+
+def document_json(document: dict) -> bytes:
+    return json.dumps(document, separators=(",", ":")).encode()

@@ -1,23 +1,32 @@
-"""The output stage: each finished frame becomes RLE entries and composited video frames.
+"""The output stage: finished frames become RLE entries and composited, encoded video segments.
 
-It runs in its own thread so compositing and feeding ffmpeg overlap with the model.
+It runs in its own thread so compositing and feeding ffmpeg overlap with the model. Video is
+written as segments on a fixed grid of frames (``pipeline.chunks.SEGMENT_FRAMES``), one encoder
+run per segment, so where a video is cut into chunks never changes the encoded bytes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
+from workers import rle
 from workers.composite import mask_frame, overlay
 from workers.encode import EncoderSettings, FrameEncoder
-from workers.masks_document import MasksDocument
+from workers.masks_document import FrameLog
 from workers.tracker import FrameObjects
 
 VIDEO_OUTPUTS = ("overlay", "mask")
 _STOP = object()
+
+Publish = Callable[[str, int, Path], None]  # (output name, segment number, finished file)
 
 
 @dataclass(frozen=True)
@@ -25,78 +34,189 @@ class RenderSpec:
     width: int
     height: int
     fps_rational: str
-    no_bframes: bool
     opacity: float
     encoder: EncoderSettings
+    segment_frames: int
+    encode_limit: int  # frames below this index are encoded here; the last segment ends there
+
+
+class _SegmentWriter:
+    """One output (overlay or mask): opens an encoder per grid segment, publishes it when complete."""
+
+    def __init__(self, name: str, spec: RenderSpec, workdir: Path, publish: Publish):
+        self.name, self.spec, self.workdir, self.publish = name, spec, workdir, publish
+        self.encoder: FrameEncoder | None = None
+        self.segment = -1
+        self.last_index = -1
+        self.codec = "none"
+        self._closing: list[threading.Thread] = []
+        self._close_errors: list[BaseException] = []
+
+    def write(self, index: int, image: np.ndarray) -> None:
+        segment = index // self.spec.segment_frames
+        if self.encoder is None:
+            if index != segment * self.spec.segment_frames:
+                raise RuntimeError(f"{self.name}: segment {segment} must start at its first frame, not {index}")
+            self.segment = segment
+            self.encoder = FrameEncoder(
+                self.workdir / f"{self.name}-{segment:06d}.mp4", self.spec.width, self.spec.height,
+                self.spec.fps_rational, self.spec.encoder,
+                # No B-frames: packets stay in display order, so VFR timestamps map one to one.
+                no_bframes=True, pix_fmt="rgb24" if self.name == "overlay" else "gray",
+            )
+            self.codec = self.encoder.codec
+        self.encoder.write(image)
+        self.last_index = index
+        self.close_if_complete()
+
+    def close_if_complete(self) -> None:
+        if self.encoder is None:
+            return
+        end = min((self.segment + 1) * self.spec.segment_frames, self.spec.encode_limit)
+        if self.last_index + 1 == end:
+            # ffmpeg still has to drain its lookahead: let it finish while the next segment starts.
+            closer = threading.Thread(target=self._close, args=(self.encoder, self.segment), daemon=True)
+            closer.start()
+            self._closing.append(closer)
+            self.encoder = None
+
+    def _close(self, encoder: FrameEncoder, segment: int) -> None:
+        try:
+            encoder.close()
+            self.publish(self.name, segment, encoder.path)
+        except BaseException as err:  # reported by wait()
+            self._close_errors.append(err)
+        finally:
+            encoder.path.unlink(missing_ok=True)
+
+    def wait(self) -> None:
+        for closer in self._closing:
+            closer.join()
+        self._closing.clear()
+        if self._close_errors:
+            raise self._close_errors[0]
+
+    def abort(self) -> None:
+        if self.encoder is not None:
+            self.encoder.abort()
+            self.encoder = None
+        for closer in self._closing:
+            closer.join()
+
+    def check_closed(self) -> None:
+        if self.encoder is not None:
+            raise RuntimeError(f"{self.name}: segment {self.segment} was left incomplete")
 
 
 class RenderStage:
-    """Feed ``(frame, objects)`` with ``submit``; ``finish`` waits and closes the encoders."""
+    """Record frames (``submit``) and draw replayed ones (``replay``); ``finish`` waits for all."""
 
-    def __init__(self, workdir: Path, videos: list[str], spec: RenderSpec, document: MasksDocument,
+    def __init__(self, workdir: Path, videos: list[str], spec: RenderSpec, log: FrameLog, publish: Publish,
                  max_queue: int = 8):
         self.spec = spec
-        self.document = document
-        self.encoders = {
-            name: FrameEncoder(workdir / f"{name}.video.mp4", spec.width, spec.height, spec.fps_rational,
-                               spec.encoder, no_bframes=spec.no_bframes,
-                               pix_fmt="rgb24" if name == "overlay" else "gray")
-            for name in videos
-        }
+        self.log = log
+        self.writers = [_SegmentWriter(name, spec, workdir, publish) for name in videos]
         self.busy_seconds = 0.0
         self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="render", daemon=True)
         self._thread.start()
 
-    def submit(self, frame, found: FrameObjects) -> None:
+    @property
+    def codec(self) -> str:
+        return next((w.codec for w in self.writers if w.codec != "none"), "none")
+
+    def submit(self, index: int, rgb: np.ndarray | None, found: FrameObjects, pts: float) -> None:
+        """A frame the model just finished: record its RLE; draw it if ``rgb`` is given."""
+        self._put(("live", index, rgb, found, pts))
+
+    def draw(self, index: int, rgb: np.ndarray, entry: dict, masks: np.ndarray) -> None:
+        """Draw a frame whose entry and masks are already known (no RLE work)."""
+        self._put(("draw", index, rgb, entry, masks))
+
+    def replay(self, index: int, rgb: np.ndarray, entry: dict) -> None:
+        """A frame recorded by an earlier chunk but not yet encoded: draw it from its RLE."""
+        self._put(("replay", index, rgb, entry, None))
+
+    def _put(self, item) -> None:
         while True:
             if self._error is not None:
                 raise self._error
             try:
-                self._queue.put((frame, found), timeout=0.5)
+                self._queue.put(item, timeout=0.5)
                 return
             except queue.Full:
                 continue
 
-    def _render(self, frame, found: FrameObjects) -> None:
-        bboxes = self.document.add_frame(frame.pts, found)
-        for name, encoder in self.encoders.items():
-            if name == "overlay":
-                encoder.write(overlay(frame.rgb, found.object_ids, found.masks, self.spec.opacity, bboxes))
+    def _draw(self, index: int, rgb: np.ndarray, ids: list[int], masks: np.ndarray, bboxes: list[list[float]]) -> None:
+        for writer in self.writers:
+            if writer.name == "overlay":
+                # Drawn in place: the frame was decoded for this stage and is not read again.
+                writer.write(index, overlay(rgb, ids, masks, self.spec.opacity, bboxes, in_place=True))
             else:
-                encoder.write(mask_frame(found.masks, self.spec.height, self.spec.width))
+                writer.write(index, mask_frame(masks, self.spec.height, self.spec.width))
+
+    def _handle(self, kind: str, index: int, rgb, payload, extra) -> None:
+        # live: payload is FrameObjects, extra its pts; draw: payload an entry, extra its masks;
+        # replay: payload an entry whose masks come from its RLE.
+        if kind == "live":
+            entry = self.log.add(extra, payload)
+            if rgb is not None:
+                self._draw(index, rgb, payload.object_ids, payload.masks, [o["bbox"] for o in entry["objects"]])
+            return
+        objects = payload["objects"]
+        if kind == "draw":
+            self._draw(index, rgb, [o["id"] for o in objects], extra, [o["bbox"] for o in objects])
+            return
+        masks = (np.stack([rle.decode(o["segmentation"]) for o in objects]) if objects
+                 else np.zeros((0, self.spec.height, self.spec.width), dtype=bool))
+        self._draw(index, rgb, [o["id"] for o in objects], masks, [o["bbox"] for o in objects])
 
     def _run(self) -> None:
         while True:
             item = self._queue.get()
-            if item is _STOP:
-                return
-            if self._error is not None:
-                continue  # drain so the producer never blocks on a dead stage
-            start = time.perf_counter()
             try:
-                self._render(*item)
-            except BaseException as err:  # re-raised in the producer's thread
-                self._error = err
-            self.busy_seconds += time.perf_counter() - start
+                if item is _STOP:
+                    return
+                if self._error is not None:
+                    continue  # drain so the producer never blocks on a dead stage
+                start = time.perf_counter()
+                try:
+                    self._handle(*item)
+                except BaseException as err:  # re-raised in the producer's thread
+                    self._error = err
+                self.busy_seconds += time.perf_counter() - start
+            finally:
+                self._queue.task_done()
 
-    def finish(self) -> dict[str, Path]:
+    def drain(self) -> None:
+        """Wait until everything submitted so far is recorded and drawn."""
+        self._queue.join()
+        if self._error is not None:
+            raise self._error
+
+    def set_limit(self, encode_limit: int) -> None:
+        """The video ended at ``encode_limit``: everything below it is drawn, the last segment ends there."""
+        self.drain()
+        self.spec = dataclasses.replace(self.spec, encode_limit=encode_limit)
+        for writer in self.writers:
+            writer.spec = self.spec
+
+    def finish(self) -> None:
         self._queue.put(_STOP)
         self._thread.join()
         if self._error is not None:
             self.abort()
             raise self._error
-        start = time.perf_counter()
-        for encoder in self.encoders.values():
-            encoder.close()
-        self.busy_seconds += time.perf_counter() - start
-        return {name: enc.path for name, enc in self.encoders.items()}
+        for writer in self.writers:
+            writer.close_if_complete()
+            writer.wait()
+            writer.check_closed()
 
     def abort(self) -> None:
         if self._thread.is_alive():
             self._error = self._error or RuntimeError("aborted")
             self._queue.put(_STOP)
             self._thread.join()
-        for encoder in self.encoders.values():
-            encoder.abort()
+        for writer in self.writers:
+            writer.abort()

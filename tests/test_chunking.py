@@ -1,0 +1,147 @@
+"""Chunking never changes results: tracker memory crosses chunk boundaries exactly.
+
+A 40-frame clip with an encode grid of 16 frames, so chunk sizes below the hotstart delay (15),
+above it, dividing and not dividing the frame count all cross grid segments and replays.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.storage import LocalStorage
+from tests import ffprobe_util as fp
+from tests import media
+from workers.chunk import ChunkJob, chunk_key, segment_chunk
+from workers.probe import probe
+from workers.segment import SegmentOptions, document_header, segment_video
+from workers.stitch import finalize_video
+from workers.tracker_state import StateError
+
+N, SEG = 40, 16
+W, H = 426, 240
+
+
+def options(chunk_frames=None) -> SegmentOptions:
+    return SegmentOptions(prompts=["dog"], outputs=("overlay", "mask"), chunk_frames=chunk_frames, segment_frames=SEG)
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("chunk-media") / "dog40.mp4"
+    media.ffmpeg("-i", media.DOG, "-frames:v", str(N), "-vf", f"scale={W}:{H}", "-c:v", "libx264",
+                 "-c:a", "aac", "-shortest", path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def baseline(tiny, clip, tmp_path_factory):
+    out = tmp_path_factory.mktemp("unchunked")
+    result = segment_video(clip, tiny, options(), LocalStorage(out))
+    assert result.num_chunks == 1
+    return out
+
+
+def _same_outputs(got: Path, want: Path) -> None:
+    assert (got / "masks.json").read_bytes() == (want / "masks.json").read_bytes()
+    for name in ("overlay", "mask"):
+        a = fp.frames_rgb(got / f"{name}.mp4", W, H)
+        b = fp.frames_rgb(want / f"{name}.mp4", W, H)
+        assert a.shape[0] == N and np.array_equal(a, b), name
+        assert fp.has_audio(got / f"{name}.mp4")
+
+
+def test_baseline_is_not_vacuous(baseline):
+    doc = json.loads((baseline / "masks.json").read_text())
+    counts = [len(f["objects"]) for f in doc["frames"]]
+    assert len(counts) == N and min(counts[16:]) >= 2, counts
+    pts = fp.frames_rgb(baseline / "overlay.mp4", W, H)
+    assert pts.shape[0] == N
+
+
+@pytest.mark.parametrize("chunk_frames", [7, 20])
+def test_chunked_equals_unchunked(chunk_frames, tiny, clip, baseline, tmp_path):
+    result = segment_video(clip, tiny, options(chunk_frames), LocalStorage(tmp_path))
+    assert result.num_chunks == math.ceil(N / chunk_frames)
+    _same_outputs(tmp_path, baseline)
+    durations = [float(s["duration"]) for s in fp.streams(tmp_path / "overlay.mp4")["streams"] if s["codec_type"] == "video"]
+    assert durations[0] == pytest.approx(N * 1001 / 30000, abs=0.002)
+
+
+def test_cli_chunk_frames_equals_unchunked(tiny_model_dir, clip, baseline, tmp_path):
+    # 17: above the hotstart delay and not dividing 40. Runs the real CLI.
+    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "segment", str(clip), "--prompt", "dog",
+                           "--model", str(tiny_model_dir), "--out", str(tmp_path), "--outputs", "overlay,mask",
+                           "--chunk-frames", "17", "--device", "cpu"],
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "SAM3V_SEGMENT_FRAMES": str(SEG)})
+    assert done.returncode == 0, done.stderr
+    assert "3 chunk(s)" in done.stderr
+    _same_outputs(tmp_path, baseline)
+
+
+def _runner(tiny_model_dir, clip, artifacts, k, chunk_frames) -> list[str]:
+    return [sys.executable, "-m", "tests.chunk_runner", str(tiny_model_dir), str(clip), str(artifacts),
+            str(k), str(chunk_frames), str(N), str(SEG)]
+
+
+def _finalize(tiny, clip, artifacts, chunks, out) -> None:
+    opts = options()
+    model, params = document_header(tiny, opts, ["dog"])
+    finalize_video(probe(clip), LocalStorage(artifacts), "", chunks, ["overlay", "mask"], model, params, ["dog"],
+                   LocalStorage(out), "", SEG)
+
+
+def test_chunks_in_separate_processes_and_a_killed_chunk_rerun(tiny, tiny_model_dir, clip, baseline, tmp_path):
+    artifacts, out, K = tmp_path / "artifacts", tmp_path / "out", 13
+    chunks = math.ceil(N / K)
+    subprocess.run(_runner(tiny_model_dir, clip, artifacts, 0, K), check=True, capture_output=True, timeout=600)
+    # Kill chunk 1 with SIGKILL part-way through its frames.
+    proc = subprocess.Popen(_runner(tiny_model_dir, clip, artifacts, 1, K), stdout=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("frame") and int(line.split()[1]) >= 2 * K - 4:
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    store = LocalStorage(artifacts)
+    assert not store.exists(chunk_key("", 1, "done.json")) and not store.exists(chunk_key("", 1, "frames.json"))
+    # Whatever a reader can see under a final name is complete: every visible segment decodes.
+    for path in artifacts.rglob("*.mp4"):
+        if not path.name.startswith("."):
+            assert int(fp.video_stream(path)["nb_read_frames"]) == SEG
+    for k in range(1, chunks):
+        subprocess.run(_runner(tiny_model_dir, clip, artifacts, k, K), check=True, capture_output=True, timeout=600)
+    _finalize(tiny, clip, artifacts, chunks, out)
+    _same_outputs(out, baseline)
+
+
+def test_damaged_or_mismatched_state_is_a_clear_error(tiny, clip, tmp_path):
+    artifacts = LocalStorage(tmp_path)
+    from pipeline.chunks import plan_chunks
+
+    plan = plan_chunks(N, 20)
+    job = ChunkJob(probe(clip), plan[0], N, ["dog"], ["mask"], segment_frames=SEG)
+    segment_chunk(job, tiny, artifacts)
+    second = ChunkJob(probe(clip), plan[1], N, ["dog"], ["mask"], segment_frames=SEG)
+
+    tensors = tmp_path / chunk_key("", 0, "state/tracker_state.safetensors")
+    good = tensors.read_bytes()
+    tensors.write_bytes(good[: len(good) // 2])
+    with pytest.raises(StateError, match="tracker_state"):
+        segment_chunk(second, tiny, artifacts)
+    tensors.write_bytes(good)
+
+    carry = tmp_path / chunk_key("", 0, "state/carry.json")
+    doc = json.loads(carry.read_text())
+    carry.write_text(json.dumps({**doc, "version": 99}))
+    with pytest.raises(StateError, match="version 99"):
+        segment_chunk(second, tiny, artifacts)

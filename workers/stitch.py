@@ -1,0 +1,81 @@
+"""Finalize a video: join chunk outputs into one masks.json and one file per output video.
+
+Segments are joined without re-encoding (ffmpeg's concat demuxer), given the source's timestamps
+when it is variable-rate, and the original audio is muxed once.
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import tempfile
+from pathlib import Path
+
+from pipeline.errors import ProcessingError
+from pipeline.storage import Storage
+from workers.chunk import chunk_key, segment_key
+from workers.masks_document import FrameLog, build_document, document_json
+from workers.mux import add_audio, is_constant_rate, retime
+from workers.probe import VideoInfo
+
+
+def concat_segments(parts: list[Path], out: Path) -> None:
+    listing = out.with_suffix(".txt")
+    # The concat demuxer's own quoting: paths are ours (temp dir), never user text.
+    listing.write_text("".join(f"file '{p.as_posix()}'\n" for p in parts))
+    done = subprocess.run(
+        ["ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-y", "-f", "concat", "-safe", "0",
+         "-i", str(listing), "-map", "0:v:0", "-c", "copy", "-movflags", "+faststart", str(out)],
+        capture_output=True, text=True,
+    )
+    if done.returncode != 0:
+        raise ProcessingError(f"could not join {len(parts)} video segments: {done.stderr.strip()[-300:]}")
+
+
+def finalize_video(info: VideoInfo, artifacts: Storage, prefix: str, num_chunks: int, videos: list[str],
+                   model: dict, params: dict, prompts: list[str], out: Storage, out_prefix: str,
+                   segment_frames: int) -> tuple[dict, dict[str, str], str | None]:
+    """Returns (masks.json document, {output name: URI}, audio handling)."""
+    logs = [FrameLog.from_json(artifacts.get_bytes(chunk_key(prefix, k, "frames.json"))) for k in range(num_chunks)]
+    frames = [entry for log in logs for entry in log.frames]
+    if not frames:
+        raise ProcessingError(f"{info.path}: no frame was processed")
+    pts = [entry["pts"] for entry in frames]
+    vfr = not is_constant_rate(pts, info.fps)
+    video = {
+        "width": info.width, "height": info.height,
+        "encoded_width": info.width + info.width % 2, "encoded_height": info.height + info.height % 2,
+        "fps": info.fps, "fps_rational": info.fps_rational, "rotation": info.rotation,
+        "source_frames_expected": info.frames_expected, "variable_frame_rate": vfr, "has_audio": info.has_audio,
+    }
+    document = build_document(model, params, video, prompts, logs)
+    limited = len(frames) < (info.frames_expected or 0)
+    duration = (pts[-1] - pts[0]) + 1.0 / info.fps
+    uris: dict[str, str] = {}
+    audio = None
+    with tempfile.TemporaryDirectory(prefix="sam3v-final-") as tmp:
+        work = Path(tmp)
+        for name in videos:
+            parts = []
+            for g in range(math.ceil(len(frames) / segment_frames)):
+                part = work / f"{name}-{g:06d}.mp4"
+                part.write_bytes(artifacts.get_bytes(segment_key(prefix, name, g)))
+                parts.append(part)
+            path = work / f"{name}.joined.mp4"
+            concat_segments(parts, path)
+            if vfr:
+                timed = work / f"{name}.timed.mp4"
+                retime(path, pts, timed)
+                path = timed
+            if info.has_audio:
+                with_audio = work / f"{name}.mp4"
+                audio = add_audio(path, Path(info.path), with_audio, duration if limited else None)
+                path = with_audio
+            uris[name] = out.put_file(path, _join(out_prefix, f"{name}.mp4"))
+        # masks.json last: when it is there, the videos are too.
+        uris = {"masks": out.put_bytes(document_json(document), _join(out_prefix, "masks.json")), **uris}
+    return document, uris, audio
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix.strip('/')}/{name}" if prefix.strip("/") else name
