@@ -140,8 +140,16 @@ def model_tiny(
     typer.echo(str(path))
 
 
+from pipeline import cli_jobs  # noqa: E402  (registers the batch commands on `app`)
+
+cli_jobs.register(app, user_errors)
+cli_jobs.register_schedules(app, user_errors)
+
+
 def main() -> None:  # pragma: no cover - console entry
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # The in-process broker has no host name; kombu warns about it on every connection.
+    logging.getLogger("kombu.connection").setLevel(logging.ERROR)
     app()
 
 

@@ -21,23 +21,23 @@ from workers.probe import probe
 
 Builder = Callable[[Path], Path]
 
-# name -> (builder, expected probe fields, backend open_reader picks by default)
+# name -> (builder, expected probe fields, backend open_reader picks by default: PyAV, which
+# decodes on demand; see open_reader for why decord comes second)
 GOOD: dict[str, tuple[Builder, dict[str, object], str]] = {
     "plain": (media.plain, dict(width=320, height=180, rotation=0, fps_rational="30/1",
-                                frames_expected=20, has_audio=False, video_codec="h264"), "decord"),
+                                frames_expected=20, has_audio=False, video_codec="h264"), "pyav"),
     "odd_size": (media.odd_size, dict(width=321, height=241, fps_rational="30/1",
                                       frames_expected=12, has_audio=True, audio_codec="aac",
-                                      pix_fmt="yuv444p"), "decord"),
+                                      pix_fmt="yuv444p"), "pyav"),
     "rotated": (media.rotated, dict(width=180, height=320, coded_width=320, coded_height=180,
-                                    rotation=90, frames_expected=20), "decord"),
+                                    rotation=90, frames_expected=20), "pyav"),
     "vfr": (media.vfr, dict(width=160, height=120, fps_rational="540/23",
-                            frames_expected=18), "decord"),
-    "one_frame": (media.one_frame, dict(width=160, height=120, frames_expected=1), "decord"),
+                            frames_expected=18), "pyav"),
+    "one_frame": (media.one_frame, dict(width=160, height=120, frames_expected=1), "pyav"),
     "vp9_webm": (media.vp9_webm, dict(width=160, height=120, video_codec="vp9",
-                                      frames_expected=None, container="matroska,webm"), "decord"),
+                                      frames_expected=None, container="matroska,webm"), "pyav"),
     "hevc_10bit": (media.hevc_10bit, dict(video_codec="hevc", pix_fmt="yuv420p10le",
-                                          frames_expected=10), "decord"),
-    # decord's FFmpeg 4.1 has no AV1 decoder; and it cannot read MPEG-TS sequentially.
+                                          frames_expected=10), "pyav"),
     "av1": (media.av1, dict(width=64, height=64, video_codec="av1", frames_expected=8), "pyav"),
     "ts_offset": (media.ts_offset, dict(container="mpegts", frames_expected=None), "pyav"),
 }
@@ -252,8 +252,17 @@ def test_real_clip_with_audio(media_dir: Path) -> None:
     assert info.has_audio and (info.width, info.height) == (1280, 720)
     with open_reader(info) as reader:
         frames = list(reader)
-    assert reader.backend == "decord" and len(frames) == 8
+    assert reader.backend == "pyav" and len(frames) == 8
     assert frames[1].pts == pytest.approx(1001 / 30000, abs=1e-4)
+
+
+def test_decoder_order_can_be_turned_round(media_dir: Path, monkeypatch) -> None:
+    monkeypatch.setenv("SAM3V_DECODER", "decord")
+    with open_reader(probe(media.plain(media_dir))) as reader:
+        assert reader.backend == "decord" and len(list(reader)) == 20
+    # decord's FFmpeg 4.1 has no AV1 decoder: PyAV takes over.
+    with open_reader(probe(media.av1(media_dir))) as reader:
+        assert reader.backend == "pyav" and len(list(reader)) == 8
 
 
 # --- DecodeThread ------------------------------------------------------------------------------

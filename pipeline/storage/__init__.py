@@ -5,10 +5,16 @@ from pipeline.storage.local import LocalStorage
 
 
 def open_storage(url: str) -> Storage:
-    """A local directory now; ``s3://bucket/prefix`` arrives with the distributed pipeline."""
+    """``s3://bucket/prefix`` (boto3's standard credential chain; AWS_ENDPOINT_URL for MinIO and
+    friends) or a local directory."""
+    if url.startswith("s3://"):
+        from pipeline.storage.s3 import S3Storage
+
+        bucket, _, prefix = url.removeprefix("s3://").partition("/")
+        return S3Storage(bucket, prefix)
     if "://" in url and not url.startswith("file://"):
         scheme = url.split("://", 1)[0]
-        raise ValueError(f"storage URL {url!r}: scheme {scheme!r} is not supported yet (use a local directory)")
+        raise ValueError(f"storage URL {url!r}: scheme {scheme!r} is not supported (s3:// or a local directory)")
     return LocalStorage(url.removeprefix("file://"))
 
 

@@ -23,6 +23,22 @@ class Storage(ABC):
     def get_bytes(self, key: str) -> bytes: ...
 
     @abstractmethod
+    def get_file(self, key: str, local_path: Path) -> Path:
+        """Copy ``key`` to a local file (complete when it appears)."""
+
+    @abstractmethod
+    def list(self, prefix: str) -> list[str]:
+        """Every key under ``prefix`` (relative to the storage root)."""
+
+    @abstractmethod
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete every key under ``prefix``; returns how many."""
+
+    def url(self, key: str, expires: int = 3600) -> str:
+        """Where a client can fetch ``key``: a presigned URL for S3, the path for local storage."""
+        return self.uri(key)
+
+    @abstractmethod
     def exists(self, key: str) -> bool: ...
 
     @abstractmethod

@@ -40,6 +40,27 @@ class LocalStorage(Storage):
     def get_bytes(self, key: str) -> bytes:
         return self._path(key).read_bytes()
 
+    def get_file(self, key: str, local_path: Path) -> Path:
+        local_path = Path(local_path)
+        local_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = local_path.with_name(f".{local_path.name}.{uuid.uuid4().hex}.partial")
+        shutil.copyfile(self._path(key), tmp)
+        os.replace(tmp, local_path)
+        return local_path
+
+    def list(self, prefix: str) -> list[str]:
+        base = self.root / prefix.strip("/") if prefix.strip("/") else self.root
+        if not base.is_dir():
+            return []
+        return sorted(str(p.relative_to(self.root)) for p in base.rglob("*")
+                      if p.is_file() and not p.name.endswith(".partial"))
+
+    def delete_prefix(self, prefix: str) -> int:
+        keys = self.list(prefix)
+        if prefix.strip("/"):
+            shutil.rmtree(self.root / check_key(prefix.strip("/")), ignore_errors=True)
+        return len(keys)
+
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 

@@ -1,0 +1,52 @@
+"""The Celery application: broker, queues, routes and the delivery settings that matter.
+
+The control plane sends tasks by name (it never imports the data plane); workers import
+``workers.tasks``, which registers the task bodies on this same app.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from pipeline.settings import Settings
+
+PROBE = "sam3v.probe"
+SEGMENT_CHUNK = "sam3v.segment_chunk"
+FINALIZE = "sam3v.finalize"
+EMBEDDED_BROKER = "memory://"
+
+ROUTES = {
+    PROBE: {"queue": "cpu"},
+    SEGMENT_CHUNK: {"queue": "gpu"},
+    FINALIZE: {"queue": "cpu"},
+}
+
+
+def make_app(settings: Settings) -> Celery:
+    broker = settings.broker_url or EMBEDDED_BROKER
+    app = Celery("sam3v", broker=broker, set_as_current=True)
+    # Also the process-wide default: a chain's next step is rebuilt with the *default* app in the
+    # worker's threads, which would otherwise be Celery's own (amqp://localhost).
+    app.set_default()
+    # Redis redelivers an unacked task after visibility_timeout; it must exceed the hard time
+    # limit or a long chunk runs twice. Celery reads it from three places: set all three.
+    transport = {"visibility_timeout": settings.visibility_timeout}
+    app.conf.update(
+        task_routes=ROUTES,
+        task_default_queue="cpu",
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_time_limit=settings.task_time_limit,
+        task_soft_time_limit=max(1, settings.task_time_limit - 30),
+        broker_transport_options=transport,
+        result_backend_transport_options=transport,
+        visibility_timeout=settings.visibility_timeout,
+        task_ignore_result=True,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        broker_connection_retry_on_startup=True,
+        task_serializer="json",
+        accept_content=["json"],
+    )
+    return app

@@ -1,0 +1,234 @@
+"""Manifests: JSONL (one object a line) or CSV with a header row of the same field names.
+
+Validation reports every bad line with its 1-based line number and a reason naming the field;
+the producer records them in the job (or refuses the job with --strict).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import re
+from pathlib import Path, PurePosixPath
+from urllib.parse import urlparse
+
+from pydantic import BaseModel, ValidationError, field_validator
+
+from pipeline.errors import InputError
+
+FIELDS = {"id", "video", "input_video", "prompt", "prompts", "apply_mask", "outputs", "max_frames",
+          "chunk_frames", "mask_opacity"}
+OUTPUTS = ("overlay", "mask", "rle")
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_SLUG = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+class VideoItem(BaseModel):
+    id: str
+    video: str
+    prompts: list[str]
+    apply_mask: bool = True
+    outputs: list[str] | None = None
+    max_frames: int | None = None
+    chunk_frames: int | None = None
+    mask_opacity: float = 0.5
+    line: int
+
+    @field_validator("max_frames", "chunk_frames")
+    @classmethod
+    def _positive(cls, value):
+        if value is not None and value < 1:
+            raise ValueError("must be at least 1")
+        return value
+
+    @field_validator("mask_opacity")
+    @classmethod
+    def _opacity(cls, value):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError("must be between 0 and 1")
+        return value
+
+    @field_validator("outputs")
+    @classmethod
+    def _outputs(cls, value):
+        if value is not None:
+            bad = [o for o in value if o not in OUTPUTS]
+            if bad or not value:
+                raise ValueError(f"unknown output {bad[0]!r} (choose from overlay, mask, rle)" if bad else "empty")
+        return value
+
+
+class Rejected(BaseModel):
+    line: int
+    reason: str
+
+
+class ManifestResult(BaseModel):
+    items: list[VideoItem]
+    rejected: list[Rejected]
+
+
+def manifest_digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _check_video(video: object, allow_local: bool) -> str:
+    if not isinstance(video, str) or not video.strip():
+        raise ValueError("video: missing or empty")
+    video = video.strip()
+    scheme = urlparse(video).scheme.lower()
+    if scheme in ("http", "https"):
+        if not urlparse(video).hostname:
+            raise ValueError(f"video: {video!r} has no host")
+    elif scheme == "s3":
+        parsed = urlparse(video)
+        if not parsed.netloc or not parsed.path.strip("/"):
+            raise ValueError(f"video: {video!r} is not s3://bucket/key")
+    elif scheme and len(scheme) > 1:  # not a Windows drive letter
+        raise ValueError(f"video: scheme {scheme!r} is not supported (use s3://, http:// or https://)")
+    elif not allow_local:
+        raise ValueError(f"video: local path {video!r} is only allowed in embedded mode (sam3v run)")
+    return video
+
+
+def _default_id(line: int, video: str) -> str:
+    stem = PurePosixPath(urlparse(video).path or video).stem
+    slug = _SLUG.sub("-", stem).strip("-.")[:40] or "video"
+    return f"{line:06d}-{slug}"
+
+
+def _prompts(raw: dict, default_prompt: str | None) -> list[str]:
+    if "prompts" in raw:
+        value = raw["prompts"]
+        if isinstance(value, str):
+            value = [p for p in value.split("|")]
+        if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
+            raise ValueError("prompts: must be a list of strings")
+        prompts = [p.strip() for p in value]
+    elif raw.get("prompt") is not None:
+        if not isinstance(raw["prompt"], str):
+            raise ValueError("prompt: must be a string")
+        prompts = [raw["prompt"].strip()]
+    elif default_prompt is not None:
+        prompts = [default_prompt.strip()]
+    else:
+        raise ValueError("prompt: missing, and the job has no default prompt (--prompt)")
+    if not prompts or any(not p for p in prompts):
+        raise ValueError("prompt: empty or whitespace")
+    return prompts
+
+
+def _item(raw: dict, line: int, default_prompt: str | None, allow_local: bool) -> VideoItem:
+    unknown = sorted(set(raw) - FIELDS)
+    if unknown:
+        raise ValueError(f"unknown field {unknown[0]!r}")
+    if "video" in raw and "input_video" in raw:
+        raise ValueError("give video or input_video, not both")
+    video = _check_video(raw.get("video", raw.get("input_video")), allow_local)
+    vid = raw.get("id")
+    if vid is None or vid == "":
+        vid = _default_id(line, video)
+    elif not isinstance(vid, str) or not _ID.match(vid) or vid in (".", ".."):
+        raise ValueError(f"id: {vid!r} is not safe as a storage key (letters, digits, '.', '_', '-'; at most 128)")
+    fields = {k: v for k, v in raw.items() if k in ("apply_mask", "outputs", "max_frames", "chunk_frames", "mask_opacity")}
+    if isinstance(fields.get("outputs"), str):
+        fields["outputs"] = [o.strip() for o in re.split(r"[,|]", fields["outputs"]) if o.strip()]
+    try:
+        return VideoItem(id=vid, video=video, prompts=_prompts(raw, default_prompt), line=line, **fields)
+    except ValidationError as err:
+        first = err.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        raise ValueError(f"{field}: {first['msg']}") from None
+
+
+def _jsonl_rows(text: str):
+    for number, raw_line in enumerate(text.splitlines(), start=1):
+        if not raw_line.strip():
+            continue
+        try:
+            row = json.loads(raw_line)
+        except ValueError as err:
+            yield number, None, f"not valid JSON ({err.msg})"
+            continue
+        if not isinstance(row, dict):
+            yield number, None, "not a JSON object"
+            continue
+        yield number, row, None
+
+
+def _csv_rows(text: str):
+    reader = csv.DictReader(io.StringIO(text))
+    if not reader.fieldnames:
+        return
+    unknown = [f for f in reader.fieldnames if f not in FIELDS]
+    for row in reader:
+        number = reader.line_num
+        if unknown:
+            yield number, None, f"unknown column {unknown[0]!r}"
+            continue
+        if None in row:
+            yield number, None, "more cells than header columns"
+            continue
+        clean = {k: v for k, v in row.items() if v not in (None, "")}
+        if not clean:
+            continue
+        for key in ("max_frames", "chunk_frames"):
+            if key in clean and re.fullmatch(r"-?\d+", clean[key].strip()):
+                clean[key] = int(clean[key])
+        if "mask_opacity" in clean:
+            try:
+                clean["mask_opacity"] = float(clean["mask_opacity"])
+            except ValueError:
+                pass
+        if "apply_mask" in clean:
+            flag = clean["apply_mask"].strip().lower()
+            clean["apply_mask"] = {"true": True, "1": True, "yes": True, "false": False, "0": False,
+                                   "no": False}.get(flag, clean["apply_mask"])
+        yield number, clean, None
+
+
+def parse_manifest(data: bytes, name: str, default_prompt: str | None = None, allow_local: bool = False) -> ManifestResult:
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise InputError(f"{name}: not UTF-8 text ({err})") from None
+    if default_prompt is not None and not default_prompt.strip():
+        raise InputError("--prompt: empty or whitespace")
+    stripped = text.lstrip()
+    is_csv = name.lower().endswith(".csv") or (stripped[:1] not in ("{", "") and not name.lower().endswith((".jsonl", ".json")))
+    rows = _csv_rows(text) if is_csv else _jsonl_rows(text)
+    items: list[VideoItem] = []
+    rejected: list[Rejected] = []
+    seen: dict[str, int] = {}
+    for number, row, problem in rows:
+        if problem is None:
+            try:
+                item = _item(row, number, default_prompt, allow_local)
+                if item.id in seen:
+                    problem = f"id: {item.id!r} repeats line {seen[item.id]}"
+                else:
+                    seen[item.id] = number
+                    items.append(item)
+            except ValueError as err:
+                problem = str(err)
+        if problem is not None:
+            rejected.append(Rejected(line=number, reason=problem))
+    return ManifestResult(items=items, rejected=rejected)
+
+
+def load_manifest_bytes(location: str) -> bytes:
+    """A manifest from a local path or ``s3://bucket/key``."""
+    if location.startswith("s3://"):
+        from pipeline.storage.s3 import S3Storage
+
+        bucket, _, key = location.removeprefix("s3://").partition("/")
+        try:
+            return S3Storage(bucket).get_bytes(key)
+        except Exception as err:
+            raise InputError(f"cannot read manifest {location}: {err}") from None
+    path = Path(location)
+    if not path.is_file():
+        raise InputError(f"no such manifest: {location}")
+    return path.read_bytes()

@@ -1,0 +1,77 @@
+"""Nightly jobs: schedules kept in Redis by celery-redbeat (safe with several beat processes).
+
+Each firing runs the ``sam3v.scheduled_submit`` task, which submits the manifest with the firing
+time as idempotency key: two firings of the same slot (two beats, a redelivery) make one job.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+from celery import Celery
+from celery.schedules import crontab, schedule
+from redbeat import RedBeatSchedulerEntry
+from redbeat.schedulers import RedBeatConfig
+
+from pipeline.errors import InputError
+
+SCHEDULED_SUBMIT = "sam3v.scheduled_submit"
+PREFIX = "sam3v:redbeat:"
+
+
+def configure(app: Celery, redis_url: str) -> None:
+    app.conf.update(redbeat_redis_url=redis_url, redbeat_key_prefix=PREFIX, beat_scheduler="redbeat.RedBeatScheduler",
+                    redbeat_lock_timeout=60, beat_max_loop_interval=5)
+    app.conf.task_routes = {**(app.conf.task_routes or {}), SCHEDULED_SUBMIT: {"queue": "cpu"}}
+
+
+def parse_cron(expr: str) -> crontab:
+    fields = expr.split()
+    if len(fields) != 5:
+        raise InputError(f"--cron {expr!r}: expected 5 fields (minute hour day-of-month month day-of-week)")
+    minute, hour, dom, month, dow = fields
+    try:
+        return crontab(minute=minute, hour=hour, day_of_month=dom, month_of_year=month, day_of_week=dow)
+    except (ValueError, TypeError) as err:
+        raise InputError(f"--cron {expr!r}: {err}") from None
+
+
+def slot(cron: str | None, every: float | None, now: float | None = None) -> str:
+    """The firing's identity: its minute for cron schedules, its interval slot for --every."""
+    now = time.time() if now is None else now
+    if every:
+        return str(int(math.floor(now / every) * every))
+    return time.strftime("%Y-%m-%dT%H:%MZ", time.gmtime(now))
+
+
+def add(app: Celery, name: str, manifest: str, prompt: str | None, cron: str | None, every: float | None) -> None:
+    if bool(cron) == bool(every):
+        raise InputError("give exactly one of --cron or --every")
+    when = parse_cron(cron) if cron else schedule(every)
+    entry = RedBeatSchedulerEntry(name, SCHEDULED_SUBMIT, when, args=[name, manifest, prompt, cron, every], app=app)
+    entry.save()
+
+
+def remove(app: Celery, name: str) -> None:
+    try:
+        RedBeatSchedulerEntry.from_key(RedBeatConfig(app).key_prefix + name, app=app).delete()
+    except KeyError:
+        raise InputError(f"no such schedule: {name}") from None
+
+
+def list_entries(app: Celery) -> list[dict]:
+    from redbeat.schedulers import get_redis
+
+    r = get_redis(app)
+    out = []
+    for key in sorted(r.zrange(RedBeatConfig(app).schedule_key, 0, -1)):
+        key = key.decode() if isinstance(key, bytes) else key
+        try:
+            entry = RedBeatSchedulerEntry.from_key(key, app=app)
+        except KeyError:
+            continue
+        name, manifest, prompt, cron, every = entry.args
+        out.append({"name": name, "manifest": manifest, "prompt": prompt, "cron": cron, "every": every,
+                    "last_run_at": entry.last_run_at.isoformat() if entry.last_run_at else None})
+    return out

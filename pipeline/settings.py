@@ -1,0 +1,54 @@
+"""Configuration from the environment (prefix ``SAM3V_``), each documented in the README."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SAM3V_", extra="ignore")
+
+    broker_url: str | None = Field(None, description="Celery broker (redis://... or amqp://...); unset: embedded mode")
+    redis_url: str | None = Field(None, description="Redis for the status collector and schedules; default: the broker if it is Redis")
+    storage_url: str = Field("./sam3v-data", description="Where results go: s3://bucket/prefix or a local directory")
+    model: str = Field("facebook/sam3", description="Model directory (save_pretrained layout) or Hugging Face id")
+    device: str = Field("auto", description="auto (cuda when present), cpu or cuda")
+    url_allowlist: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Hosts, host:port or CIDRs URL inputs may reach despite the private-address rule")
+    chunk_seconds: float = Field(10.0, gt=0, description="Default chunk length in seconds of video")
+    task_time_limit: int = Field(1800, gt=0, description="Hard time limit of one task, seconds")
+    visibility_timeout: int = Field(3600, gt=0, description="Redis redelivers an unacked task after this; must exceed the time limit")
+    max_redeliveries: int = Field(3, ge=1, description="Deliveries of one chunk before its video fails")
+    keep_chunks: bool = Field(False, description="Keep chunk states and segments after finalize")
+    url_max_bytes: int = Field(20 * 1024**3, gt=0, description="Largest URL input, bytes")
+    url_timeout: float = Field(600.0, gt=0, description="Time limit to download a URL input, seconds")
+    torch_threads: int | None = Field(None, ge=1, description="torch CPU threads (same on every worker: CPU results depend on it)")
+
+    @field_validator("url_allowlist", mode="before")
+    @classmethod
+    def _split(cls, value):
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _check_timeouts(self):
+        if self.visibility_timeout <= self.task_time_limit:
+            raise ValueError(f"SAM3V_VISIBILITY_TIMEOUT ({self.visibility_timeout}) must exceed "
+                             f"SAM3V_TASK_TIME_LIMIT ({self.task_time_limit}), or a running task is delivered twice")
+        return self
+
+    @property
+    def effective_redis_url(self) -> str | None:
+        if self.redis_url:
+            return self.redis_url
+        if self.broker_url and self.broker_url.startswith(("redis://", "rediss://")):
+            return self.broker_url
+        return None
+
+
+def get_settings() -> Settings:
+    return Settings()
