@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 SHARED ?= ../shared
 TINY   ?= models/tiny
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo demo-segment test bench clean flower
 
 setup: $(VENV)/.installed
 
@@ -22,10 +22,15 @@ $(VENV)/.installed: pyproject.toml
 $(TINY)/config.json: $(VENV)/.installed
 	$(BIN)/sam3v model tiny $(TINY)
 
-# The main job: segment a real clip with the tiny (meaningless) model. For real weights see README.
+# The main job: a small manifest over ../shared/videos, run by the embedded pipeline (in-process
+# broker and worker, local storage; no Redis or S3) with the tiny (meaningless) model.
 demo: setup $(TINY)/config.json
+	$(BIN)/sam3v run examples/demo.jsonl --out out/demo --model $(TINY)
+
+# One video through `sam3v segment` (the single-video path).
+demo-segment: setup $(TINY)/config.json
 	$(BIN)/sam3v segment $(SHARED)/videos/01_dog.mp4 --prompt dog --model $(TINY) \
-	  --out out/demo --outputs overlay,mask,rle --max-frames 90
+	  --out out/segment --outputs overlay,mask,rle --max-frames 90
 
 test: setup
 	$(BIN)/python -m pytest -q
@@ -34,6 +39,12 @@ bench: setup
 	$(BIN)/python -m benchmarks.bench_decode
 	$(BIN)/python -m benchmarks.bench_composite
 	$(BIN)/python -m benchmarks.bench_overlap
+	$(BIN)/python -m benchmarks.bench_chunk_memory
+	$(BIN)/python -m benchmarks.bench_pipeline
+
+# Flower against SAM3V_BROKER_URL (set FLOWER_BASIC_AUTH=user:password to enable its API).
+flower: setup
+	$(BIN)/sam3v flower
 
 clean:
 	rm -rf out models .pytest_cache
