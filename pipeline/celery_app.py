@@ -22,6 +22,12 @@ ROUTES = {
 }
 
 
+def queue_for(kind: str, lane: str = "batch") -> str:
+    """``kind`` gpu|cpu. Interactive work (the HTTP API) has queues of its own, so a 10,000-video
+    batch never blocks it; a worker may consume both (``--queues gpu,interactive-gpu``)."""
+    return kind if lane == "batch" else f"interactive-{kind}"
+
+
 def make_app(settings: Settings) -> Celery:
     broker = settings.broker_url or EMBEDDED_BROKER
     app = Celery("sam3v", broker=broker, set_as_current=True)

@@ -209,7 +209,8 @@ def register(app: typer.Typer, user_errors) -> None:
     @app.command()
     @user_errors
     def worker(
-        queues: Annotated[str, typer.Option(help="Queues to consume: gpu, cpu or both.")] = "gpu,cpu",
+        queues: Annotated[str, typer.Option(
+            help="Queues to consume: gpu, cpu, and the HTTP API's interactive-gpu, interactive-cpu.")] = "gpu,cpu",
         concurrency: Annotated[int, typer.Option(help="Processes (one per GPU for the gpu queue).")] = 1,
         max_tasks_per_child: Annotated[int, typer.Option(help="Recycle a process after this many tasks.")] = 200,
         loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
@@ -219,7 +220,7 @@ def register(app: typer.Typer, user_errors) -> None:
         settings, _, _ = _context()
         if not settings.broker_url:
             raise InputError("SAM3V_BROKER_URL is not set: a worker needs a broker (redis://... or amqp://...)")
-        if "gpu" in queues.split(","):
+        if any(q.endswith("gpu") for q in queues.split(",")):
             os.environ["SAM3V_PRELOAD_MODEL"] = "1"
         from workers.tasks import app as celery_app
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from celery import Celery
 
-from pipeline.celery_app import PROBE
+from pipeline.celery_app import PROBE, queue_for
 from pipeline.errors import InputError
 from pipeline.manifest import manifest_digest, parse_manifest
 from pipeline.status import StatusStore
@@ -26,7 +26,7 @@ class Submitted:
 
 def submit_manifest(app: Celery, store: StatusStore, data: bytes, source_name: str, *, name: str = "",
                     default_prompt: str | None = None, idempotency_key: str | None = None,
-                    strict: bool = False, allow_local: bool = False) -> Submitted:
+                    strict: bool = False, allow_local: bool = False, lane: str = "batch") -> Submitted:
     result = parse_manifest(data, source_name, default_prompt, allow_local)
     if strict and result.rejected:
         first = "; ".join(f"line {r.line}: {r.reason}" for r in result.rejected[:5])
@@ -45,13 +45,14 @@ def submit_manifest(app: Celery, store: StatusStore, data: bytes, source_name: s
             return Submitted(held_job, False, 0, 0)
     items = [item.model_dump() for item in result.items]
     rejected = [r.model_dump() for r in result.rejected]
-    store.create_job(job_id, name or source_name, {"source": source_name, "default_prompt": default_prompt}, items, rejected)
-    enqueue_videos(app, job_id, [i["id"] for i in items])
+    spec = {"source": source_name, "default_prompt": default_prompt, "lane": lane}
+    store.create_job(job_id, name or source_name, spec, items, rejected)
+    enqueue_videos(app, job_id, [i["id"] for i in items], lane)
     return Submitted(job_id, True, len(items), len(rejected))
 
 
-def enqueue_videos(app: Celery, job_id: str, video_ids: list[str]) -> None:
+def enqueue_videos(app: Celery, job_id: str, video_ids: list[str], lane: str = "batch") -> None:
     # One connection for the whole batch: per-message connections would cap the enqueue rate.
     with app.producer_or_acquire() as producer:
         for vid in video_ids:
-            app.send_task(PROBE, args=[job_id, vid], producer=producer)
+            app.send_task(PROBE, args=[job_id, vid], producer=producer, queue=queue_for("cpu", lane))

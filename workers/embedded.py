@@ -9,7 +9,7 @@ from celery.worker import WorkController
 
 
 @contextmanager
-def embedded_worker(app, queues=("gpu", "cpu")):
+def embedded_worker(app, queues=("gpu", "cpu", "interactive-gpu", "interactive-cpu")):
     if not str(app.conf.broker_url).startswith("memory://"):
         raise RuntimeError("the embedded worker needs the in-process broker (SAM3V_BROKER_URL unset)")
     worker = WorkController(app=app, concurrency=1, pool="solo", queues=list(queues), loglevel="WARNING",

@@ -21,7 +21,7 @@ from celery import chain
 from celery.exceptions import Ignore, SoftTimeLimitExceeded
 from celery.signals import worker_process_init
 
-from pipeline.celery_app import FINALIZE, PROBE, SEGMENT_CHUNK, make_app
+from pipeline.celery_app import FINALIZE, PROBE, SEGMENT_CHUNK, make_app, queue_for
 from pipeline.chunks import SEGMENT_FRAMES, Chunk, default_chunk_frames, plan_chunks
 from pipeline.errors import InputError, Sam3vError
 from pipeline import schedules
@@ -179,8 +179,11 @@ def probe_task(self, job_id: str, video_id: str) -> None:
         raise Ignore() from None
     ctx.status.update_video(job_id, video_id, source=source, frames_total=num_frames, frames_done=0,
                             chunks_total=len(chunks), chunks_done=0)
-    steps = [segment_chunk_task.si(job_id, video_id, c.index, c.start, c.stop, c.final, num_frames) for c in chunks]
-    chain(*steps, finalize_task.si(job_id, video_id, len(chunks))).apply_async()
+    lane = ctx.status.job_spec(job_id).get("lane", "batch")
+    gpu, cpu = queue_for("gpu", lane), queue_for("cpu", lane)
+    steps = [segment_chunk_task.si(job_id, video_id, c.index, c.start, c.stop, c.final, num_frames).set(queue=gpu)
+             for c in chunks]
+    chain(*steps, finalize_task.si(job_id, video_id, len(chunks)).set(queue=cpu)).apply_async()
 
 
 def _item_options(item: dict):
