@@ -190,3 +190,28 @@ def test_killed_worker_and_restarted_redis_lose_nothing(env, s3, clips, redis_se
     got = client.get_object(Bucket=BUCKET, Key=f"results/{job}/dog/masks.json")["Body"].read()
     want = reference_masks(env["SAM3V_MODEL"], clips["dog"], tmp_path / "ref", env)
     assert json.loads(got)["frames"] == json.loads(want)["frames"]
+
+
+def test_cancel_and_retry(env, s3, clips, workers, tmp_path):
+    client, _ = s3
+    # Cancel: pending work stops and the job ends cancelled.
+    many = write_manifest(tmp_path / "many.jsonl", [line(f"s3://{BUCKET}/inputs/dog.mp4", f"d{i}") for i in range(4)])
+    job = cli(env, "submit", many, "--prompt", "dog").stdout.strip().splitlines()[-1]
+    assert cli(env, "cancel", job).returncode == 0
+    doc = wait_terminal(env, job, timeout=300)
+    assert doc["status"] == "cancelled" and doc["counts"]["cancelled"] >= 3
+    # Retry: only the failed video runs again; once its input is fixed it succeeds.
+    client.upload_file(str(clips["corrupt"]), BUCKET, "inputs/fixme.mp4")
+    mixed = write_manifest(tmp_path / "mixed.jsonl", [line(f"s3://{BUCKET}/inputs/fixme.mp4", "fixme"),
+                                                      line(f"s3://{BUCKET}/inputs/bedroom.mp4", "ok")])
+    done = cli(env, "submit", mixed, "--prompt", "dog", "--wait")
+    assert done.returncode == 1, "--wait exits 1 when a video failed"
+    job = done.stdout.strip().splitlines()[-1]
+    first = {v["id"]: v for v in status(env, job)["videos"]}
+    assert first["fixme"]["status"] == "failed" and first["ok"]["status"] == "succeeded"
+    client.upload_file(str(clips["dog"]), BUCKET, "inputs/fixme.mp4")
+    assert cli(env, "retry", job).returncode == 0
+    doc = wait_terminal(env, job)
+    assert doc["status"] == "succeeded"
+    after = {v["id"]: v for v in doc["videos"]}
+    assert after["ok"]["finished"] == first["ok"]["finished"], "the succeeded video did not run again"

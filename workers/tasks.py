@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import subprocess
 import time
 from dataclasses import dataclass
@@ -89,7 +88,7 @@ def stage_source(ctx: Context, job_id: str, video_id: str, item: dict) -> str:
     if video.startswith(("http://", "https://")):
         key = f"{video_prefix(job_id, video_id)}/source"
         if not ctx.storage.exists(key):
-            tmp = _cache_dir() / f"{job_id}-{video_id}.download"
+            tmp = _cached(job_id, video_id, "download")
             fetch_url(video, tmp, ctx.settings.url_allowlist, ctx.settings.url_max_bytes, ctx.settings.url_timeout)
             ctx.storage.put_file(tmp, key)
             tmp.unlink(missing_ok=True)
@@ -97,17 +96,27 @@ def stage_source(ctx: Context, job_id: str, video_id: str, item: dict) -> str:
     return video
 
 
-def local_source(ctx: Context, source: str) -> Path:
+def _cached(job_id: str, video_id: str, name: str) -> Path:
+    return _cache_dir() / f"{job_id}__{video_id}__{name.replace('/', '__')}"
+
+
+def drop_cached(job_id: str, video_id: str) -> None:
+    """Forget this video's local copies (it ended; a retry must read the source afresh)."""
+    for stale in _cache_dir().glob(f"{job_id}__{video_id}__*"):
+        stale.unlink(missing_ok=True)
+
+
+def local_source(ctx: Context, source: str, job_id: str, video_id: str) -> Path:
     """A local file for ``source``; downloaded once per worker host and reused by later chunks."""
     if source.startswith("storage:"):
         key = source.removeprefix("storage:")
-        target = _cache_dir() / key.replace("/", "__")
+        target = _cached(job_id, video_id, key)
         if not target.exists():
             ctx.storage.get_file(key, target)
         return target
     if source.startswith("s3://"):
         bucket_key = source.removeprefix("s3://")
-        target = _cache_dir() / bucket_key.replace("/", "__")
+        target = _cached(job_id, video_id, bucket_key)
         if not target.exists():
             bucket, key = bucket_key.split("/", 1)
             from pipeline.storage.s3 import S3Storage
@@ -134,6 +143,7 @@ def count_frames(path: Path) -> int:
 
 def finish_video(ctx: Context, job_id: str, video_id: str, **fields) -> None:
     fields.setdefault("finished", time.time())
+    drop_cached(job_id, video_id)
     if ctx.status.update_video(job_id, video_id, **fields):
         write_results(ctx, job_id)
 
@@ -167,7 +177,7 @@ def probe_task(self, job_id: str, video_id: str) -> None:
     ctx.status.update_video(job_id, video_id, status="processing", started=time.time())
     try:
         source = stage_source(ctx, job_id, video_id, item)
-        info = probe(local_source(ctx, source))
+        info = probe(local_source(ctx, source, job_id, video_id))
         expected = info.frames_expected or count_frames(Path(info.path))
         num_frames = min(expected, item["max_frames"]) if item.get("max_frames") else expected
         if num_frames < 1:
@@ -221,7 +231,7 @@ def segment_chunk_task(self, job_id: str, video_id: str, k: int, start: int, sto
         opts = _item_options(item)
         opts.validate()
         prompts = check_prompts(loaded.tokenizer, opts.prompts)
-        info = probe(local_source(ctx, entry["source"]))
+        info = probe(local_source(ctx, entry["source"], job_id, video_id))
         job = ChunkJob(info, Chunk(k, start, stop, final), num_frames, prompts, opts.video_outputs(),
                        opts.mask_opacity, opts.encoder, SEGMENT_FRAMES)
         if k == 0:
@@ -265,7 +275,7 @@ def finalize_task(self, job_id: str, video_id: str, planned_chunks: int) -> None
             chunks = k + 1
             if json.loads(ctx.storage.get_bytes(chunk_key(work, k, "done.json"))).get("ended"):
                 break
-        info: VideoInfo = probe(local_source(ctx, entry["source"]))
+        info: VideoInfo = probe(local_source(ctx, entry["source"], job_id, video_id))
         header = entry["header"]
         videos = [o for o in header["params"]["outputs"] if o != "rle"]
         document, uris, _audio = finalize_video(info, ctx.storage, work, chunks, videos, header["model"],
@@ -280,14 +290,10 @@ def finalize_task(self, job_id: str, video_id: str, planned_chunks: int) -> None
         raise Ignore() from None
     if not ctx.settings.keep_chunks:
         ctx.storage.delete_prefix(work)
-    cached = _cache_dir()
-    for stale in cached.glob(f"{job_id}__{video_id}__*"):
-        stale.unlink(missing_ok=True)
     keys = {name: uri for name, uri in uris.items()}
     finish_video(ctx, job_id, video_id, status="succeeded", outputs=keys,
                  num_frames=document["video"]["num_frames"], num_objects=len(document["objects"]),
                  frames_done=document["video"]["num_frames"])
-    shutil.rmtree(cached / "tmp", ignore_errors=True)
 
 
 @app.task(name=schedules.SCHEDULED_SUBMIT, bind=True)

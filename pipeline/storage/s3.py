@@ -6,6 +6,7 @@ becomes visible only when its upload completes, so readers never see half a resu
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import boto3
@@ -43,7 +44,7 @@ class S3Storage(Storage):
     def get_file(self, key: str, local_path: Path) -> Path:
         local_path = Path(local_path)
         local_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = local_path.with_name(f".{local_path.name}.partial")
+        tmp = local_path.with_name(f".{local_path.name}.{uuid.uuid4().hex}.partial")
         self.client.download_file(self.bucket, self._key(key), str(tmp), Config=self.transfer)
         tmp.replace(local_path)
         return local_path
