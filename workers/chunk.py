@@ -21,6 +21,7 @@ from pathlib import Path
 
 from pipeline.chunks import SEGMENT_FRAMES, Chunk, encode_limit
 from pipeline.storage import Storage
+from pipeline.storage.base import join_key
 from workers.decode import DecodeThread, Frame, open_reader
 from workers.encode import EncoderSettings
 from workers.masks_document import FrameLog
@@ -88,15 +89,11 @@ class ChunkResult:
 
 
 def chunk_key(prefix: str, k: int, name: str) -> str:
-    return _join(prefix, f"chunks/{k:05d}/{name}")
+    return join_key(prefix, f"chunks/{k:05d}/{name}")
 
 
 def segment_key(prefix: str, name: str, segment: int) -> str:
-    return _join(prefix, f"segments/{name}-{segment:06d}.mp4")
-
-
-def _join(prefix: str, key: str) -> str:
-    return f"{prefix.strip('/')}/{key}" if prefix.strip("/") else key
+    return join_key(prefix, f"segments/{name}-{segment:06d}.mp4")
 
 
 def _load_previous(job: ChunkJob, loaded: LoadedModel, artifacts: Storage, prefix: str,

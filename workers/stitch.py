@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pipeline.errors import ProcessingError
 from pipeline.storage import Storage
+from pipeline.storage.base import join_key
 from workers.chunk import chunk_key, segment_key
 from workers.masks_document import FrameLog, build_document, document_json
 from workers.mux import add_audio, is_constant_rate, retime
@@ -71,11 +72,7 @@ def finalize_video(info: VideoInfo, artifacts: Storage, prefix: str, num_chunks:
                 with_audio = work / f"{name}.mp4"
                 audio = add_audio(path, Path(info.path), with_audio, duration if limited else None)
                 path = with_audio
-            uris[name] = out.put_file(path, _join(out_prefix, f"{name}.mp4"))
+            uris[name] = out.put_file(path, join_key(out_prefix, f"{name}.mp4"))
         # masks.json last: when it is there, the videos are too.
-        uris = {"masks": out.put_bytes(document_json(document), _join(out_prefix, "masks.json")), **uris}
+        uris = {"masks": out.put_bytes(document_json(document), join_key(out_prefix, "masks.json")), **uris}
     return document, uris, audio
-
-
-def _join(prefix: str, name: str) -> str:
-    return f"{prefix.strip('/')}/{name}" if prefix.strip("/") else name

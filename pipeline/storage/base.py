@@ -50,3 +50,9 @@ def check_key(key: str) -> str:
     if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
         raise ValueError(f"invalid storage key {key!r}")
     return key
+
+
+def join_key(prefix: str, key: str) -> str:
+    """``prefix/key``, or ``key`` when the prefix is empty."""
+    prefix = prefix.strip("/")
+    return f"{prefix}/{key}" if prefix else key
