@@ -1,0 +1,34 @@
+"""`sam3v run`: the README's main job, with the in-process broker and worker and local storage."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from tests import media
+
+
+def test_run_manifest_embedded(media_dir, tiny_model_dir, tmp_path):
+    clip = media.clip(media_dir, 10)
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("\n".join([
+        json.dumps({"id": "dog", "video": str(clip), "max_frames": 8, "chunk_frames": 5}),
+        json.dumps({"id": "bad", "video": str(clip), "max_frames": -1}),
+    ]) + "\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SAM3V_")}
+    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", str(manifest), "--out", str(tmp_path / "out"),
+                           "--prompt", "dog", "--model", str(tiny_model_dir)],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    job = done.stdout.strip().splitlines()[-1]
+    assert "manifest line 2" in done.stderr and "max_frames" in done.stderr
+    out = tmp_path / "out" / job
+    doc = json.loads((out / "dog" / "masks.json").read_text())
+    assert doc["video"]["num_frames"] == 8
+    assert (out / "dog" / "overlay.mp4").stat().st_size > 0
+    assert not (out / "dog" / "work").exists()
+    results = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    assert results == [{"id": "dog", "state": "succeeded", "error": None,
+                        "outputs": {"masks": str(out / "dog" / "masks.json"), "overlay": str(out / "dog" / "overlay.mp4")}}]
