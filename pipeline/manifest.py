@@ -13,6 +13,7 @@ import json
 import re
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 from pydantic import BaseModel, ValidationError, field_validator
 
@@ -75,17 +76,25 @@ def manifest_digest(data: bytes) -> str:
 
 
 def _check_video(video: object, allow_local: bool) -> str:
-    if not isinstance(video, str) or not video.strip():
+    if video is None or (isinstance(video, str) and not video.strip()):
         raise ValueError("video: missing or empty")
+    if not isinstance(video, str):
+        raise ValueError("video: must be a string (s3://, http(s):// URL or, in embedded mode, a path)")
     video = video.strip()
-    scheme = urlparse(video).scheme.lower()
+    parsed = urlparse(video)
+    scheme = parsed.scheme.lower()
     if scheme in ("http", "https"):
-        if not urlparse(video).hostname:
+        if not parsed.hostname:
             raise ValueError(f"video: {video!r} has no host")
     elif scheme == "s3":
-        parsed = urlparse(video)
         if not parsed.netloc or not parsed.path.strip("/"):
             raise ValueError(f"video: {video!r} is not s3://bucket/key")
+    elif scheme == "file":
+        if not allow_local:
+            raise ValueError(f"video: file:// URIs ({video!r}) are only allowed in embedded mode (sam3v run)")
+        if parsed.netloc not in ("", "localhost") or not parsed.path:
+            raise ValueError(f"video: {video!r} is not a local file:// URI")
+        return url2pathname(parsed.path)
     elif scheme and len(scheme) > 1:  # not a Windows drive letter
         raise ValueError(f"video: scheme {scheme!r} is not supported (use s3://, http:// or https://)")
     elif not allow_local:
@@ -100,23 +109,27 @@ def _default_id(line: int, video: str) -> str:
 
 
 def _prompts(raw: dict, default_prompt: str | None) -> list[str]:
-    if "prompts" in raw:
+    """The line's prompts; an absent, empty or whitespace-only prompt takes the job's default."""
+    prompts: list[str] = []
+    if raw.get("prompts") is not None:
         value = raw["prompts"]
         if isinstance(value, str):
-            value = [p for p in value.split("|")]
+            value = value.split("|")
         if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
             raise ValueError("prompts: must be a list of strings")
         prompts = [p.strip() for p in value]
+        if prompts == [""]:
+            prompts = []
+        if any(not p for p in prompts):
+            raise ValueError("prompts: an entry is empty or whitespace")
     elif raw.get("prompt") is not None:
         if not isinstance(raw["prompt"], str):
             raise ValueError("prompt: must be a string")
-        prompts = [raw["prompt"].strip()]
-    elif default_prompt is not None:
+        prompts = [raw["prompt"].strip()] if raw["prompt"].strip() else []
+    if not prompts:
+        if default_prompt is None:
+            raise ValueError("prompt: missing, empty or whitespace, and the job has no default prompt (--prompt)")
         prompts = [default_prompt.strip()]
-    else:
-        raise ValueError("prompt: missing, and the job has no default prompt (--prompt)")
-    if not prompts or any(not p for p in prompts):
-        raise ValueError("prompt: empty or whitespace")
     return prompts
 
 
@@ -124,13 +137,16 @@ def _item(raw: dict, line: int, default_prompt: str | None, allow_local: bool) -
     unknown = sorted(set(raw) - FIELDS)
     if unknown:
         raise ValueError(f"unknown field {unknown[0]!r}")
+    raw = {k: v for k, v in raw.items() if v is not None}  # JSON null: as if absent
     if "video" in raw and "input_video" in raw:
         raise ValueError("give video or input_video, not both")
     video = _check_video(raw.get("video", raw.get("input_video")), allow_local)
     vid = raw.get("id")
     if vid is None or vid == "":
         vid = _default_id(line, video)
-    elif not isinstance(vid, str) or not _ID.match(vid) or vid in (".", ".."):
+    elif not isinstance(vid, str):
+        raise ValueError(f"id: must be a string, not {type(vid).__name__}")
+    elif not _ID.match(vid) or vid in (".", ".."):
         raise ValueError(f"id: {vid!r} is not safe as a storage key (letters, digits, '.', '_', '-'; at most 128)")
     fields = {k: v for k, v in raw.items() if k in ("apply_mask", "outputs", "max_frames", "chunk_frames", "mask_opacity")}
     if isinstance(fields.get("outputs"), str):
@@ -218,17 +234,22 @@ def parse_manifest(data: bytes, name: str, default_prompt: str | None = None, al
     return ManifestResult(items=items, rejected=rejected)
 
 
-def load_manifest_bytes(location: str) -> bytes:
-    """A manifest from a local path or ``s3://bucket/key``."""
+def load_manifest_bytes(location: str, storage_factory=None) -> bytes:
+    """A manifest from a local path or ``s3://bucket/key``. ``storage_factory(bucket)`` gives the
+    S3 storage to read it with (default: ``S3Storage(bucket)``, boto3's standard chain)."""
     if location.startswith("s3://"):
-        from pipeline.storage.s3 import S3Storage
-
         bucket, _, key = location.removeprefix("s3://").partition("/")
+        if not bucket or not key:
+            raise InputError(f"manifest {location}: not s3://bucket/key")
+        if storage_factory is None:
+            from pipeline.storage.s3 import S3Storage
+
+            storage_factory = S3Storage
         try:
-            return S3Storage(bucket).get_bytes(key)
+            return storage_factory(bucket).get_bytes(key)
         except Exception as err:
             raise InputError(f"cannot read manifest {location}: {err}") from None
-    path = Path(location)
+    path = Path(location.removeprefix("file://")).expanduser()
     if not path.is_file():
         raise InputError(f"no such manifest: {location}")
     return path.read_bytes()

@@ -80,6 +80,9 @@ class FrameEncoder:
         stream = stream.output(
             str(self.path), vcodec=self.codec, pix_fmt="yuv420p", an=None,
             movflags="+faststart", **_codec_args(self.codec, settings, no_bframes),
+            # rgb24 -> yuv420p is a pure format conversion here (no scaling); the default bicubic
+            # path took ~1 s of 2.5 s encoding 289 frames of 720p, fast_bilinear ~0.1 s.
+            sws_flags="fast_bilinear",
         )
         args = stream.global_args("-hide_banner", "-loglevel", "error", "-nostdin").overwrite_output().compile()
         self._proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -1,0 +1,40 @@
+"""Every error answers ``{"error": {"code": ..., "message": ...}}`` (plus ``field`` for bad input)."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+
+class APIError(Exception):
+    def __init__(self, status: int, code: str, message: str, **extra):
+        super().__init__(message)
+        self.status, self.code, self.message, self.extra = status, code, message, extra
+
+
+def error_body(code: str, message: str, **extra) -> dict:
+    return {"error": {"code": code, "message": message, **extra}}
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def _api_error(_request: Request, err: APIError):
+        headers = {"WWW-Authenticate": "Bearer"} if err.status == 401 else None
+        return JSONResponse(error_body(err.code, err.message, **err.extra), err.status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, err: RequestValidationError):
+        problems = []
+        for e in err.errors():
+            loc = [str(p) for p in e.get("loc", ()) if p not in ("body", "query", "path", "header")]
+            problems.append({"field": ".".join(loc) or "body", "message": e.get("msg", "invalid")})
+        first = problems[0] if problems else {"field": "body", "message": "invalid request"}
+        message = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
+        return JSONResponse(error_body("invalid_request", message, field=first["field"], details=problems), 422)
+
+    @app.exception_handler(HTTPException)
+    async def _http(_request: Request, err: HTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(err.status_code, "http_error")
+        return JSONResponse(error_body(code, str(err.detail)), err.status_code)

@@ -1,0 +1,88 @@
+"""Request bodies. ``model``, ``input_video``, ``prompt`` and ``apply_mask`` are exactly the hosted
+model's parameters; everything else is an optional, additive extra."""
+
+from __future__ import annotations
+
+from typing import Literal
+from urllib.parse import urlparse
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+MODEL_ID = "sam-3-video"
+
+
+class GenerationRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(MODEL_ID, description="Model id: sam-3-video.")
+    input_video: str = Field(..., json_schema_extra={"format": "uri"},
+                             description="Video to use as reference: an http(s):// URL or s3://bucket/key. Format: uri.",
+                             examples=["https://example.com/winter_summer_ox.mp4"])
+    prompt: str = Field(..., description="Text description of what you want to segment out of the video.",
+                        examples=["the ox horns"])
+    apply_mask: bool = Field(True, description="Apply the mask on the image: result_url is the overlay video "
+                                               "(true) or the white-on-black mask video (false).")
+    num_generations: int = Field(1, ge=1, le=4, description="How many generations to queue (1-4).")
+    # --- extras -----------------------------------------------------------------------------
+    prompts: list[str] | None = Field(None, description="Extra concepts, segmented together with prompt.")
+    max_frames: int | None = Field(None, ge=1, description="Process at most this many frames.")
+    chunk_frames: int | None = Field(None, ge=1, description="Frames per chunk (tracker memory is carried across).")
+    outputs: list[Literal["overlay", "mask", "rle"]] | None = Field(
+        None, min_length=1, description="Outputs to write; default: the one apply_mask picks. masks.json is always written.")
+    mask_opacity: float = Field(0.5, ge=0.0, le=1.0, description="Overlay opacity, 0-1.")
+
+    @field_validator("input_video")
+    @classmethod
+    def _uri(cls, value: str) -> str:
+        value = value.strip()
+        parsed = urlparse(value)
+        scheme = parsed.scheme.lower()
+        if scheme in ("http", "https"):
+            if not parsed.hostname:
+                raise ValueError("URL has no host")
+        elif scheme == "s3":
+            if not parsed.netloc or not parsed.path.strip("/"):
+                raise ValueError("not s3://bucket/key")
+        else:
+            raise ValueError("must be an http://, https:// or s3:// URI (local paths are not accepted)")
+        return value
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value.strip()
+
+    @field_validator("prompts")
+    @classmethod
+    def _prompts(cls, value):
+        if value is not None and any(not p.strip() for p in value):
+            raise ValueError("must not contain empty prompts")
+        return [p.strip() for p in value] if value is not None else None
+
+    def all_prompts(self) -> list[str]:
+        out = [self.prompt]
+        for p in self.prompts or []:
+            if p not in out:
+                out.append(p)
+        return out
+
+    def manifest_line(self) -> dict:
+        line = {"id": "video", "video": self.input_video, "prompts": self.all_prompts(),
+                "apply_mask": self.apply_mask, "mask_opacity": self.mask_opacity}
+        for key in ("outputs", "max_frames", "chunk_frames"):
+            if getattr(self, key) is not None:
+                line[key] = getattr(self, key)
+        return line
+
+
+class GenerateRequest(GenerationRequest):
+    response_format: Literal["url", "b64_json"] = Field(
+        "url", description="Sync only: url (default) or b64_json (the result video inline, base64).")
+
+
+def request_schema() -> dict:
+    schema = GenerationRequest.model_json_schema()
+    schema["title"] = "sam-3-video request"
+    return schema
