@@ -9,7 +9,6 @@ Run: .venv/bin/python -m benchmarks.bench_composite [VIDEO]
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import tempfile
@@ -19,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import VIDEO_720P, interleaved, machine
-from workers.decode import open_reader
+from workers.decode import open_reader, yuv_capable
 from workers.encode import EncoderSettings
 from pipeline.chunks import SEGMENT_FRAMES
 from workers.masks_document import FrameLog
@@ -49,7 +48,8 @@ def main() -> None:
     settings = EncoderSettings(codec="libx264")
     tmp = Path(tempfile.mkdtemp(prefix="bench-composite-"))
 
-    spec = RenderSpec(info.width, info.height, info.fps_rational, 0.5, settings, int(os.environ.get("SEG", SEGMENT_FRAMES)), len(frames))
+    spec = RenderSpec(info.width, info.height, info.fps_rational, 0.5, settings, SEGMENT_FRAMES, len(frames),
+                      yuv=yuv_capable(info))
     log = FrameLog()
     rle_start = time.perf_counter()
     entries = [log.add(frame.pts, objs) for frame, objs in zip(frames, found)]
@@ -58,7 +58,7 @@ def main() -> None:
     def ours() -> None:
         stage = RenderStage(tmp, ["overlay"], spec, FrameLog(), publish=lambda name, g, path: None)
         for frame, entry in zip(frames, entries):
-            stage.draw(frame.index, frame.rgb, entry, found[frame.index].masks)
+            stage.draw(frame.index, frame, entry, found[frame.index].masks)
         stage.finish()
 
     def ffmpeg_cli() -> None:

@@ -30,8 +30,19 @@ class Settings(BaseSettings):
     @field_validator("url_allowlist", mode="before")
     @classmethod
     def _split(cls, value):
+        """``a,b,c`` (or a JSON list) -> ["a", "b", "c"]."""
         if isinstance(value, str):
-            return [v.strip() for v in value.split(",") if v.strip()]
+            if value.strip().startswith("["):
+                import json
+
+                try:
+                    value = json.loads(value)
+                except ValueError:
+                    raise ValueError("not a JSON list: use comma-separated entries") from None
+            else:
+                return [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, list):
+            return [str(v).strip() for v in value if str(v).strip()]
         return value
 
     @model_validator(mode="after")

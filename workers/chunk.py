@@ -22,7 +22,7 @@ from pathlib import Path
 from pipeline.chunks import SEGMENT_FRAMES, Chunk, encode_limit
 from pipeline.storage import Storage
 from pipeline.storage.base import join_key
-from workers.decode import DecodeThread, Frame, open_reader
+from workers.decode import DecodeThread, Frame, open_reader, yuv_capable
 from workers.encode import EncoderSettings
 from workers.masks_document import FrameLog
 from workers.model import LoadedModel
@@ -127,7 +127,7 @@ def segment_chunk(job: ChunkJob, loaded: LoadedModel, artifacts: Storage, prefix
         limit = encode_limit(chunk.stop, chunk.final, job.num_frames or chunk.stop, delay, job.segment_frames)
         limit = max(limit, carry.render_from)
         spec = RenderSpec(job.info.width, job.info.height, job.info.fps_rational, job.mask_opacity, job.encoder,
-                          job.segment_frames, limit)
+                          job.segment_frames, limit, yuv=yuv_capable(job.info))
         log = FrameLog()
 
         def publish(name: str, segment: int, path: Path) -> None:
@@ -146,7 +146,7 @@ def segment_chunk(job: ChunkJob, loaded: LoadedModel, artifacts: Storage, prefix
             draw = found.frame_idx < render.spec.encode_limit
             if not draw:
                 undrawn.append(found.frame_idx)
-            render.submit(found.frame_idx, frame.rgb if draw else None, found, frame.pts)
+            render.submit(found.frame_idx, frame if draw else None, found, frame.pts)
 
         try:
             for frame in decode:
@@ -154,7 +154,7 @@ def segment_chunk(job: ChunkJob, loaded: LoadedModel, artifacts: Storage, prefix
                 seen = i + 1
                 if i < carry.emitted_to:
                     if i < limit:
-                        render.replay(i, frame.rgb, pending[i])
+                        render.replay(i, frame, pending[i])
                     continue
                 held[i] = frame
                 if i < chunk.start:
@@ -217,5 +217,5 @@ def _replay_undrawn(info: VideoInfo, undrawn: list[int], log: FrameLog, render: 
     entries = {entry["frame"]: entry for entry in log.frames}
     with open_reader(info, start=undrawn[0], count=undrawn[-1] + 1 - undrawn[0]) as again:
         for frame in again:
-            render.replay(frame.index, frame.rgb, entries[frame.index])
+            render.replay(frame.index, frame, entries[frame.index])
     undrawn.clear()

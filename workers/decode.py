@@ -44,6 +44,16 @@ class Frame:
     index: int  # 0-based index in the source video
     pts: float  # presentation time in seconds, source timestamps (VFR preserved)
     rgb: np.ndarray  # (H, W, 3) uint8, C-contiguous, displayed orientation
+    # The decoder's own planar yuv420p picture, (H * 3 // 2, W) uint8 (I420), where it can be had
+    # without conversion (see ``yuv_capable``): the compositor draws on it, sparing the encoder
+    # an rgb24 -> yuv420p conversion and the pipe half its bytes.
+    yuv: np.ndarray | None = None
+
+
+def yuv_capable(info: VideoInfo) -> bool:
+    """yuv420p frames can go to the encoder as decoded: no rotation, even size, 8-bit 4:2:0."""
+    return (info.pix_fmt == "yuv420p" and info.rotation == 0
+            and info.width % 2 == 0 and info.height % 2 == 0)
 
 
 def _turn(rgb: np.ndarray, clockwise_quarters: int) -> np.ndarray:
@@ -236,6 +246,7 @@ class _PyAVReader(FrameReader):
 
         super().__init__(info, start, stop)
         self._turns = info.rotation // 90  # PyAV never rotates
+        self._yuv = yuv_capable(info)
         self.corrupt_packets = 0
         self._next_index = start
         try:
@@ -278,7 +289,8 @@ class _PyAVReader(FrameReader):
                 t = self.info.start_time if last_time is None else last_time + step
             last_time = t
             rgb = _turn(av_frame.to_ndarray(format="rgb24"), self._turns)
-            yield Frame(self._next_index, float(t), rgb)
+            yuv = av_frame.to_ndarray(format="yuv420p") if self._yuv and av_frame.format.name == "yuv420p" else None
+            yield Frame(self._next_index, float(t), rgb, yuv)
             self._next_index += 1
 
     def _av_frames_from(self, start: int) -> Iterator[av.VideoFrame]:

@@ -62,15 +62,16 @@ def _codec_args(codec: str, settings: EncoderSettings, no_bframes: bool) -> dict
 
 
 class FrameEncoder:
-    """Write (H, W, 3) uint8 RGB frames (or (H, W) ``gray`` ones); odd sizes are padded to even at
-    the right/bottom edge."""
+    """Write (H, W, 3) uint8 RGB frames, (H, W) ``gray`` ones or (H * 3 // 2, W) planar ``yuv420p``
+    ones; odd sizes are padded to even at the right/bottom edge."""
 
     def __init__(self, path: Path, width: int, height: int, fps_rational: str,
                  settings: EncoderSettings = EncoderSettings(), no_bframes: bool = False,
                  pix_fmt: str = "rgb24"):
         self.path = Path(path)
         self.width, self.height = width, height
-        self.frame_shape = (height, width, 3) if pix_fmt == "rgb24" else (height, width)
+        self.frame_shape = {"rgb24": (height, width, 3), "gray": (height, width),
+                            "yuv420p": (height * 3 // 2, width)}[pix_fmt]
         self.codec = resolve_codec(settings)
         self.frames_written = 0
         stream = ffmpeg.input("pipe:", format="rawvideo", pix_fmt=pix_fmt, s=f"{width}x{height}",

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from workers import rle
-from workers.composite import mask_frame, overlay
+from workers.decode import Frame
+from workers.composite import mask_frame, overlay, overlay_yuv
 from workers.encode import EncoderSettings, FrameEncoder
 from workers.masks_document import FrameLog
 from workers.tracker import FrameObjects
@@ -38,6 +39,7 @@ class RenderSpec:
     encoder: EncoderSettings
     segment_frames: int
     encode_limit: int  # frames below this index are encoded here; the last segment ends there
+    yuv: bool = False  # draw the overlay on the decoder's yuv420p planes (decode.yuv_capable)
 
 
 class _SegmentWriter:
@@ -62,12 +64,17 @@ class _SegmentWriter:
                 self.workdir / f"{self.name}-{segment:06d}.mp4", self.spec.width, self.spec.height,
                 self.spec.fps_rational, self.spec.encoder,
                 # No B-frames: packets stay in display order, so VFR timestamps map one to one.
-                no_bframes=True, pix_fmt="rgb24" if self.name == "overlay" else "gray",
+                no_bframes=True, pix_fmt=self._pix_fmt(),
             )
             self.codec = self.encoder.codec
         self.encoder.write(image)
         self.last_index = index
         self.close_if_complete()
+
+    def _pix_fmt(self) -> str:
+        if self.name != "overlay":
+            return "gray"
+        return "yuv420p" if self.spec.yuv else "rgb24"
 
     def close_if_complete(self) -> None:
         if self.encoder is None:
@@ -126,17 +133,17 @@ class RenderStage:
     def codec(self) -> str:
         return next((w.codec for w in self.writers if w.codec != "none"), "none")
 
-    def submit(self, index: int, rgb: np.ndarray | None, found: FrameObjects, pts: float) -> None:
-        """A frame the model just finished: record its RLE; draw it if ``rgb`` is given."""
-        self._put(("live", index, rgb, found, pts))
+    def submit(self, index: int, frame: Frame | None, found: FrameObjects, pts: float) -> None:
+        """A frame the model just finished: record its RLE; draw it if ``frame`` is given."""
+        self._put(("live", index, frame, found, pts))
 
-    def draw(self, index: int, rgb: np.ndarray, entry: dict, masks: np.ndarray) -> None:
+    def draw(self, index: int, frame: Frame, entry: dict, masks: np.ndarray) -> None:
         """Draw a frame whose entry and masks are already known (no RLE work)."""
-        self._put(("draw", index, rgb, entry, masks))
+        self._put(("draw", index, frame, entry, masks))
 
-    def replay(self, index: int, rgb: np.ndarray, entry: dict) -> None:
+    def replay(self, index: int, frame: Frame, entry: dict) -> None:
         """A frame recorded by an earlier chunk but not yet encoded: draw it from its RLE."""
-        self._put(("replay", index, rgb, entry, None))
+        self._put(("replay", index, frame, entry, None))
 
     def _put(self, item) -> None:
         while True:
@@ -148,29 +155,32 @@ class RenderStage:
             except queue.Full:
                 continue
 
-    def _draw(self, index: int, rgb: np.ndarray, ids: list[int], masks: np.ndarray, bboxes: list[list[float]]) -> None:
+    def _draw(self, index: int, frame: Frame, ids: list[int], masks: np.ndarray, bboxes: list[list[float]]) -> None:
         for writer in self.writers:
             if writer.name == "overlay":
                 # Drawn in place: the frame was decoded for this stage and is not read again.
-                writer.write(index, overlay(rgb, ids, masks, self.spec.opacity, bboxes, in_place=True))
+                if self.spec.yuv:
+                    writer.write(index, overlay_yuv(_i420(frame), ids, masks, self.spec.opacity, bboxes))
+                else:
+                    writer.write(index, overlay(frame.rgb, ids, masks, self.spec.opacity, bboxes, in_place=True))
             else:
                 writer.write(index, mask_frame(masks, self.spec.height, self.spec.width))
 
-    def _handle(self, kind: str, index: int, rgb, payload, extra) -> None:
+    def _handle(self, kind: str, index: int, frame: Frame | None, payload, extra) -> None:
         # live: payload is FrameObjects, extra its pts; draw: payload an entry, extra its masks;
         # replay: payload an entry whose masks come from its RLE.
         if kind == "live":
             entry = self.log.add(extra, payload)
-            if rgb is not None:
-                self._draw(index, rgb, payload.object_ids, payload.masks, [o["bbox"] for o in entry["objects"]])
+            if frame is not None:
+                self._draw(index, frame, payload.object_ids, payload.masks, [o["bbox"] for o in entry["objects"]])
             return
         objects = payload["objects"]
         if kind == "draw":
-            self._draw(index, rgb, [o["id"] for o in objects], extra, [o["bbox"] for o in objects])
+            self._draw(index, frame, [o["id"] for o in objects], extra, [o["bbox"] for o in objects])
             return
         masks = (np.stack([rle.decode(o["segmentation"]) for o in objects]) if objects
                  else np.zeros((0, self.spec.height, self.spec.width), dtype=bool))
-        self._draw(index, rgb, [o["id"] for o in objects], masks, [o["bbox"] for o in objects])
+        self._draw(index, frame, [o["id"] for o in objects], masks, [o["bbox"] for o in objects])
 
     def _run(self) -> None:
         while True:
@@ -220,3 +230,12 @@ class RenderStage:
             self._thread.join()
         for writer in self.writers:
             writer.abort()
+
+
+def _i420(frame: Frame) -> np.ndarray:
+    """The frame's yuv420p planes; converted from RGB (swscale) when the decoder gave none."""
+    if frame.yuv is not None:
+        return frame.yuv
+    import av
+
+    return av.VideoFrame.from_ndarray(frame.rgb, format="rgb24").reformat(format="yuv420p").to_ndarray()

@@ -49,16 +49,20 @@ class LocalStorage(Storage):
         return local_path
 
     def list(self, prefix: str) -> list[str]:
-        base = self.root / prefix.strip("/") if prefix.strip("/") else self.root
+        prefix = prefix.strip("/")
+        base = self._path(prefix) if prefix else self.root
         if not base.is_dir():
             return []
-        return sorted(str(p.relative_to(self.root)) for p in base.rglob("*")
+        return sorted(p.relative_to(self.root).as_posix() for p in base.rglob("*")
                       if p.is_file() and not p.name.endswith(".partial"))
 
     def delete_prefix(self, prefix: str) -> int:
         keys = self.list(prefix)
         if prefix.strip("/"):
-            shutil.rmtree(self.root / check_key(prefix.strip("/")), ignore_errors=True)
+            shutil.rmtree(self._path(prefix.strip("/")), ignore_errors=True)
+        else:  # the whole storage root, as S3 does: every key, not the directory itself
+            for key in keys:
+                self._path(key).unlink(missing_ok=True)
         return len(keys)
 
     def exists(self, key: str) -> bool:

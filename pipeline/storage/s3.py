@@ -45,8 +45,11 @@ class S3Storage(Storage):
         local_path = Path(local_path)
         local_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = local_path.with_name(f".{local_path.name}.{uuid.uuid4().hex}.partial")
-        self.client.download_file(self.bucket, self._key(key), str(tmp), Config=self.transfer)
-        tmp.replace(local_path)
+        try:
+            self.client.download_file(self.bucket, self._key(key), str(tmp), Config=self.transfer)
+            tmp.replace(local_path)
+        finally:
+            tmp.unlink(missing_ok=True)
         return local_path
 
     def exists(self, key: str) -> bool:
