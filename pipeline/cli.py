@@ -140,10 +140,11 @@ def model_tiny(
     typer.echo(str(path))
 
 
-from pipeline import cli_jobs  # noqa: E402  (registers the batch commands on `app`)
+from pipeline import cli_api, cli_jobs  # noqa: E402  (register their commands on `app`)
 
 cli_jobs.register(app, user_errors)
 cli_jobs.register_schedules(app, user_errors)
+cli_api.register_api(app, user_errors)
 
 
 def main() -> None:  # pragma: no cover - console entry

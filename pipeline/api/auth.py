@@ -34,7 +34,7 @@ def load_key_digests(environ=os.environ) -> list[str]:
     return digests
 
 
-def owner(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> str:
+async def owner(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> str:
     """The caller's key digest, or 401."""
     if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials.strip():
         raise APIError(401, "unauthorized", "missing or malformed Authorization: Bearer <key> header")

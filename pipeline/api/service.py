@@ -1,0 +1,174 @@
+"""Generations in Redis: a generation is a one-video job (lane ``interactive``) plus a metadata hash
+``sam3v:gen:{id}`` (owner key digest, model, request params, created) and a per-owner index
+``sam3v:gen:owner:{digest}`` (sorted set by creation time). Nothing is kept in the API process."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.api.errors import APIError
+from pipeline.api.schemas import GenerationRequest
+from pipeline.errors import InputError
+from pipeline.manifest import parse_manifest
+from pipeline.producer import enqueue_videos
+from pipeline.status import TERMINAL, StatusStore, _s
+from pipeline.urls import check_url
+
+VIDEO_ID = "video"
+LANE = "interactive"
+FILES = {"masks": "masks.json", "overlay": "overlay.mp4", "mask": "mask.mp4"}
+
+
+def gen_key(gen_id: str) -> str:
+    return f"sam3v:gen:{gen_id}"
+
+
+def owner_key(owner: str) -> str:
+    return f"sam3v:gen:owner:{owner}"
+
+
+def output_key(gen_id: str, name: str) -> str:
+    return f"{gen_id}/{VIDEO_ID}/{FILES.get(name, name)}"
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    return float(raw) if raw not in (None, "") else default
+
+
+@dataclass
+class ApiConfig:
+    sync_timeout: float = field(default_factory=lambda: _env_float("SAM3V_API_SYNC_TIMEOUT", 600.0))
+    sse_ping: float = field(default_factory=lambda: _env_float("SAM3V_API_SSE_PING", 15.0))
+    url_expires: int = field(default_factory=lambda: int(_env_float("SAM3V_API_URL_EXPIRES", 3600)))
+
+
+class Generations:
+    def __init__(self, settings, redis_client, celery_app, storage, config: ApiConfig | None = None):
+        self.settings = settings
+        self.r = redis_client
+        self.store = StatusStore(redis_client)
+        self.celery = celery_app
+        self.storage = storage
+        self.config = config or ApiConfig()
+        self.presigned = hasattr(storage, "client")  # S3: presigned URLs; local: our download route
+
+    # --- create -------------------------------------------------------------------------------
+    def check_input(self, req: GenerationRequest) -> None:
+        if req.input_video.lower().startswith(("http://", "https://")):
+            try:
+                check_url(req.input_video, self.settings.url_allowlist)
+            except InputError as err:
+                raise APIError(422, "invalid_request", f"input_video: {err}", field="input_video") from None
+
+    def create(self, req: GenerationRequest, owner: str) -> str:
+        data = json.dumps(req.manifest_line()).encode()
+        parsed = parse_manifest(data, "api.jsonl")
+        if parsed.rejected:
+            reason = parsed.rejected[0].reason
+            raise APIError(422, "invalid_request", reason, field=reason.split(":", 1)[0])
+        items = [i.model_dump() for i in parsed.items]
+        gen_id = self.store.new_job_id()
+        now = time.time()
+        params = req.model_dump(exclude={"response_format", "num_generations"})
+        # Metadata first: by the time any event of this job exists, its owner is known.
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(gen_key(gen_id), mapping={"owner": owner, "model": req.model, "params": json.dumps(params),
+                                            "created": now})
+        pipe.zadd(owner_key(owner), {gen_id: now})
+        pipe.execute()
+        self.store.create_job(gen_id, f"api:{req.model}", {"source": "api", "default_prompt": None, "lane": LANE},
+                              items, [])
+        enqueue_videos(self.celery, gen_id, [VIDEO_ID], LANE)
+        return gen_id
+
+    # --- read ---------------------------------------------------------------------------------
+    def meta(self, gen_id: str, owner: str) -> dict:
+        raw = self.r.hgetall(gen_key(gen_id))
+        meta = {_s(k): _s(v) for k, v in raw.items()}
+        if not meta or not hmac.compare_digest(meta.get("owner", ""), owner):
+            raise APIError(404, "not_found", f"no generation {gen_id}")
+        return meta
+
+    def urls(self, gen_id: str, outputs: dict, base_url: str) -> dict[str, str]:
+        out = {}
+        for name in outputs:
+            if self.presigned:
+                out[name] = self.storage.url(output_key(gen_id, name), self.config.url_expires)
+            else:
+                out[name] = f"{base_url.rstrip('/')}/api/ai/queue/{gen_id}/files/{name}"
+        return out
+
+    @staticmethod
+    def main_output(outputs: dict, apply_mask: bool) -> str | None:
+        order = ("overlay", "mask") if apply_mask else ("mask", "overlay")
+        for name in (*order, "masks"):
+            if name in outputs:
+                return name
+        return None
+
+    def document(self, gen_id: str, meta: dict, base_url: str, video: dict | None = None) -> dict:
+        video = video if video is not None else self.store.video(gen_id, VIDEO_ID)
+        params = json.loads(meta["params"])
+        status = video.get("status", "queued")
+        outputs = (video.get("outputs") or {}) if status == "succeeded" else {}
+        urls = self.urls(gen_id, outputs, base_url)
+        main = self.main_output(outputs, params.get("apply_mask", True))
+        created = float(meta["created"])
+        return {
+            "generation_id": gen_id, "id": gen_id, "model": meta["model"], "status": status,
+            "result_url": urls.get(main) if main else None, "result_urls": urls,
+            "error_message": video.get("error") if status in ("failed", "cancelled") else None,
+            "created_at": int(created), "updated_at": int(float(video.get("updated") or created)),
+            "frames_done": video.get("frames_done") or 0, "frames_total": video.get("frames_total"),
+            "input_video": params.get("input_video"), "prompt": params.get("prompt"),
+            "apply_mask": params.get("apply_mask", True), "params": params,
+        }
+
+    def list(self, owner: str, base_url: str, status: str | None, model: str | None, limit: int) -> list[dict]:
+        out = []
+        ids = [_s(i) for i in self.r.zrevrange(owner_key(owner), 0, -1)]
+        for start in range(0, len(ids), 200):
+            batch = ids[start:start + 200]
+            pipe = self.r.pipeline(transaction=False)
+            for gen_id in batch:
+                pipe.hgetall(gen_key(gen_id))
+            for gen_id, raw in zip(batch, pipe.execute()):
+                meta = {_s(k): _s(v) for k, v in raw.items()}
+                if not meta or (model and meta.get("model") != model):
+                    continue
+                doc = self.document(gen_id, meta, base_url)
+                if status and doc["status"] != status:
+                    continue
+                out.append(doc)
+                if len(out) >= limit:
+                    return out
+        return out
+
+    # --- change -------------------------------------------------------------------------------
+    def cancel(self, gen_id: str) -> None:
+        if self.store.video(gen_id, VIDEO_ID).get("status") not in TERMINAL:
+            self.store.mark_cancelled(gen_id)
+
+    def retry(self, gen_id: str) -> None:
+        state = self.store.video(gen_id, VIDEO_ID).get("status")
+        if state not in ("failed", "cancelled"):
+            raise APIError(409, "conflict", f"generation {gen_id} is {state}: only failed or cancelled "
+                                            "generations can be retried")
+        self.store.reset_deliveries(gen_id, VIDEO_ID)
+        self.store.reopen(gen_id, [VIDEO_ID])
+        enqueue_videos(self.celery, gen_id, [VIDEO_ID], LANE)
+
+    def file(self, gen_id: str, name: str) -> tuple[str, Path | None]:
+        name = {v: k for k, v in FILES.items()}.get(name, name)
+        video = self.store.video(gen_id, VIDEO_ID)
+        if video.get("status") != "succeeded" or name not in (video.get("outputs") or {}):
+            raise APIError(404, "not_found", f"generation {gen_id} has no output {name!r}")
+        key = output_key(gen_id, name)
+        local = None if self.presigned else Path(self.storage.uri(key))
+        return key, local

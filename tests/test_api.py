@@ -1,0 +1,415 @@
+"""The HTTP API with real parts: redis-server, moto S3, one `sam3v worker` on all four queues with
+the tiny model, a local http.server serving the inputs, and the API in a uvicorn subprocess. Also
+runs the hosted documentation's curl/jq/awk scripts (stray spaces removed) against it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests import media
+from tests.services import free_port, start_worker, stop_process
+from tests.test_pipeline import env, redis_server, s3  # noqa: F401  (module fixtures)
+
+KEY_A, KEY_B = "key-alpha-123", "key-beta-456"
+A = {"Authorization": f"Bearer {KEY_A}"}
+B = {"Authorization": f"Bearer {KEY_B}"}
+FRAMES = 6
+
+
+@pytest.fixture(scope="module")
+def inputs(media_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("www")
+    shutil.copy(media.clip(media_dir, FRAMES + 2), root / "clip.mp4")
+    shutil.copy(media.random_bytes(media_dir), root / "corrupt.mp4")
+    other_port = free_port()  # nothing listens there, and it is not allowed anyway
+    redirects = {"/redir-meta": "http://169.254.169.254/latest/meta-data/",
+                 "/redir-other": f"http://127.0.0.1:{other_port}/x.mp4"}
+
+    class Handler(SimpleHTTPRequestHandler):
+        def __init__(self, *a, **k):
+            super().__init__(*a, directory=str(root), **k)
+
+        def do_GET(self):  # noqa: N802
+            if self.path in redirects:
+                self.send_response(302)
+                self.send_header("Location", redirects[self.path])
+                self.end_headers()
+                return
+            super().do_GET()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield {"base": f"http://127.0.0.1:{server.server_port}", "port": server.server_port, "other_port": other_port}
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def api(env, inputs, tmp_path_factory):  # noqa: F811
+    logs = tmp_path_factory.mktemp("api-logs")
+    api_env = {**env, "SAM3V_API_KEYS": f"{KEY_A},{KEY_B}", "SAM3V_URL_ALLOWLIST": f"127.0.0.1:{inputs['port']}",
+               "SAM3V_API_SSE_PING": "1"}
+    worker = start_worker(api_env, "gpu,cpu,interactive-gpu,interactive-cpu", "api1", logs / "worker.log")
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "uvicorn", "pipeline.api:create_app", "--factory",
+                               "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
+                              env=api_env, stdout=open(logs / "api.log", "ab"), stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            if httpx.get(f"{base}/api/ai/models/sam-3-video", headers=A).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    else:
+        raise RuntimeError("API did not start: " + (logs / "api.log").read_text())
+    yield {"base": base, "logs": logs}
+    stop_process(server)
+    stop_process(worker)
+
+
+def enqueue(api, body, headers=A) -> str:
+    r = httpx.post(f"{api['base']}/api/ai/queue", json={"model": "sam-3-video", **body}, headers=headers)
+    assert r.status_code == 200, r.text
+    gens = r.json()["generations"]
+    assert gens[0]["status"] == "queued"
+    return gens[0]["generation_id"]
+
+
+def wait(api, gen_id, timeout=180) -> dict:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        doc = httpx.get(f"{api['base']}/api/ai/queue/{gen_id}", headers=A).json()
+        if doc["status"] in ("succeeded", "failed", "cancelled"):
+            return doc
+        time.sleep(0.3)
+    raise AssertionError(f"{gen_id} did not finish: {doc}")
+
+
+class SSEReader:
+    """Reads /api/events in a thread; records (event, id, data) of every event."""
+
+    def __init__(self, api, headers, last_event_id=None):
+        self.events: list[tuple[str, str, dict]] = []
+        self.pings = 0
+        self.stop = threading.Event()
+        self.connected = threading.Event()
+        headers = dict(headers)
+        if last_event_id:
+            headers["Last-Event-ID"] = last_event_id
+        self.thread = threading.Thread(target=self._run, args=(api["base"], headers), daemon=True)
+        self.thread.start()
+        assert self.connected.wait(10)
+
+    def _run(self, base, headers):
+        with httpx.stream("GET", f"{base}/api/events", headers=headers, timeout=httpx.Timeout(5.0)) as r:
+            assert r.status_code == 200
+            self.connected.set()
+            event = eid = None
+            for line in r.iter_lines():
+                if self.stop.is_set():
+                    return
+                if line.startswith(":"):
+                    self.pings += 1
+                elif line.startswith("event: "):
+                    event = line[7:]
+                elif line.startswith("id: "):
+                    eid = line[4:]
+                elif line.startswith("data: "):
+                    self.events.append((event, eid, json.loads(line[6:])))
+
+    def until(self, predicate, timeout):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end and not predicate(self.events):
+            time.sleep(0.1)
+        return predicate(self.events)
+
+    def close(self):
+        self.stop.set()
+        self.thread.join(10)
+
+
+def test_auth_models_and_docs(api):
+    base = api["base"]
+    assert httpx.get(f"{base}/api/ai/models/sam-3-video").status_code == 401
+    r = httpx.get(f"{base}/api/ai/models/sam-3-video", headers={"Authorization": "Bearer nope"})
+    assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
+    assert httpx.get(f"{base}/api/ai/queue/x", headers={"Authorization": "Bearer nope"}).status_code == 401
+    assert httpx.get(f"{base}/api/events", headers={"Authorization": "Basic a2V5"}).status_code == 401
+    # (A key with trailing whitespace, as the hosted scripts send it, is tested through curl below.)
+    r = httpx.get(f"{base}/api/ai/models/sam-3-video", headers={"Authorization": f"bearer  {KEY_A}"})
+    assert r.status_code == 200
+    model = r.json()
+    schema = model["json_request_schema"]
+    assert model["id"] == "sam-3-video"
+    assert set(schema["required"]) == {"input_video", "prompt"}
+    assert schema["properties"]["input_video"]["format"] == "uri"
+    assert schema["properties"]["apply_mask"] == {**schema["properties"]["apply_mask"], "type": "boolean", "default": True}
+    r = httpx.get(f"{base}/api/ai/models/sam-2-video", headers=A)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+    assert httpx.get(f"{base}/docs").status_code == 200
+    paths = httpx.get(f"{base}/openapi.json").json()["paths"]
+    for p in ("/api/ai/queue", "/api/ai/queue/{generation_id}", "/api/ai/queue/{generation_id}/retry",
+              "/api/ai/videos/generate", "/api/events", "/api/ai/models/{model_id}"):
+        assert p in paths
+
+
+@pytest.mark.parametrize("body,field", [
+    ({"input_video": "s3://b/k.mp4"}, "prompt"),
+    ({"input_video": "s3://b/k.mp4", "prompt": "   "}, "prompt"),
+    ({"prompt": "dog"}, "input_video"),
+    ({"input_video": "/etc/passwd", "prompt": "dog"}, "input_video"),
+    ({"input_video": "file:///etc/passwd", "prompt": "dog"}, "input_video"),
+    ({"input_video": "s3://b/k.mp4", "prompt": "dog", "apply_mask": "maybe"}, "apply_mask"),
+    ({"input_video": "s3://b/k.mp4", "prompt": "dog", "num_generations": 5}, "num_generations"),
+    ({"input_video": "s3://b/k.mp4", "prompt": "dog", "max_frames": 0}, "max_frames"),
+    ({"input_video": "s3://b/k.mp4", "prompt": "dog", "outputs": ["gif"]}, "outputs.0"),
+])
+def test_bad_requests_name_the_field(api, body, field):
+    r = httpx.post(f"{api['base']}/api/ai/queue", json={"model": "sam-3-video", **body}, headers=A)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["field"] == field and r.json()["error"]["message"]
+
+
+def test_unknown_model_and_refused_urls_at_enqueue(api, inputs):
+    base = api["base"]
+    r = httpx.post(f"{base}/api/ai/queue", json={"model": "sam-9", "input_video": "s3://b/k.mp4", "prompt": "x"},
+                   headers=A)
+    assert r.status_code == 404
+    for url in (f"http://127.0.0.1:{inputs['other_port']}/x.mp4", "http://169.254.169.254/latest/meta-data/"):
+        r = httpx.post(f"{base}/api/ai/queue", json={"model": "sam-3-video", "input_video": url, "prompt": "x"},
+                       headers=A)
+        assert r.status_code == 422, r.text
+        assert r.json()["error"]["field"] == "input_video" and "refused" in r.json()["error"]["message"]
+
+
+def test_queue_poll_results_failures_and_sse(api, inputs):
+    base = api["base"]
+    reader = SSEReader(api, A)
+    other = SSEReader(api, B, last_event_id="0-0")
+    try:
+        good = enqueue(api, {"input_video": f"{inputs['base']}/clip.mp4", "prompt": "dog", "max_frames": FRAMES,
+                             "outputs": ["overlay", "mask", "rle"]})
+        corrupt = enqueue(api, {"input_video": f"{inputs['base']}/corrupt.mp4", "prompt": "dog"})
+        meta = enqueue(api, {"input_video": f"{inputs['base']}/redir-meta", "prompt": "dog"})
+        local = enqueue(api, {"input_video": f"{inputs['base']}/redir-other", "prompt": "dog"})
+        ours = [good, corrupt, meta, local]
+        # Someone else's generation does not exist for key B.
+        assert httpx.get(f"{base}/api/ai/queue/{good}", headers=B).status_code == 404
+        assert httpx.delete(f"{base}/api/ai/queue/{good}", headers=B).status_code == 404
+        assert httpx.post(f"{base}/api/ai/queue/{corrupt}/retry", headers=B).status_code == 404
+
+        doc = wait(api, good)
+        assert doc["status"] == "succeeded", doc
+        assert doc["model"] == "sam-3-video" and doc["prompt"] == "dog" and doc["apply_mask"] is True
+        assert set(doc["result_urls"]) == {"overlay", "mask", "masks"}
+        assert doc["result_url"] == doc["result_urls"]["overlay"]
+        video = httpx.get(doc["result_url"])
+        assert video.status_code == 200 and video.content[4:8] == b"ftyp"
+        masks = httpx.get(doc["result_urls"]["masks"]).json()
+        assert masks["video"]["num_frames"] == FRAMES
+        assert isinstance(doc["created_at"], int) and doc["updated_at"] >= doc["created_at"]
+
+        bad = wait(api, corrupt)
+        assert bad["status"] == "failed" and "not a video" in bad["error_message"] and bad["result_url"] is None
+        for gen_id in (meta, local):  # redirects to refused hosts: allowed at enqueue, failed by the fetcher
+            d = wait(api, gen_id)
+            assert d["status"] == "failed" and "refused" in d["error_message"], d
+
+        # SSE: each completion exactly once, with the ids the client scripts match on.
+        assert reader.until(lambda ev: {e[2]["generation_id"] for e in ev} >= set(ours), 30), reader.events
+        time.sleep(1.5)
+        mine = [e for e in reader.events if e[2]["generation_id"] in ours]
+        assert sorted(e[2]["generation_id"] for e in mine) == sorted(ours)
+        kinds = {e[2]["generation_id"]: (e[0], e[2]) for e in mine}
+        assert kinds[good][0] == "media_generation_completed" and kinds[good][1]["result_url"]
+        for gen_id in (corrupt, meta, local):
+            assert kinds[gen_id][0] == "media_generation_failed" and kinds[gen_id][1]["error_message"]
+        assert reader.pings >= 1
+        # Resume after the first of ours: the rest again, nothing lost, nothing repeated.
+        first_id = mine[0][1]
+        resumed = SSEReader(api, A, last_event_id=first_id)
+        try:
+            want = {e[2]["generation_id"] for e in mine[1:]}
+            assert resumed.until(lambda ev: {e[2]["generation_id"] for e in ev} >= want, 15)
+            time.sleep(1.5)
+            got = [e for e in resumed.events if e[2]["generation_id"] in ours]
+            assert [e[1] for e in got] == [e[1] for e in mine[1:]]
+        finally:
+            resumed.close()
+        # Key B saw none of it, though it read the whole stream from the start.
+        assert not [e for e in other.events if e[2]["generation_id"] in ours]
+        assert other.pings >= 1
+    finally:
+        reader.close()
+        other.close()
+
+    # Listing, filters, retry of a failed one, cancel.
+    listed = httpx.get(f"{base}/api/ai/queue", params={"status": "failed"}, headers=A).json()["generations"]
+    assert {corrupt, meta, local} <= {g["generation_id"] for g in listed} and good not in {g["generation_id"] for g in listed}
+    assert httpx.get(f"{base}/api/ai/queue", headers=B).json()["generations"] == []
+    assert httpx.post(f"{base}/api/ai/queue/{good}/retry", headers=A).status_code == 409
+    r = httpx.post(f"{base}/api/ai/queue/{corrupt}/retry", headers=A)
+    assert r.status_code == 200 and r.json()["status"] == "queued"
+    assert wait(api, corrupt)["status"] == "failed"
+    slow = enqueue(api, {"input_video": f"{inputs['base']}/clip.mp4", "prompt": "dog"})
+    r = httpx.delete(f"{base}/api/ai/queue/{slow}", headers=A)
+    assert r.status_code == 200 and r.json()["status"] == "cancelled"
+    assert wait(api, slow)["status"] == "cancelled"
+    assert slow in {g["generation_id"] for g in
+                    httpx.get(f"{base}/api/ai/queue", params={"status": "cancelled"}, headers=A).json()["generations"]}
+
+
+def test_sync_generate(api, inputs):
+    base = api["base"]
+    body = {"model": "sam-3-video", "input_video": f"{inputs['base']}/clip.mp4", "prompt": "dog",
+            "max_frames": 4, "apply_mask": False}
+    r = httpx.post(f"{base}/api/ai/videos/generate", json=body, headers=A, timeout=300)
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    assert doc["status"] == "succeeded" and doc["model"] == "sam-3-video" and doc["generation_id"]
+    assert doc["result_url"] == doc["result_urls"]["mask"]
+    assert httpx.get(doc["result_url"]).content[4:8] == b"ftyp"
+    r = httpx.post(f"{base}/api/ai/videos/generate", json={**body, "response_format": "b64_json"}, headers=A, timeout=300)
+    import base64
+
+    assert r.status_code == 200 and base64.b64decode(r.json()["b64_json"])[4:8] == b"ftyp"
+    r = httpx.post(f"{base}/api/ai/videos/generate", json={**body, "input_video": f"{inputs['base']}/corrupt.mp4"},
+                   headers=A, timeout=300)
+    assert r.status_code == 422 and r.json()["error"]["code"] == "generation_failed"
+    assert r.json()["error"]["generation_id"] and "not a video" in r.json()["error"]["message"]
+
+
+def _hosted_script(api, inputs, script: str) -> subprocess.CompletedProcess:
+    """The documentation's script with the stray spaces removed and our base URL and input."""
+    script = script.replace("https://hub.oxen.ai", api["base"]).replace(
+        "https://hub.oxen.ai/api/repos/ox/Oxen-AI-Assets/file/main/images/winter_summer_ox.mp4", "")
+    return subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=240,
+                          env={"PATH": "/usr/bin:/bin", "OXEN_API_KEY": KEY_A, "INPUT": f"{inputs['base']}/clip.mp4"})
+
+
+POLL_SCRIPT = r"""
+set -e
+# Enqueue, capture the generation id.
+GEN_ID=$( curl -s -X POST https://hub.oxen.ai/api/ai/queue \
+-H "Content-Type: application/json" \
+-H "Authorization: Bearer $OXEN_API_KEY " \
+-d '{
+"model": "sam-3-video",
+"input_video": "'"$INPUT"'",
+"prompt": "the ox horns"
+}' | jq -r '.generations[0].generation_id' )
+# Poll until the generation reaches a terminal status.
+while true ; do
+STATUS=$( curl -s -H "Authorization: Bearer $OXEN_API_KEY " \
+"https://hub.oxen.ai/api/ai/queue/$GEN_ID" | jq -r '.status' )
+echo "Status: $STATUS "
+case $STATUS in succeeded | failed | cancelled ) break ;; esac
+sleep 5
+done
+# Print the result.
+curl -s -H "Authorization: Bearer $OXEN_API_KEY " \
+"https://hub.oxen.ai/api/ai/queue/$GEN_ID" | jq .
+"""
+
+SSE_SCRIPT = r"""
+set -e
+# Enqueue, capture the generation id.
+GEN_ID=$( curl -s -X POST https://hub.oxen.ai/api/ai/queue \
+-H "Content-Type: application/json" \
+-H "Authorization: Bearer $OXEN_API_KEY " \
+-d '{
+"model": "sam-3-video",
+"input_video": "'"$INPUT"'",
+"prompt": "the ox horns",
+"apply_mask": true
+}' | jq -r '.generations[0].generation_id' )
+# Stream the SSE channel, grab the data line that follows a
+# media_generation_completed event for our id, and pretty-print it.
+timeout 200 curl -sN -H "Authorization: Bearer $OXEN_API_KEY " https://hub.oxen.ai/api/events \
+| awk -v id="$GEN_ID" '
+/^event: media_generation_completed$/ { expect=1; next }
+/^data: / && expect {
+payload = substr($0, 7)
+if (index(payload, "\"generation_id\":\"" id "\"")) { print payload; exit }
+expect = 0
+}
+' | jq .
+"""
+
+
+@pytest.mark.skipif(not all(shutil.which(t) for t in ("curl", "jq", "awk")), reason="needs curl, jq and awk")
+def test_hosted_documentation_scripts(api, inputs):
+    done = _hosted_script(api, inputs, POLL_SCRIPT)
+    assert done.returncode == 0, done.stderr
+    assert "Status: succeeded" in done.stdout
+    result = json.loads(done.stdout[done.stdout.index("{"):])
+    assert result["status"] == "succeeded" and httpx.get(result["result_url"]).content[4:8] == b"ftyp"
+    done = _hosted_script(api, inputs, SSE_SCRIPT)
+    assert done.returncode == 0, done.stderr
+    payload = json.loads(done.stdout)
+    assert payload["status"] == "succeeded" and payload["result_url"].startswith("http")
+
+
+def test_register_api_adds_the_command():
+    import typer
+    from typer.testing import CliRunner
+
+    from pipeline.cli_api import register_api
+
+    app = typer.Typer()
+    app.command()(lambda: None)
+    register_api(app, lambda fn: fn)
+    r = CliRunner().invoke(app, ["api", "--help"])
+    assert r.exit_code == 0 and "--port" in r.output
+
+
+def test_embedded_mode_smoke(env, inputs, tmp_path):  # noqa: F811
+    """No broker, no Redis, local storage: the API runs the worker in-process; results come from the
+    authenticated download route; SSE works by polling the in-process Redis."""
+    clean = {k: v for k, v in env.items() if k not in ("SAM3V_BROKER_URL", "SAM3V_REDIS_URL")}
+    api_env = {**clean, "SAM3V_STORAGE_URL": str(tmp_path / "data"), "SAM3V_API_KEYS": KEY_A,
+               "SAM3V_URL_ALLOWLIST": f"127.0.0.1:{inputs['port']}", "SAM3V_API_SSE_PING": "1"}
+    port = free_port()
+    log = tmp_path / "api.log"
+    server = subprocess.Popen([sys.executable, "-m", "uvicorn", "pipeline.api:create_app", "--factory",
+                               "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
+                              env=api_env, stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+    api = {"base": f"http://127.0.0.1:{port}"}
+    try:
+        for _ in range(300):
+            try:
+                if httpx.get(f"{api['base']}/api/ai/models/sam-3-video", headers=A).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        else:
+            raise RuntimeError("embedded API did not start: " + log.read_text())
+        reader = SSEReader(api, A)
+        try:
+            gen_id = enqueue(api, {"input_video": f"{inputs['base']}/clip.mp4", "prompt": "dog", "max_frames": 3})
+            doc = wait(api, gen_id)
+            assert doc["status"] == "succeeded", (doc, log.read_text())
+            assert doc["result_url"] == f"{api['base']}/api/ai/queue/{gen_id}/files/overlay"
+            assert httpx.get(doc["result_url"]).status_code == 401
+            assert httpx.get(doc["result_url"], headers=A).content[4:8] == b"ftyp"
+            assert reader.until(lambda ev: any(e[2]["generation_id"] == gen_id for e in ev), 10), reader.events
+        finally:
+            reader.close()
+    finally:
+        stop_process(server)
