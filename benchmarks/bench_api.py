@@ -37,7 +37,8 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
 
 
-async def poll(base: str, ids: list[str], clients: int, duration: float) -> tuple[list[float], int, int]:
+async def poll(base: str, ids: list[str], clients: int, duration: float,
+               interval: float = 0.0) -> tuple[list[float], int, int]:
     latencies: list[float] = []
     errors = 0
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
@@ -57,6 +58,8 @@ async def poll(base: str, ids: list[str], clients: int, duration: float) -> tupl
                 latencies.append(time.perf_counter() - start)
                 errors += not ok
                 i += clients
+                if interval:
+                    await asyncio.sleep(interval)  # a real poller waits between polls
 
         await asyncio.gather(*(one(i) for i in range(clients)))
     return latencies, errors, len(latencies)
@@ -108,6 +111,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--duration", type=float, default=30.0)
     ap.add_argument("--clients", type=int, default=100)
+    ap.add_argument("--interval", type=float, default=0.0,
+                    help="seconds each client waits between polls (0: as fast as it can, the worst case)")
     ap.add_argument("--sse", type=int, default=1000)
     ap.add_argument("--hold", type=float, default=5.0)
     args = ap.parse_args()
@@ -138,8 +143,8 @@ def main() -> None:
         one_lat, _, one_n = asyncio.run(poll(base, ids, 1, 3.0))
         print(f"GET /api/ai/queue/{{id}}: 1 client x 3 s (baseline): {one_n} requests, "
               f"p50 {1000 * statistics.median(one_lat):.1f} ms, p99 {1000 * pct(one_lat, 0.99):.1f} ms")
-        lat, errors, n = asyncio.run(poll(base, ids, args.clients, args.duration))
-        print(f"GET /api/ai/queue/{{id}}: {args.clients} clients x {args.duration:.0f} s: {n} requests, "
+        lat, errors, n = asyncio.run(poll(base, ids, args.clients, args.duration, args.interval))
+        print(f"GET /api/ai/queue/{{id}}: {args.clients} clients (pause {args.interval:g} s between polls) x {args.duration:.0f} s: {n} requests, "
               f"{n / args.duration:.0f} req/s, p50 {1000 * statistics.median(lat):.1f} ms, "
               f"p99 {1000 * pct(lat, 0.99):.1f} ms, max {1000 * max(lat):.1f} ms, errors {errors}")
         s = asyncio.run(hold_sse(base, args.sse, args.hold, server.url, ids[0]))
