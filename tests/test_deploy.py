@@ -328,14 +328,14 @@ def test_compose_gpu_worker_gets_one_gpu_and_one_process():
                for d in devices), devices
     argv = as_argv(svc["command"])
     assert argv[argv.index("--concurrency") + 1] == "1"
-    assert argv[argv.index("--queues") + 1] == "gpu"
+    assert set(argv[argv.index("--queues") + 1].split(",")) == {"gpu", "interactive-gpu"}
     cpu = as_argv(compose()["services"]["cpu-worker"]["command"])
-    assert cpu[cpu.index("--queues") + 1] == "cpu"
+    assert set(cpu[cpu.index("--queues") + 1].split(",")) == {"cpu", "interactive-cpu"}
 
 
 def test_compose_services_and_redis_persistence():
     services = compose()["services"]
-    assert {"redis", "minio", "createbuckets", "gpu-worker", "cpu-worker", "beat", "flower"} <= set(services)
+    assert {"redis", "minio", "createbuckets", "gpu-worker", "cpu-worker", "beat", "flower", "api"} <= set(services)
     redis_cmd = as_argv(services["redis"]["command"])
     assert "--appendonly" in redis_cmd and redis_cmd[redis_cmd.index("--appendonly") + 1] == "yes"
     assert any(v.endswith(":/data") for v in services["redis"]["volumes"])
