@@ -1,0 +1,35 @@
+"""A chunk that keeps killing its worker fails its video after SAM3V_MAX_REDELIVERIES deliveries.
+
+The task body is called directly (a plain function call, not eager Celery), against the embedded
+in-process Redis, with the delivery count already at the limit: what a worker sees when the same
+chunk arrives for the fourth time after three crashes.
+"""
+
+from __future__ import annotations
+
+import pytest
+from celery.exceptions import Ignore
+
+
+def test_chunk_past_the_redelivery_limit_fails_its_video(monkeypatch, tmp_path):
+    monkeypatch.delenv("SAM3V_BROKER_URL", raising=False)
+    monkeypatch.delenv("SAM3V_REDIS_URL", raising=False)
+    monkeypatch.setenv("SAM3V_STORAGE_URL", str(tmp_path))
+    from workers import tasks
+
+    tasks.context.cache_clear()
+    ctx = tasks.context()
+    item = {"id": "v", "video": "x.mp4", "prompts": ["dog"], "line": 1}
+    ctx.status.create_job("job1", "t", {}, [item], [])
+    ctx.status.update_video("job1", "v", status="processing", source="x.mp4")
+    for _ in range(ctx.settings.max_redeliveries):
+        ctx.status.count_delivery("job1", "v", 2)
+    with pytest.raises(Ignore):
+        tasks.segment_chunk_task(job_id="job1", video_id="v", k=2, start=20, stop=30, final=False, num_frames=40)
+    video = ctx.status.video("job1", "v")
+    assert video["status"] == "failed"
+    assert "chunk 2" in video["error"] and "never finished" in video["error"]
+    doc = ctx.status.status_document("job1")
+    assert doc["status"] == "failed"
+    assert (tmp_path / "job1" / "results.jsonl").is_file()
+    tasks.context.cache_clear()
