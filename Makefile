@@ -10,10 +10,15 @@ TINY   ?= models/tiny
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
-	@command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null || { \
-	  echo "installing ffmpeg (Debian package)"; \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q ffmpeg; \
-	  else sudo apt-get update -q && sudo apt-get install -y -q ffmpeg; fi; }
+	@missing=""; \
+	command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null || missing="$$missing ffmpeg"; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v jq >/dev/null || missing="$$missing jq"; \
+	command -v curl >/dev/null || missing="$$missing curl"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing (ffmpeg for video; redis-server, jq, curl for the tests)"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q $$missing; \
+	  else sudo apt-get update -q && sudo apt-get install -y -q $$missing; fi; fi
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[worker,test]'
