@@ -41,11 +41,14 @@ test: setup
 	$(BIN)/python -m pytest -q
 
 bench: setup
+	@command -v wrk >/dev/null || { echo "installing wrk (bench_api's load generator)"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get install -y -q wrk; else sudo apt-get install -y -q wrk; fi; }
 	$(BIN)/python -m benchmarks.bench_decode
 	$(BIN)/python -m benchmarks.bench_composite
 	$(BIN)/python -m benchmarks.bench_overlap
 	$(BIN)/python -m benchmarks.bench_chunk_memory
 	$(BIN)/python -m benchmarks.bench_pipeline
+	$(BIN)/python -m benchmarks.bench_api
 
 # Flower against SAM3V_BROKER_URL (set FLOWER_BASIC_AUTH=user:password to enable its API).
 flower: setup

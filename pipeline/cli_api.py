@@ -14,6 +14,12 @@ def register_api(app: typer.Typer, user_errors) -> None:
         host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
         port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
         log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+        workers: Annotated[int, typer.Option(min=1, help="API processes sharing the port (needs a broker: "
+                                                          "SAM3V_BROKER_URL). One process holds 1,000 SSE "
+                                                          "connections and ~1,000 polls/s.")] = 1,
+        keep_alive: Annotated[int, typer.Option(help="Seconds an idle HTTP connection stays open. Longer than "
+                                                     "a poller's pause (the documented loop sleeps 5 s), so it "
+                                                     "is reused rather than raced against its close.")] = 75,
     ) -> None:
         """Serve the HTTP API (a drop-in for the hosted sam-3-video model; routes at /docs).
 
@@ -21,9 +27,14 @@ def register_api(app: typer.Typer, user_errors) -> None:
         Without SAM3V_BROKER_URL the API runs generations itself (embedded worker, local storage)."""
         import uvicorn
 
-        from pipeline.api import create_app
         from pipeline.api.auth import load_key_digests
+        from pipeline.settings import get_settings
 
         if not load_key_digests():
             typer.echo("warning: no API keys (SAM3V_API_KEYS / SAM3V_API_KEYS_FILE): every request gets 401", err=True)
-        uvicorn.run(create_app(), host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
+        if workers > 1 and not get_settings().broker_url:
+            raise typer.BadParameter("embedded mode (no SAM3V_BROKER_URL) runs the pipeline inside the API "
+                                     "process: it needs --workers 1", param_hint="--workers")
+        # An import string, so that each of several processes builds its own app.
+        uvicorn.run("pipeline.api:create_app", factory=True, host=host, port=port, log_level=log_level,
+                    workers=workers, backlog=4096, timeout_keep_alive=keep_alive, timeout_graceful_shutdown=5)

@@ -72,3 +72,28 @@ def stop_process(proc: subprocess.Popen, sig=signal.SIGTERM, timeout: float = 30
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
+
+
+def start_api(env: dict, log: Path, timeout: float = 30, key: str | None = None,
+              args: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
+    """``sam3v api`` on a free port of 127.0.0.1; returns the process and its base URL once it answers."""
+    import httpx
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "api", "--host", "127.0.0.1", "--port", str(port),
+                             "--log-level", "warning", *args],
+                            env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    key = key or env.get("SAM3V_API_KEYS", "").split(",")[0]
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            if httpx.get(f"{base}/api/ai/models/sam-3-video", headers={"Authorization": f"Bearer {key}"}).status_code == 200:
+                return proc, base
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    stop_process(proc)
+    raise RuntimeError(f"sam3v api did not start: {log.read_text()[-2000:]}")

@@ -17,13 +17,14 @@ import httpx
 import pytest
 
 from tests import media
-from tests.services import free_port, start_worker, stop_process
+from tests.services import free_port, start_api, start_worker, stop_process
 from tests.test_pipeline import env, redis_server, s3  # noqa: F401  (module fixtures)
 
 KEY_A, KEY_B = "key-alpha-123", "key-beta-456"
 A = {"Authorization": f"Bearer {KEY_A}"}
 B = {"Authorization": f"Bearer {KEY_B}"}
 FRAMES = 6
+SLOW_SECONDS = 4
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +41,9 @@ def inputs(media_dir, tmp_path_factory):
             super().__init__(*a, directory=str(root), **k)
 
         def do_GET(self):  # noqa: N802
+            if self.path.startswith("/slow/"):  # a media server that takes its time
+                time.sleep(SLOW_SECONDS)
+                self.path = self.path[len("/slow"):]
             if self.path in redirects:
                 self.send_response(302)
                 self.send_header("Location", redirects[self.path])
@@ -62,22 +66,8 @@ def api(env, inputs, tmp_path_factory):  # noqa: F811
     api_env = {**env, "SAM3V_API_KEYS": f"{KEY_A},{KEY_B}", "SAM3V_URL_ALLOWLIST": f"127.0.0.1:{inputs['port']}",
                "SAM3V_API_SSE_PING": "1"}
     worker = start_worker(api_env, "gpu,cpu,interactive-gpu,interactive-cpu", "api1", logs / "worker.log")
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "uvicorn", "pipeline.api:create_app", "--factory",
-                               "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-                              env=api_env, stdout=open(logs / "api.log", "ab"), stderr=subprocess.STDOUT,
-                              start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        try:
-            if httpx.get(f"{base}/api/ai/models/sam-3-video", headers=A).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    else:
-        raise RuntimeError("API did not start: " + (logs / "api.log").read_text())
-    yield {"base": base, "logs": logs}
+    server, base = start_api(api_env, logs / "api.log")
+    yield {"base": base, "logs": logs, "env": api_env}
     stop_process(server)
     stop_process(worker)
 
@@ -294,6 +284,29 @@ def test_sync_generate(api, inputs):
     assert r.json()["error"]["generation_id"] and "not a video" in r.json()["error"]["message"]
 
 
+def test_sync_generate_answers_504_with_the_id_after_the_limit(api, inputs, tmp_path):
+    """SAM3V_API_SYNC_TIMEOUT: a generation still running at the limit gets 504 with its id, and the
+    caller can go on polling it to its result."""
+    server, base = start_api({**api["env"], "SAM3V_API_SYNC_TIMEOUT": "1"}, tmp_path / "api.log")
+    try:
+        start = time.monotonic()
+        r = httpx.post(f"{base}/api/ai/videos/generate", headers=A, timeout=60,
+                       json={"model": "sam-3-video", "input_video": f"{inputs['base']}/slow/clip.mp4",
+                             "prompt": "dog", "max_frames": 3})
+        elapsed = time.monotonic() - start
+        assert r.status_code == 504, r.text
+        err = r.json()["error"]
+        gen_id = err["generation_id"]
+        assert err["code"] == "timeout" and f"/api/ai/queue/{gen_id}" in err["message"]
+        assert 1.0 <= elapsed < SLOW_SECONDS, elapsed  # answered at the limit, not when the input arrived
+        assert httpx.get(f"{base}/api/ai/queue/{gen_id}", headers=A).json()["status"] in ("queued", "processing")
+        doc = wait({"base": base}, gen_id)
+        assert doc["status"] == "succeeded", doc
+        assert httpx.get(doc["result_url"]).content[4:8] == b"ftyp"
+    finally:
+        stop_process(server)
+
+
 def _hosted_script(api, inputs, script: str) -> subprocess.CompletedProcess:
     """The documentation's script with the stray spaces removed and our base URL and input."""
     script = script.replace("https://hub.oxen.ai", api["base"]).replace(
@@ -378,28 +391,36 @@ def test_register_api_adds_the_command():
     assert r.exit_code == 0 and "--port" in r.output
 
 
+def test_api_worker_processes(api, env, tmp_path):  # noqa: F811
+    """--workers N: N processes share the port and serve the same generations (state is in Redis);
+    refused in embedded mode, where the pipeline runs inside the one API process."""
+    gen_id = enqueue(api, {"input_video": "s3://bucket/none.mp4", "prompt": "dog"})
+    server, base = start_api(api["env"], tmp_path / "api.log", args=("--workers", "2"))
+    try:
+        children = subprocess.run(["pgrep", "-P", str(server.pid)], capture_output=True, text=True).stdout.split()
+        assert len(children) >= 2, children
+        for _ in range(20):  # new connections each: the kernel spreads them over the processes
+            r = httpx.get(f"{base}/api/ai/queue/{gen_id}", headers=A)
+            assert r.status_code == 200 and r.json()["generation_id"] == gen_id
+            assert httpx.get(f"{base}/api/ai/queue/{gen_id}", headers=B).status_code == 404
+    finally:
+        stop_process(server)
+    clean = {k: v for k, v in env.items() if k not in ("SAM3V_BROKER_URL", "SAM3V_REDIS_URL")}
+    r = subprocess.run([sys.executable, "-m", "pipeline.cli", "api", "--workers", "2"], env=clean,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "--workers 1" in r.stderr and "embedded" in r.stderr, r.stderr
+
+
 def test_embedded_mode_smoke(env, inputs, tmp_path):  # noqa: F811
     """No broker, no Redis, local storage: the API runs the worker in-process; results come from the
     authenticated download route; SSE works by polling the in-process Redis."""
     clean = {k: v for k, v in env.items() if k not in ("SAM3V_BROKER_URL", "SAM3V_REDIS_URL")}
     api_env = {**clean, "SAM3V_STORAGE_URL": str(tmp_path / "data"), "SAM3V_API_KEYS": KEY_A,
                "SAM3V_URL_ALLOWLIST": f"127.0.0.1:{inputs['port']}", "SAM3V_API_SSE_PING": "1"}
-    port = free_port()
     log = tmp_path / "api.log"
-    server = subprocess.Popen([sys.executable, "-m", "uvicorn", "pipeline.api:create_app", "--factory",
-                               "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-                              env=api_env, stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
-    api = {"base": f"http://127.0.0.1:{port}"}
+    server, base = start_api(api_env, log, timeout=120)
+    api = {"base": base}
     try:
-        for _ in range(300):
-            try:
-                if httpx.get(f"{api['base']}/api/ai/models/sam-3-video", headers=A).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        else:
-            raise RuntimeError("embedded API did not start: " + log.read_text())
         reader = SSEReader(api, A)
         try:
             gen_id = enqueue(api, {"input_video": f"{inputs['base']}/clip.mp4", "prompt": "dog", "max_frames": 3})

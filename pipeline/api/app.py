@@ -10,6 +10,7 @@ import json
 import re
 import time
 from contextlib import asynccontextmanager
+from functools import cache
 from typing import Literal
 
 import anyio
@@ -31,6 +32,7 @@ EVENT_NAMES = {"video_succeeded": "media_generation_completed", "video_failed": 
 _STREAM_ID = re.compile(r"^\d+(-\d+)?$")
 
 
+@cache  # the schema is built from the pydantic model: a few ms that need not be paid per request
 def model_object() -> dict:
     return {
         "id": MODEL_ID, "object": "model", "name": "Segment Anything 3 - Video", "owned_by": "sam3v",
@@ -128,7 +130,8 @@ def create_app(settings=None) -> FastAPI:
                 f"sam3v:job:{generation_id}:videos", VIDEO_ID).execute()
         if not meta or not hmac.compare_digest(meta.get("owner", ""), who):
             raise APIError(404, "not_found", f"no generation {generation_id}")
-        return g.document(generation_id, meta, str(request.base_url), json.loads(raw) if raw else {})
+        # The hot path of every polling client: a ready Response skips FastAPI's jsonable_encoder walk.
+        return JSONResponse(g.document(generation_id, meta, str(request.base_url), json.loads(raw) if raw else {}))
 
     @app.delete("/api/ai/queue/{generation_id}", tags=["queue"], summary="Cancel a generation")
     def cancel_generation(generation_id: str, request: Request, who: str = Depends(owner)):
