@@ -160,7 +160,7 @@ def main() -> None:
     server = RedisServer(tmp)
     server.start()
     env = {**os.environ, "SAM3V_BROKER_URL": server.url, "SAM3V_STORAGE_URL": str(tmp / "data"),
-           "SAM3V_API_KEYS": KEY}
+           "SAM3V_API_KEYS": KEY, "SAM3V_API_S3_BUCKETS": "bench"}
     api, base = start_api(env, tmp / "api.log")
     try:
         ids = []

@@ -30,6 +30,14 @@ def _context():
     return settings, make_app(settings), StatusStore(connect(settings))
 
 
+def _job_context(job: str):
+    """``_context()`` for a command about one job; a clear error when there is no such job."""
+    settings, celery_app, store = _context()
+    if not store.job_exists(job):
+        raise InputError(f"no such job: {job}")
+    return settings, celery_app, store
+
+
 def _read_manifest(location: str) -> bytes:
     from pipeline.manifest import load_manifest_bytes
 
@@ -143,9 +151,7 @@ def register(app: typer.Typer, user_errors) -> None:
     @user_errors
     def status(job: str, as_json: Annotated[bool, typer.Option("--json", help="Machine-readable.")] = False) -> None:
         """A job's state, counts per state, each video, and rejected manifest lines."""
-        _, _, store = _context()
-        if not store.job_exists(job):
-            raise InputError(f"no such job: {job}")
+        _, _, store = _job_context(job)
         doc = store.status_document(job)
         if as_json:
             typer.echo(json.dumps(doc, indent=1))
@@ -163,9 +169,7 @@ def register(app: typer.Typer, user_errors) -> None:
     @user_errors
     def watch(job: str) -> None:
         """Live progress of a job: videos done/failed, frames/s, ETA."""
-        _, _, store = _context()
-        if not store.job_exists(job):
-            raise InputError(f"no such job: {job}")
+        _, _, store = _job_context(job)
         doc = watch_job(store, job)
         err_console.print(_summary_line(doc))
 
@@ -184,9 +188,7 @@ def register(app: typer.Typer, user_errors) -> None:
     @user_errors
     def cancel(job: str) -> None:
         """Stop a job's pending work and mark it cancelled."""
-        _, _, store = _context()
-        if not store.job_exists(job):
-            raise InputError(f"no such job: {job}")
+        _, _, store = _job_context(job)
         n = store.mark_cancelled(job)
         err_console.print(f"job {job}: cancelled ({n} video(s) stopped)")
 
@@ -196,9 +198,7 @@ def register(app: typer.Typer, user_errors) -> None:
         """Run a job's failed videos again."""
         from pipeline.producer import enqueue_videos
 
-        _, celery_app, store = _context()
-        if not store.job_exists(job):
-            raise InputError(f"no such job: {job}")
+        _, celery_app, store = _job_context(job)
         failed = [v["id"] for v in store.status_document(job)["videos"] if v["status"] == "failed"]
         for vid in failed:
             store.reset_deliveries(job, vid)

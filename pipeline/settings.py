@@ -26,8 +26,19 @@ class Settings(BaseSettings):
     url_max_bytes: int = Field(20 * 1024**3, gt=0, description="Largest URL input, bytes")
     url_timeout: float = Field(600.0, gt=0, description="Time limit to download a URL input, seconds")
     torch_threads: int | None = Field(None, ge=1, description="torch CPU threads (same on every worker: CPU results depend on it)")
+    # --- HTTP API (sam3v api) ---------------------------------------------------------------------
+    api_sync_timeout: float = Field(600.0, gt=0, description="POST /api/ai/videos/generate answers 504 after this, seconds")
+    api_sse_ping: float = Field(15.0, gt=0, description="Seconds between SSE heartbeat comments")
+    api_url_expires: int = Field(3600, gt=0, description="Lifetime of presigned result URLs, seconds")
+    api_s3_buckets: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="bucket or bucket/prefix entries API callers may name as s3:// inputs (none by default)")
+    api_upload_max_bytes: int = Field(2 * 1024**3, gt=0, description="Largest upload to POST /api/ai/uploads, bytes")
+    api_upload_ttl: int = Field(7 * 86400, gt=0, description="How long an upload can be named as input_video, seconds")
+    api_webhook_secret: str | None = Field(None, description="Signs webhook bodies (per-key secrets derive from it); unset: one is made and kept in Redis")
+    api_webhook_attempts: int = Field(6, ge=1, description="Deliveries of one webhook before it is given up")
+    api_webhook_backoff: float = Field(2.0, gt=0, description="Pause before the second webhook delivery, seconds; doubles each time")
 
-    @field_validator("url_allowlist", mode="before")
+    @field_validator("url_allowlist", "api_s3_buckets", mode="before")
     @classmethod
     def _split(cls, value):
         """``a,b,c`` (or a JSON list) -> ["a", "b", "c"]."""

@@ -210,3 +210,30 @@ def fetch_url(url: str, dest: Path, allowlist: list[str], max_bytes: int, timeou
             raise InputError(f"{shown}: more than {MAX_REDIRECTS} redirects")
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def post_json(url: str, body: bytes, headers: dict[str, str], allowlist: list[str], timeout: float) -> int:
+    """POST ``body`` to ``url`` under the rules of URL inputs, to a checked address (no fresh
+    lookup, no redirects followed, the response body not read). Returns the HTTP status;
+    InputError when it cannot be sent."""
+    shown = _show(url)
+    _, _, ips = resolve_checked(url, allowlist)
+    transport = httpx.HTTPTransport(limits=httpx.Limits(max_keepalive_connections=0))
+    with httpx.Client(follow_redirects=False, transport=transport, timeout=timeout) as client:
+        for n, ip in enumerate(ips):
+            target, pinned, extensions = _pinned(url, ip)
+            request = client.build_request("POST", target, content=body, headers={**headers, **pinned},
+                                           extensions=extensions)
+            try:
+                response = client.send(request, stream=True)
+            except httpx.ConnectError as err:
+                if n == len(ips) - 1:
+                    raise InputError(f"{shown}: unreachable: {err}") from None
+                continue
+            except httpx.TimeoutException:
+                raise InputError(f"{shown}: timed out after {timeout:g} s") from None
+            except httpx.HTTPError as err:
+                raise InputError(f"{shown}: {type(err).__name__}: {err}") from None
+            response.close()
+            return response.status_code
+    raise InputError(f"{shown}: unreachable")

@@ -18,7 +18,7 @@ import pytest
 
 from tests import media
 from tests.services import free_port, start_api, start_worker, stop_process
-from tests.test_pipeline import env, redis_server, s3  # noqa: F401  (module fixtures)
+from tests.test_pipeline import BUCKET, env, redis_server, s3  # noqa: F401  (module fixtures)
 
 KEY_A, KEY_B = "key-alpha-123", "key-beta-456"
 A = {"Authorization": f"Bearer {KEY_A}"}
@@ -36,9 +36,22 @@ def inputs(media_dir, tmp_path_factory):
     redirects = {"/redir-meta": "http://169.254.169.254/latest/meta-data/",
                  "/redir-other": f"http://127.0.0.1:{other_port}/x.mp4"}
 
+    hooks: list[dict] = []  # webhook deliveries received: headers and raw body
+    fail_first: set[str] = set()  # delivery ids whose first attempt gets a 500
+
     class Handler(SimpleHTTPRequestHandler):
         def __init__(self, *a, **k):
             super().__init__(*a, directory=str(root), **k)
+
+        def do_POST(self):  # noqa: N802  (a webhook receiver)
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            delivery = self.headers.get("X-Sam3v-Delivery", "")
+            hooks.append({"headers": dict(self.headers), "body": body, "path": self.path})
+            failing = self.path == "/hook-fails" or (self.path == "/hook-flaky" and delivery not in fail_first)
+            if self.path == "/hook-flaky":
+                fail_first.add(delivery)
+            self.send_response(500 if failing else 204)
+            self.end_headers()
 
         def do_GET(self):  # noqa: N802
             if self.path.startswith("/slow/"):  # a media server that takes its time
@@ -56,7 +69,8 @@ def inputs(media_dir, tmp_path_factory):
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield {"base": f"http://127.0.0.1:{server.server_port}", "port": server.server_port, "other_port": other_port}
+    yield {"base": f"http://127.0.0.1:{server.server_port}", "port": server.server_port, "other_port": other_port,
+           "hooks": hooks}
     server.shutdown()
 
 
@@ -64,7 +78,8 @@ def inputs(media_dir, tmp_path_factory):
 def api(env, inputs, tmp_path_factory):  # noqa: F811
     logs = tmp_path_factory.mktemp("api-logs")
     api_env = {**env, "SAM3V_API_KEYS": f"{KEY_A},{KEY_B}", "SAM3V_URL_ALLOWLIST": f"127.0.0.1:{inputs['port']}",
-               "SAM3V_API_SSE_PING": "1"}
+               "SAM3V_API_SSE_PING": "1", "SAM3V_API_S3_BUCKETS": f"{BUCKET}/inputs", "SAM3V_API_WEBHOOK_BACKOFF": "0.2",
+               "SAM3V_API_WEBHOOK_ATTEMPTS": "3"}
     worker = start_worker(api_env, "gpu,cpu,interactive-gpu,interactive-cpu", "api1", logs / "worker.log")
     server, base = start_api(api_env, logs / "api.log")
     yield {"base": base, "logs": logs, "env": api_env}
@@ -307,6 +322,92 @@ def test_sync_generate_answers_504_with_the_id_after_the_limit(api, inputs, tmp_
         stop_process(server)
 
 
+def test_uploads_are_inputs_for_their_key_only(api, inputs, media_dir):
+    base = api["base"]
+    clip = media.clip(media_dir, FRAMES + 2)
+    r = httpx.post(f"{base}/api/ai/uploads", headers=A, files={"file": ("my clip.mp4", clip.read_bytes(), "video/mp4")})
+    assert r.status_code == 200, r.text
+    up = r.json()
+    assert up["input_video"] == f"upload://{up['upload_id']}" and up["bytes"] == clip.stat().st_size
+    doc = wait(api, enqueue(api, {"input_video": up["input_video"], "prompt": "dog", "max_frames": 3}))
+    assert doc["status"] == "succeeded", doc
+    assert doc["input_video"] == up["input_video"]  # the caller's words, not our storage location
+    r = httpx.post(f"{base}/api/ai/queue", headers=B, json={"model": "sam-3-video", "input_video": up["input_video"],
+                                                           "prompt": "dog"})
+    assert r.status_code == 422 and r.json()["error"]["field"] == "input_video"  # another key's upload
+    r = httpx.post(f"{base}/api/ai/queue", headers=A, json={"model": "sam-3-video", "prompt": "dog",
+                                                           "input_video": "upload://" + "0" * 32})
+    assert r.status_code == 422 and "no upload" in r.json()["error"]["message"]
+    r = httpx.post(f"{base}/api/ai/uploads", headers=A, files={"file": ("empty.mp4", b"", "video/mp4")})
+    assert r.status_code == 422 and r.json()["error"]["field"] == "file"
+    assert httpx.post(f"{base}/api/ai/uploads", files={"file": ("x.mp4", b"x")}).status_code == 401
+
+
+def test_s3_inputs_only_from_allowed_buckets(api, s3, media_dir):  # noqa: F811
+    client, _ = s3
+    clip = media.clip(media_dir, FRAMES + 2)
+    client.upload_file(str(clip), BUCKET, "inputs/api-clip.mp4")
+    doc = wait(api, enqueue(api, {"input_video": f"s3://{BUCKET}/inputs/api-clip.mp4", "prompt": "dog", "max_frames": 3}))
+    assert doc["status"] == "succeeded", doc
+    for refused in (f"s3://{BUCKET}/results/{doc['generation_id']}/video/overlay.mp4",  # someone's results
+                    f"s3://{BUCKET}/inputs-other/x.mp4", "s3://another-bucket/inputs/x.mp4"):
+        r = httpx.post(f"{api['base']}/api/ai/queue", headers=A,
+                       json={"model": "sam-3-video", "input_video": refused, "prompt": "dog"})
+        assert r.status_code == 422 and "SAM3V_API_S3_BUCKETS" in r.json()["error"]["message"], (refused, r.text)
+
+
+def _verify(hook: dict, secret: str) -> dict:
+    """What a receiver does: check the signature over the raw body, then read it."""
+    import hashlib
+    import hmac
+
+    fields = dict(part.split("=", 1) for part in hook["headers"]["X-Sam3v-Signature"].split(","))
+    expected = hmac.new(secret.encode(), f"{fields['t']}.".encode() + hook["body"], hashlib.sha256).hexdigest()
+    assert hmac.compare_digest(expected, fields["v1"]), "bad signature"
+    assert abs(time.time() - int(fields["t"])) < 300
+    return json.loads(hook["body"])
+
+
+def test_webhooks_signed_retried_and_recorded(api, inputs):
+    base, hooks = api["base"], inputs["hooks"]
+    secret_a = httpx.get(f"{base}/api/ai/webhooks/secret", headers=A).json()["secret"]
+    secret_b = httpx.get(f"{base}/api/ai/webhooks/secret", headers=B).json()["secret"]
+    assert secret_a != secret_b and secret_a.startswith("whsec_")
+    ok = enqueue(api, {"input_video": f"{inputs['base']}/clip.mp4", "prompt": "dog", "max_frames": 3,
+                       "webhook_url": f"{inputs['base']}/hook-flaky"})
+    bad = enqueue(api, {"input_video": f"{inputs['base']}/corrupt.mp4", "prompt": "dog",
+                        "webhook_url": f"{inputs['base']}/hook-fails"})
+    assert wait(api, ok)["status"] == "succeeded" and wait(api, bad)["status"] == "failed"
+    end = time.monotonic() + 30
+    while time.monotonic() < end and not (
+            httpx.get(f"{base}/api/ai/queue/{ok}", headers=A).json()["webhook"]["status"] != "pending"
+            and httpx.get(f"{base}/api/ai/queue/{bad}", headers=A).json()["webhook"]["status"] != "pending"):
+        time.sleep(0.2)
+    got = {gen: [h for h in hooks if json.loads(h["body"]).get("generation_id") == gen] for gen in (ok, bad)}
+    # The flaky receiver: a 500, then the same delivery again (same id), accepted; recorded on the row.
+    assert len(got[ok]) == 2 and len({h["headers"]["X-Sam3v-Delivery"] for h in got[ok]}) == 1
+    body = _verify(got[ok][1], secret_a)
+    assert body["event"] == "media_generation_completed" and body["status"] == "succeeded"
+    assert got[ok][1]["headers"]["X-Sam3v-Event"] == "media_generation_completed"
+    assert httpx.get(body["result_url"]).content[4:8] == b"ftyp"
+    with pytest.raises(AssertionError):
+        _verify(got[ok][1], secret_b)  # another key's secret does not verify it
+    hook = httpx.get(f"{base}/api/ai/queue/{ok}", headers=A).json()["webhook"]
+    assert hook == {"url": f"{inputs['base']}/hook-flaky", "status": "delivered", "attempts": 2, "error": None}
+    # Always 500: SAM3V_API_WEBHOOK_ATTEMPTS (3) tries, then given up with the reason.
+    assert len(got[bad]) == 3
+    body = _verify(got[bad][0], secret_a)
+    assert body["event"] == "media_generation_failed" and "not a video" in body["error_message"]
+    hook = httpx.get(f"{base}/api/ai/queue/{bad}", headers=A).json()["webhook"]
+    assert hook["status"] == "failed" and hook["attempts"] == 3 and hook["error"] == "HTTP 500"
+    # The address rules of inputs, at enqueue.
+    for url in ("http://169.254.169.254/hook", f"http://127.0.0.1:{inputs['other_port']}/hook", "ftp://example.com/x"):
+        r = httpx.post(f"{base}/api/ai/queue", headers=A, json={"model": "sam-3-video", "prompt": "dog",
+                                                               "input_video": f"{inputs['base']}/clip.mp4",
+                                                               "webhook_url": url})
+        assert r.status_code == 422 and r.json()["error"]["field"] == "webhook_url", (url, r.text)
+
+
 def _hosted_script(api, inputs, script: str) -> subprocess.CompletedProcess:
     """The documentation's script with the stray spaces removed and our base URL and input."""
     script = script.replace("https://hub.oxen.ai", api["base"]).replace(
@@ -394,7 +495,7 @@ def test_register_api_adds_the_command():
 def test_api_worker_processes(api, env, tmp_path):  # noqa: F811
     """--workers N: N processes share the port and serve the same generations (state is in Redis);
     refused in embedded mode, where the pipeline runs inside the one API process."""
-    gen_id = enqueue(api, {"input_video": "s3://bucket/none.mp4", "prompt": "dog"})
+    gen_id = enqueue(api, {"input_video": f"s3://{BUCKET}/inputs/none.mp4", "prompt": "dog"})
     server, base = start_api(api["env"], tmp_path / "api.log", args=("--workers", "2"))
     try:
         children = subprocess.run(["pgrep", "-P", str(server.pid)], capture_output=True, text=True).stdout.split()

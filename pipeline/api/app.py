@@ -14,7 +14,7 @@ from functools import cache
 from typing import Literal
 
 import anyio
-from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi import Depends, FastAPI, File, Header, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, Response
 from sse_starlette.sse import EventSourceResponse
@@ -24,11 +24,11 @@ from pipeline.api.auth import load_key_digests, owner
 from pipeline.api.errors import APIError, error_body
 from pipeline.api.hub import EventHub, id_key
 from pipeline.api.schemas import MODEL_ID, GenerateRequest, GenerationRequest, request_schema
-from pipeline.api.service import TERMINAL, VIDEO_ID, ApiConfig, Generations, gen_key
+from pipeline.api.service import EVENT_NAMES, TERMINAL, VIDEO_ID, Generations, gen_key
+from pipeline.api.uploads import store_upload
+from pipeline.api.webhooks import WebhookDispatcher, key_secret, server_secret
 from pipeline.status import EVENTS
 
-EVENT_NAMES = {"video_succeeded": "media_generation_completed", "video_failed": "media_generation_failed",
-               "video_cancelled": "media_generation_cancelled"}
 _STREAM_ID = re.compile(r"^\d+(-\d+)?$")
 
 
@@ -52,7 +52,7 @@ def _build_generations(settings) -> Generations:
         celery_app = make_app(settings)
     else:  # embedded: the worker's own app (in-process broker) runs in this process
         from workers.tasks import app as celery_app
-    return Generations(settings, connect(settings), celery_app, open_storage(settings.storage_url), ApiConfig())
+    return Generations(settings, connect(settings), celery_app, open_storage(settings.storage_url))
 
 
 def create_app(settings=None) -> FastAPI:
@@ -64,6 +64,8 @@ def create_app(settings=None) -> FastAPI:
     async def lifespan(app: FastAPI):
         gens = _build_generations(settings)
         app.state.gens = gens
+        dispatcher = WebhookDispatcher(gens)
+        dispatcher.start()
         app.state.aredis = None
         if settings.effective_redis_url:
             import redis.asyncio as aredis
@@ -79,12 +81,13 @@ def create_app(settings=None) -> FastAPI:
 
             with embedded_worker(gens.celery):
                 yield
+        dispatcher.close()
         if app.state.aredis is not None:
             await app.state.hub.close()
             await app.state.hub.r.aclose()
             await app.state.aredis.aclose()
 
-    app = FastAPI(title="sam3v API", version="1", lifespan=lifespan,
+    app = FastAPI(title="sam3v API", version="1", lifespan=lifespan, max_body_size=1024 * 1024,
                   description="A drop-in for the hosted `sam-3-video` model: sync generation, async queue, "
                               "server-sent events and model details. Every route needs `Authorization: Bearer <key>`.")
     app.state.key_digests = load_key_digests()
@@ -97,16 +100,16 @@ def create_app(settings=None) -> FastAPI:
         if model != MODEL_ID:
             raise APIError(404, "model_not_found", f"unknown model {model!r} (this server runs {MODEL_ID})")
 
-    def submit(g: Generations, body: GenerationRequest, who: str) -> list[str]:
+    def submit(g: Generations, body: GenerationRequest, who: str, base_url: str) -> list[str]:
         check_model(body.model)
-        g.check_input(body)
-        return [g.create(body, who) for _ in range(body.num_generations)]
+        video = g.check_input(body, who)
+        return [g.create(body, who, base_url, video) for _ in range(body.num_generations)]
 
     # --- async queue --------------------------------------------------------------------------
     @app.post("/api/ai/queue", tags=["queue"], summary="Queue generations")
     def enqueue(body: GenerationRequest, request: Request, who: str = Depends(owner)):
         """Queue `num_generations` generations; answers their ids with status `queued`."""
-        ids = submit(gens(request), body, who)
+        ids = submit(gens(request), body, who, str(request.base_url))
         return {"generations": [{"generation_id": i, "status": "queued", "model": body.model} for i in ids]}
 
     @app.get("/api/ai/queue", tags=["queue"], summary="List your generations")
@@ -133,20 +136,21 @@ def create_app(settings=None) -> FastAPI:
         # The hot path of every polling client: a ready Response skips FastAPI's jsonable_encoder walk.
         return JSONResponse(g.document(generation_id, meta, str(request.base_url), json.loads(raw) if raw else {}))
 
+    def change(request: Request, generation_id: str, who: str, action) -> dict:
+        g = gens(request)
+        meta = g.meta(generation_id, who)  # 404 before anything changes for someone else's id
+        action(g, generation_id)
+        return g.document(generation_id, meta, str(request.base_url))
+
     @app.delete("/api/ai/queue/{generation_id}", tags=["queue"], summary="Cancel a generation")
     def cancel_generation(generation_id: str, request: Request, who: str = Depends(owner)):
         """Stop a queued or running generation; it stays listed with status `cancelled`."""
-        g = gens(request)
-        meta = g.meta(generation_id, who)
-        g.cancel(generation_id)
-        return g.document(generation_id, meta, str(request.base_url))
+        return change(request, generation_id, who, Generations.cancel)
 
     @app.post("/api/ai/queue/{generation_id}/retry", tags=["queue"], summary="Retry a failed or cancelled generation")
     def retry_generation(generation_id: str, request: Request, who: str = Depends(owner)):
-        g = gens(request)
-        meta = g.meta(generation_id, who)
-        g.retry(generation_id)
-        return g.document(generation_id, meta, str(request.base_url))
+        """Queue a failed or cancelled generation again (409 otherwise); same id, new attempt."""
+        return change(request, generation_id, who, Generations.retry)
 
     @app.get("/api/ai/queue/{generation_id}/files/{name}", tags=["queue"], summary="Download an output",
              response_class=Response)
@@ -167,8 +171,8 @@ def create_app(settings=None) -> FastAPI:
         """Blocks until the generation ends (at most SAM3V_API_SYNC_TIMEOUT seconds, default 600,
         then 504 with the generation_id: poll it with GET /api/ai/queue/{id})."""
         g = gens(request)
-        ids = await run_in_threadpool(submit, g, body, who)
-        deadline = time.monotonic() + g.config.sync_timeout
+        ids = await run_in_threadpool(submit, g, body, who, str(request.base_url))
+        deadline = time.monotonic() + g.settings.api_sync_timeout
         pending = set(ids)
         while pending:
             for gen_id in list(pending):
@@ -179,7 +183,7 @@ def create_app(settings=None) -> FastAPI:
                 break
             if time.monotonic() > deadline:
                 return JSONResponse(error_body("timeout", f"generation {ids[0]} did not finish within "
-                                               f"{g.config.sync_timeout:.0f} s; poll GET /api/ai/queue/{ids[0]}",
+                                               f"{g.settings.api_sync_timeout:.0f} s; poll GET /api/ai/queue/{ids[0]}",
                                                generation_id=ids[0], generation_ids=ids), 504)
             await asyncio.sleep(0.25)
         base = str(request.base_url)
@@ -227,8 +231,27 @@ def create_app(settings=None) -> FastAPI:
         base = str(request.base_url)
         stream = _hub_stream(g, ar, request.app.state.hub, who, start, base) if ar is not None else \
             _poll_stream(g, who, start, base)
-        return EventSourceResponse(stream, ping=g.config.sse_ping, sep="\n",
+        return EventSourceResponse(stream, ping=g.settings.api_sse_ping, sep="\n",
                                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    # --- uploads and webhooks -----------------------------------------------------------------
+    @app.post("/api/ai/uploads", tags=["uploads"], summary="Upload a video to name as input_video",
+              max_body_size=settings.api_upload_max_bytes + 64 * 1024)
+    def upload(request: Request, file: UploadFile = File(..., description="The video (multipart/form-data)."),
+               who: str = Depends(owner)):
+        """Stores the file; answers `input_video: "upload://<id>"` to use in POST /api/ai/queue or
+        /api/ai/videos/generate. Only your key can use it, for SAM3V_API_UPLOAD_TTL seconds."""
+        g = gens(request)
+        return store_upload(g.r, g.storage, file.file, file.filename, who, g.settings.api_upload_max_bytes,
+                            g.settings.api_upload_ttl)
+
+    @app.get("/api/ai/webhooks/secret", tags=["webhooks"], summary="Your webhook signing secret")
+    def webhook_secret(request: Request, who: str = Depends(owner)):
+        """Webhook bodies carry `X-Sam3v-Signature: t=<unix time>,v1=<hex>`, where hex is
+        HMAC-SHA256(secret, `<t>.<raw body>`). Each key has its own secret."""
+        g = gens(request)
+        return {"secret": key_secret(server_secret(g.r, g.settings.api_webhook_secret), who),
+                "header": "X-Sam3v-Signature", "scheme": "t=<unix time>,v1=hex(HMAC-SHA256(secret, '<t>.<body>'))"}
 
     # --- models -------------------------------------------------------------------------------
     @app.get("/api/ai/models", tags=["models"], summary="Models served here")
@@ -274,16 +297,7 @@ class _Filter:
         if self.emitted.get(job) == kind:  # a redelivered finalize repeats the transition
             return None
         self.emitted[job] = kind
-        data = json.loads(fields.get("data") or "{}")
-        video = {"status": data.get("status"), "outputs": data.get("outputs"), "error": data.get("error"),
-                 "updated": fields.get("time")}
-        doc = self.g.document(job, meta, self.base, video)
-        payload = {"generation_id": job, "model": doc["model"], "status": doc["status"]}
-        if doc["status"] == "succeeded":
-            payload.update(result_url=doc["result_url"], result_urls=doc["result_urls"])
-        else:
-            payload["error_message"] = doc["error_message"]
-        payload["created_at"] = doc["created_at"]
+        payload = self.g.completion(job, meta, self.base, fields)
         return {"event": EVENT_NAMES[kind], "id": eid, "data": json.dumps(payload, separators=(",", ":"))}
 
 

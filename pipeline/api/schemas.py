@@ -3,6 +3,7 @@ model's parameters; everything else is an optional, additive extra."""
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 from urllib.parse import urlparse
 
@@ -16,7 +17,9 @@ class GenerationRequest(BaseModel):
 
     model: str = Field(MODEL_ID, description="Model id: sam-3-video.")
     input_video: str = Field(..., json_schema_extra={"format": "uri"},
-                             description="Video to use as reference: an http(s):// URL or s3://bucket/key. Format: uri.",
+                             description="Video to use as reference: an http(s):// URL, s3://bucket/key (buckets "
+                                         "the server allows: SAM3V_API_S3_BUCKETS) or upload://<id> from POST "
+                                         "/api/ai/uploads. Format: uri.",
                              examples=["https://example.com/winter_summer_ox.mp4"])
     prompt: str = Field(..., description="Text description of what you want to segment out of the video.",
                         examples=["the ox horns"])
@@ -25,11 +28,19 @@ class GenerationRequest(BaseModel):
     num_generations: int = Field(1, ge=1, le=4, description="How many generations to queue (1-4).")
     # --- extras -----------------------------------------------------------------------------
     prompts: list[str] | None = Field(None, description="Extra concepts, segmented together with prompt.")
-    max_frames: int | None = Field(None, ge=1, description="Process at most this many frames.")
+    start_frame: int = Field(0, ge=0, description="First frame to process (0-based); outputs start there, "
+                                                  "masks.json keeps the source's frame numbers.")
+    max_frames: int | None = Field(None, ge=1, description="Process at most this many frames (from start_frame).")
+    detection_threshold: float | None = Field(
+        None, ge=0.0, le=1.0, description="Keep detections scoring at least this (default: the model's, 0.5); "
+                                          "a new object needs 0.2 more.")
     chunk_frames: int | None = Field(None, ge=1, description="Frames per chunk (tracker memory is carried across).")
     outputs: list[Literal["overlay", "mask", "rle"]] | None = Field(
         None, min_length=1, description="Outputs to write; default: the one apply_mask picks. masks.json is always written.")
     mask_opacity: float = Field(0.5, ge=0.0, le=1.0, description="Overlay opacity, 0-1.")
+    webhook_url: str | None = Field(None, json_schema_extra={"format": "uri"},
+                                    description="http(s) URL that gets a signed POST when the generation ends "
+                                                "(same address rules as input_video).")
 
     @field_validator("input_video")
     @classmethod
@@ -43,8 +54,22 @@ class GenerationRequest(BaseModel):
         elif scheme == "s3":
             if not parsed.netloc or not parsed.path.strip("/"):
                 raise ValueError("not s3://bucket/key")
+        elif scheme == "upload":
+            if not re.fullmatch(r"upload://[0-9a-f]{32}", value):
+                raise ValueError("not upload://<id> as POST /api/ai/uploads answers it")
         else:
-            raise ValueError("must be an http://, https:// or s3:// URI (local paths are not accepted)")
+            raise ValueError("must be an http://, https://, s3:// or upload:// URI (local paths are not accepted)")
+        return value
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip()
+        parsed = urlparse(value)
+        if parsed.scheme.lower() not in ("http", "https") or not parsed.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
         return value
 
     @field_validator("prompt")
@@ -68,10 +93,13 @@ class GenerationRequest(BaseModel):
                 out.append(p)
         return out
 
-    def manifest_line(self) -> dict:
-        line = {"id": "video", "video": self.input_video, "prompts": self.all_prompts(),
+    def manifest_line(self, video: str | None = None) -> dict:
+        """The pipeline's manifest line; ``video``: where workers read input_video (an upload's location)."""
+        line = {"id": "video", "video": video or self.input_video, "prompts": self.all_prompts(),
                 "apply_mask": self.apply_mask, "mask_opacity": self.mask_opacity}
-        for key in ("outputs", "max_frames", "chunk_frames"):
+        if self.start_frame:
+            line["start_frame"] = self.start_frame
+        for key in ("outputs", "max_frames", "chunk_frames", "detection_threshold"):
             if getattr(self, key) is not None:
                 line[key] = getattr(self, key)
         return line

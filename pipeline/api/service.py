@@ -6,19 +6,21 @@ from __future__ import annotations
 
 import hmac
 import json
-import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.api.errors import APIError
 from pipeline.api.schemas import GenerationRequest
+from pipeline.api.uploads import SCHEME as UPLOAD
+from pipeline.api.uploads import resolve_upload
 from pipeline.errors import InputError
 from pipeline.manifest import parse_manifest
 from pipeline.producer import enqueue_videos
 from pipeline.status import TERMINAL, StatusStore, _s
 from pipeline.urls import check_url
 
+EVENT_NAMES = {"video_succeeded": "media_generation_completed", "video_failed": "media_generation_failed",
+               "video_cancelled": "media_generation_cancelled"}
 VIDEO_ID = "video"
 LANE = "interactive"
 FILES = {"masks": "masks.json", "overlay": "overlay.mp4", "mask": "mask.mp4"}
@@ -36,39 +38,47 @@ def output_key(gen_id: str, name: str) -> str:
     return f"{gen_id}/{VIDEO_ID}/{FILES.get(name, name)}"
 
 
-def _env_float(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    return float(raw) if raw not in (None, "") else default
-
-
-@dataclass
-class ApiConfig:
-    sync_timeout: float = field(default_factory=lambda: _env_float("SAM3V_API_SYNC_TIMEOUT", 600.0))
-    sse_ping: float = field(default_factory=lambda: _env_float("SAM3V_API_SSE_PING", 15.0))
-    url_expires: int = field(default_factory=lambda: int(_env_float("SAM3V_API_URL_EXPIRES", 3600)))
-
-
 class Generations:
-    def __init__(self, settings, redis_client, celery_app, storage, config: ApiConfig | None = None):
+    def __init__(self, settings, redis_client, celery_app, storage):
         self.settings = settings
         self.r = redis_client
         self.store = StatusStore(redis_client)
         self.celery = celery_app
         self.storage = storage
-        self.config = config or ApiConfig()
         self.presigned = hasattr(storage, "client")  # S3: presigned URLs; local: our download route
 
     # --- create -------------------------------------------------------------------------------
-    def check_input(self, req: GenerationRequest) -> None:
-        if req.input_video.lower().startswith(("http://", "https://")):
-            try:
-                check_url(req.input_video, self.settings.url_allowlist)
-            except InputError as err:
-                raise APIError(422, "invalid_request", f"input_video: {err}", field="input_video") from None
+    def check_input(self, req: GenerationRequest, owner: str) -> str | None:
+        """422 for an input or webhook this server may not use; returns where workers read an
+        upload (None for other inputs)."""
+        video = req.input_video
+        if video.lower().startswith(("http://", "https://")):
+            self._check_url(video, "input_video")
+        elif video.startswith("s3://"):
+            bucket_key = video.removeprefix("s3://")
+            # An entry is a bucket or bucket/prefix; a key outside them (another tenant's results,
+            # uploads) is refused.
+            if not any(bucket_key.startswith(entry.strip("/") + "/") for entry in self.settings.api_s3_buckets):
+                raise APIError(422, "invalid_request", f"input_video: {video}: this server reads s3:// inputs only "
+                               "from the buckets in SAM3V_API_S3_BUCKETS", field="input_video")
+        if req.webhook_url:
+            self._check_url(req.webhook_url, "webhook_url")
+        if video.startswith(UPLOAD):
+            key = resolve_upload(self.r, video, owner)
+            return self.storage.uri(key)
+        return None
 
-    def create(self, req: GenerationRequest, owner: str) -> str:
-        data = json.dumps(req.manifest_line()).encode()
-        parsed = parse_manifest(data, "api.jsonl")
+    def _check_url(self, url: str, field: str) -> None:
+        try:
+            check_url(url, self.settings.url_allowlist)
+        except InputError as err:
+            raise APIError(422, "invalid_request", f"{field}: {err}", field=field) from None
+
+    def create(self, req: GenerationRequest, owner: str, base_url: str, video: str | None = None) -> str:
+        """A generation; ``video``: where workers read an upload (``check_input``'s answer)."""
+        data = json.dumps(req.manifest_line(video)).encode()
+        # Local paths only ever come from our own upload store (local storage), never from a caller.
+        parsed = parse_manifest(data, "api.jsonl", allow_local=video is not None)
         if parsed.rejected:
             reason = parsed.rejected[0].reason
             raise APIError(422, "invalid_request", reason, field=reason.split(":", 1)[0])
@@ -79,7 +89,7 @@ class Generations:
         # Metadata first: by the time any event of this job exists, its owner is known.
         pipe = self.r.pipeline(transaction=True)
         pipe.hset(gen_key(gen_id), mapping={"owner": owner, "model": req.model, "params": json.dumps(params),
-                                            "created": now})
+                                            "created": now, "base_url": base_url})
         pipe.zadd(owner_key(owner), {gen_id: now})
         pipe.execute()
         self.store.create_job(gen_id, f"api:{req.model}", {"source": "api", "default_prompt": None, "lane": LANE},
@@ -99,7 +109,7 @@ class Generations:
         out = {}
         for name in outputs:
             if self.presigned:
-                out[name] = self.storage.url(output_key(gen_id, name), self.config.url_expires)
+                out[name] = self.storage.url(output_key(gen_id, name), self.settings.api_url_expires)
             else:
                 out[name] = f"{base_url.rstrip('/')}/api/ai/queue/{gen_id}/files/{name}"
         return out
@@ -128,7 +138,25 @@ class Generations:
             "frames_done": video.get("frames_done") or 0, "frames_total": video.get("frames_total"),
             "input_video": params.get("input_video"), "prompt": params.get("prompt"),
             "apply_mask": params.get("apply_mask", True), "params": params,
+            **({"webhook": {"url": params["webhook_url"], "status": meta.get("webhook_status", "pending"),
+                            "attempts": int(meta.get("webhook_attempts", 0)),
+                            "error": meta.get("webhook_error") or None}} if params.get("webhook_url") else {}),
         }
+
+    def completion(self, gen_id: str, meta: dict, base_url: str, fields: dict) -> dict:
+        """What an SSE event's ``data:`` and a webhook's body say of a terminal event ``fields``
+        (from the events stream)."""
+        data = json.loads(fields.get("data") or "{}")
+        video = {"status": data.get("status"), "outputs": data.get("outputs"), "error": data.get("error"),
+                 "updated": fields.get("time")}
+        doc = self.document(gen_id, meta, base_url, video)
+        payload = {"generation_id": gen_id, "model": doc["model"], "status": doc["status"]}
+        if doc["status"] == "succeeded":
+            payload.update(result_url=doc["result_url"], result_urls=doc["result_urls"])
+        else:
+            payload["error_message"] = doc["error_message"]
+        payload["created_at"] = doc["created_at"]
+        return payload
 
     def list(self, owner: str, base_url: str, status: str | None, model: str | None, limit: int) -> list[dict]:
         out = []

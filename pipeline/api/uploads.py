@@ -1,0 +1,68 @@
+"""Uploads: a video sent to ``POST /api/ai/uploads`` (multipart) is stored under
+``uploads/{id}/{name}`` in the deployment's storage and named in requests as
+``input_video: "upload://{id}"``. Only the key that uploaded it can name it, for
+SAM3V_API_UPLOAD_TTL seconds (its record in Redis expires; the object stays until a bucket
+lifecycle rule on ``uploads/`` removes it)."""
+
+from __future__ import annotations
+
+import hmac
+import re
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import BinaryIO
+
+import redis
+
+from pipeline.api.errors import APIError
+from pipeline.status import _s
+
+SCHEME = "upload://"
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def upload_key(upload_id: str) -> str:
+    return f"sam3v:upload:{upload_id}"
+
+
+def safe_name(filename: str | None) -> str:
+    name = _UNSAFE.sub("-", Path(filename or "").name).strip("-.")[:100]
+    return name or "upload"
+
+
+def store_upload(r: redis.Redis, storage, fileobj: BinaryIO, filename: str | None, owner: str,
+                 max_bytes: int, ttl: int) -> dict:
+    """Copy the upload to storage (through a local file: storage backends take finished files)."""
+    upload_id = uuid.uuid4().hex
+    key = f"uploads/{upload_id}/{safe_name(filename)}"
+    with tempfile.NamedTemporaryFile(prefix="sam3v-upload-") as tmp:
+        size = 0
+        while block := fileobj.read(1 << 20):
+            size += len(block)
+            if size > max_bytes:
+                raise APIError(413, "too_large", f"file: larger than {max_bytes} bytes (SAM3V_API_UPLOAD_MAX_BYTES)",
+                               field="file")
+            tmp.write(block)
+        if size == 0:
+            raise APIError(422, "invalid_request", "file: empty", field="file")
+        tmp.flush()
+        storage.put_file(Path(tmp.name), key)
+    created = time.time()
+    r.hset(upload_key(upload_id), mapping={"owner": owner, "key": key, "bytes": size, "created": created,
+                                           "filename": filename or ""})
+    r.expire(upload_key(upload_id), ttl)
+    return {"upload_id": upload_id, "input_video": SCHEME + upload_id, "bytes": size, "filename": filename,
+            "created_at": int(created), "expires_at": int(created + ttl)}
+
+
+def resolve_upload(r: redis.Redis, uri: str, owner: str) -> str:
+    """The storage key behind ``upload://{id}`` if this owner uploaded it; 422 otherwise (another
+    key's upload reads exactly like a missing one)."""
+    upload_id = uri[len(SCHEME):].strip("/")
+    meta = {_s(k): _s(v) for k, v in r.hgetall(upload_key(upload_id)).items()} if upload_id else {}
+    if not meta or not hmac.compare_digest(meta.get("owner", ""), owner):
+        raise APIError(422, "invalid_request", f"input_video: no upload {upload_id!r} (it expires "
+                       "SAM3V_API_UPLOAD_TTL seconds after it was made)", field="input_video")
+    return meta["key"]

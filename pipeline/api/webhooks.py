@@ -1,0 +1,149 @@
+"""Webhooks: a generation's ``webhook_url`` gets a POST when the generation ends (succeeded,
+failed or cancelled), and again after each retry ends.
+
+Body: the SSE event's ``data:`` JSON plus ``"event"``. Headers: ``X-Sam3v-Event`` (the event name),
+``X-Sam3v-Delivery`` (the event id: the same on every attempt, so a receiver can drop repeats) and
+``X-Sam3v-Signature: t=<unix time>,v1=<hex HMAC-SHA256 of "<t>.<body>">``, keyed with the caller's
+webhook secret (``GET /api/ai/webhooks/secret``). A receiver recomputes the HMAC over the raw body,
+compares in constant time and rejects an old ``t``.
+
+Delivery: every API process reads the events stream in one Redis consumer group, so each event
+goes to one process. A delivery that fails (network error, any non-2xx status) is tried again
+after doubling pauses (SAM3V_API_WEBHOOK_BACKOFF, SAM3V_API_WEBHOOK_ATTEMPTS in all); the event
+is acknowledged once delivered or given up, and the outcome is kept on the generation (its GET
+shows ``webhook``). Events a process took and never acknowledged (it died) are claimed by a live
+one after CLAIM_IDLE_MS. The URL follows the rules of URL inputs: checked when queued and again
+at every attempt, sent to the checked address; redirects are not followed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import redis
+
+from pipeline.api.service import EVENT_NAMES, Generations, gen_key
+from pipeline.errors import InputError
+from pipeline.status import EVENTS, _s
+from pipeline.urls import post_json
+
+log = logging.getLogger(__name__)
+GROUP = "sam3v-webhooks"
+SECRET_KEY = "sam3v:api:webhook-secret"
+CLAIM_IDLE_MS = 15 * 60 * 1000  # longer than any process spends retrying one delivery
+TIMEOUT = 10.0
+
+
+def server_secret(r: redis.Redis, configured: str | None) -> str:
+    """SAM3V_API_WEBHOOK_SECRET, else one made once and shared by every API process through Redis."""
+    if configured:
+        return configured
+    r.set(SECRET_KEY, secrets.token_hex(32), nx=True)
+    value = r.get(SECRET_KEY)
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def key_secret(server: str, owner: str) -> str:
+    """The signing secret of one API key (by its digest): one caller cannot sign as another."""
+    return "whsec_" + hmac.new(server.encode(), owner.encode(), hashlib.sha256).hexdigest()
+
+
+def signature(secret: str, timestamp: int, body: bytes) -> str:
+    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={timestamp},v1={mac}"
+
+
+class WebhookDispatcher:
+    """One reader thread on the consumer group; deliveries (with their pauses) on a small pool."""
+
+    def __init__(self, gens: Generations, workers: int = 8):
+        self.g = gens
+        self.r = gens.r
+        self.settings = gens.settings
+        self.consumer = f"{socket.gethostname()}-{os.getpid()}"
+        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="webhook")
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="webhook-reader", daemon=True)
+
+    def start(self) -> None:
+        try:
+            self.r.xgroup_create(EVENTS, GROUP, id="$", mkstream=True)
+        except redis.ResponseError as err:
+            if "BUSYGROUP" not in str(err):
+                raise
+        self.secret = server_secret(self.r, self.settings.api_webhook_secret)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def _run(self) -> None:
+        next_claim = 0.0
+        while not self.stop.is_set():
+            try:
+                entries = []
+                if time.monotonic() >= next_claim:  # a dead process's unacknowledged events
+                    next_claim = time.monotonic() + 60
+                    entries += self.r.xautoclaim(EVENTS, GROUP, self.consumer, CLAIM_IDLE_MS, "0-0", count=100)[1]
+                for _stream, items in self.r.xreadgroup(GROUP, self.consumer, {EVENTS: ">"}, count=100, block=1000) or []:
+                    entries += items
+                for eid, fields in entries:
+                    self._take(_s(eid), {_s(k): _s(v) for k, v in fields.items()})
+            except redis.RedisError as err:  # Redis restarting: the group keeps our place
+                log.warning("webhooks: %s; retrying", err)
+                self.stop.wait(1)
+
+    def _take(self, eid: str, fields: dict) -> None:
+        kind, job = fields.get("kind"), fields.get("job")
+        meta = {_s(k): _s(v) for k, v in self.r.hgetall(gen_key(job)).items()} if job else {}
+        url = json.loads(meta["params"]).get("webhook_url") if meta.get("params") else None
+        if not url or kind not in (*EVENT_NAMES, "video_queued"):
+            self.r.xack(EVENTS, GROUP, eid)
+            return
+        if kind == "video_queued":  # a retry: its end is news again
+            self.r.hdel(gen_key(job), "webhook_event")
+            self.r.xack(EVENTS, GROUP, eid)
+            return
+        # In stream order, before the pool: a repeated transition (a redelivered finalize) sends nothing.
+        if not self.r.hsetnx(gen_key(job), "webhook_event", eid) and _s(self.r.hget(gen_key(job), "webhook_event")) != eid:
+            self.r.xack(EVENTS, GROUP, eid)
+            return
+        self.pool.submit(self._deliver, eid, job, kind, meta, fields, url)
+
+    def _deliver(self, eid: str, job: str, kind: str, meta: dict, fields: dict, url: str) -> None:
+        try:
+            payload = {"event": EVENT_NAMES[kind], **self.g.completion(job, meta, meta.get("base_url", ""), fields)}
+            body = json.dumps(payload, separators=(",", ":")).encode()
+            secret = key_secret(self.secret, meta["owner"])
+            attempts, error = 0, None
+            for attempts in range(1, self.settings.api_webhook_attempts + 1):
+                headers = {"Content-Type": "application/json", "User-Agent": "sam3v-webhooks",
+                           "X-Sam3v-Event": payload["event"], "X-Sam3v-Delivery": eid,
+                           "X-Sam3v-Signature": signature(secret, int(time.time()), body)}
+                try:
+                    status = post_json(url, body, headers, self.settings.url_allowlist, TIMEOUT)
+                    error = None if 200 <= status < 300 else f"HTTP {status}"
+                except InputError as err:
+                    error = str(err)
+                if error is None or attempts == self.settings.api_webhook_attempts:
+                    break
+                if self.stop.wait(self.settings.api_webhook_backoff * 2 ** (attempts - 1)):
+                    return  # shutting down: unacknowledged, so another process takes it over
+            self.r.hset(gen_key(job), mapping={"webhook_status": "failed" if error else "delivered",
+                                               "webhook_attempts": attempts, "webhook_error": error or ""})
+            if error:
+                log.warning("webhook for %s to %s given up after %d attempts: %s", job, url, attempts, error)
+            self.r.xack(EVENTS, GROUP, eid)
+        except Exception:  # never lose the pool thread; the event stays pending and is claimed again
+            log.exception("webhook for %s", job)
