@@ -524,9 +524,15 @@ def test_embedded_mode_smoke(env, inputs, tmp_path):  # noqa: F811
     try:
         reader = SSEReader(api, A)
         try:
-            gen_id = enqueue(api, {"input_video": f"{inputs['base']}/clip.mp4", "prompt": "dog", "max_frames": 3})
+            gen_id = enqueue(api, {"input_video": f"{inputs['base']}/clip.mp4", "prompt": "dog", "max_frames": 3,
+                                   "webhook_url": f"{inputs['base']}/hook-embedded"})
             doc = wait(api, gen_id)
             assert doc["status"] == "succeeded", (doc, log.read_text())
+            end = time.monotonic() + 20
+            while time.monotonic() < end and not any(h["path"] == "/hook-embedded" for h in inputs["hooks"]):
+                time.sleep(0.2)
+            hook = next(json.loads(h["body"]) for h in inputs["hooks"] if h["path"] == "/hook-embedded")
+            assert hook["generation_id"] == gen_id and hook["result_url"] == doc["result_url"]
             assert doc["result_url"] == f"{api['base']}/api/ai/queue/{gen_id}/files/overlay"
             assert httpx.get(doc["result_url"]).status_code == 401
             assert httpx.get(doc["result_url"], headers=A).content[4:8] == b"ftyp"

@@ -96,8 +96,11 @@ class WebhookDispatcher:
                 if time.monotonic() >= next_claim:  # a dead process's unacknowledged events
                     next_claim = time.monotonic() + 60
                     entries += self.r.xautoclaim(EVENTS, GROUP, self.consumer, CLAIM_IDLE_MS, "0-0", count=100)[1]
+                asked = time.monotonic()
                 for _stream, items in self.r.xreadgroup(GROUP, self.consumer, {EVENTS: ">"}, count=100, block=1000) or []:
                     entries += items
+                if not entries and time.monotonic() - asked < 0.5:
+                    self.stop.wait(0.5)  # the embedded in-process Redis answers at once instead of blocking
                 for eid, fields in entries:
                     self._take(_s(eid), {_s(k): _s(v) for k, v in fields.items()})
             except redis.RedisError as err:  # Redis restarting: the group keeps our place
