@@ -343,6 +343,21 @@ def test_uploads_are_inputs_for_their_key_only(api, inputs, media_dir):
     assert httpx.post(f"{base}/api/ai/uploads", files={"file": ("x.mp4", b"x")}).status_code == 401
 
 
+def test_upload_size_limit(api, tmp_path):
+    server, base = start_api({**api["env"], "SAM3V_API_UPLOAD_MAX_BYTES": "100000"}, tmp_path / "api.log")
+    try:
+        for size in (150_000, 400_000):  # caught while stored; refused by the body limit before parsing
+            r = httpx.post(f"{base}/api/ai/uploads", headers=A, files={"file": ("big.mp4", b"\0" * size, "video/mp4")})
+            assert r.status_code == 413 and r.json()["error"]["code"] == "too_large", r.text
+        r = httpx.post(f"{base}/api/ai/queue", headers=A, json={"model": "sam-3-video", "prompt": "x" * 1_100_000,
+                                                               "input_video": "https://example.com/x.mp4"})
+        assert r.status_code == 413 and r.json()["error"]["code"] == "too_large", r.text  # JSON bodies: 1 MiB
+        r = httpx.post(f"{base}/api/ai/uploads", headers=A, files={"file": ("ok.mp4", b"\0" * 90_000, "video/mp4")})
+        assert r.status_code == 200 and r.json()["bytes"] == 90_000, r.text
+    finally:
+        stop_process(server)
+
+
 def test_s3_inputs_only_from_allowed_buckets(api, s3, media_dir):  # noqa: F811
     client, _ = s3
     clip = media.clip(media_dir, FRAMES + 2)

@@ -30,6 +30,7 @@ from pipeline.api.webhooks import WebhookDispatcher, key_secret, server_secret
 from pipeline.status import EVENTS
 
 _STREAM_ID = re.compile(r"^\d+(-\d+)?$")
+JSON_BODY_MAX = 1024 * 1024  # request bodies are a few hundred bytes; videos come by URL or upload
 
 
 @cache  # the schema is built from the pydantic model: a few ms that need not be paid per request
@@ -87,7 +88,7 @@ def create_app(settings=None) -> FastAPI:
             await app.state.hub.r.aclose()
             await app.state.aredis.aclose()
 
-    app = FastAPI(title="sam3v API", version="1", lifespan=lifespan, max_body_size=1024 * 1024,
+    app = FastAPI(title="sam3v API", version="1", lifespan=lifespan,
                   description="A drop-in for the hosted `sam-3-video` model: sync generation, async queue, "
                               "server-sent events and model details. Every route needs `Authorization: Bearer <key>`.")
     app.state.key_digests = load_key_digests()
@@ -106,7 +107,7 @@ def create_app(settings=None) -> FastAPI:
         return [g.create(body, who, base_url, video) for _ in range(body.num_generations)]
 
     # --- async queue --------------------------------------------------------------------------
-    @app.post("/api/ai/queue", tags=["queue"], summary="Queue generations")
+    @app.post("/api/ai/queue", tags=["queue"], summary="Queue generations", max_body_size=JSON_BODY_MAX)
     def enqueue(body: GenerationRequest, request: Request, who: str = Depends(owner)):
         """Queue `num_generations` generations; answers their ids with status `queued`."""
         ids = submit(gens(request), body, who, str(request.base_url))
@@ -166,7 +167,7 @@ def create_app(settings=None) -> FastAPI:
         return Response(g.storage.get_bytes(key), media_type=media)
 
     # --- sync ---------------------------------------------------------------------------------
-    @app.post("/api/ai/videos/generate", tags=["sync"], summary="Generate and wait")
+    @app.post("/api/ai/videos/generate", tags=["sync"], summary="Generate and wait", max_body_size=JSON_BODY_MAX)
     async def generate(body: GenerateRequest, request: Request, who: str = Depends(owner)):
         """Blocks until the generation ends (at most SAM3V_API_SYNC_TIMEOUT seconds, default 600,
         then 504 with the generation_id: poll it with GET /api/ai/queue/{id})."""

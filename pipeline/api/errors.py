@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -18,7 +20,37 @@ def error_body(code: str, message: str, **extra) -> dict:
     return {"error": {"code": code, "message": message, **extra}}
 
 
+class JSONTooLarge:
+    """Starlette's request body limit (``max_body_size`` on a route) answers 413 in plain text;
+    clients of this API parse ``{"error": ...}``, so the answer is rewritten."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        replaced = False
+
+        async def send_json(message):
+            nonlocal replaced
+            if message["type"] == "http.response.start" and message["status"] == 413 and \
+                    dict(message.get("headers", [])).get(b"content-type", b"").startswith(b"text/plain"):
+                replaced = True
+                body = json.dumps(error_body("too_large", "request body too large for this route "
+                                                          "(uploads: SAM3V_API_UPLOAD_MAX_BYTES)")).encode()
+                await send({"type": "http.response.start", "status": 413,
+                            "headers": [(b"content-type", b"application/json"),
+                                        (b"content-length", str(len(body)).encode())]})
+                await send({"type": "http.response.body", "body": body})
+            elif not replaced:
+                await send(message)
+
+        await self.app(scope, receive, send_json)
+
+
 def install(app: FastAPI) -> None:
+    app.add_middleware(JSONTooLarge)
     @app.exception_handler(APIError)
     async def _api_error(_request: Request, err: APIError):
         headers = {"WWW-Authenticate": "Bearer"} if err.status == 401 else None
