@@ -24,7 +24,7 @@ IMAGE_DOCKERFILE = {"sam3v-worker": "Dockerfile.worker", "sam3v-control": "Docke
 
 # SAM3V_* variables the code reads with os.environ directly, not through Settings.
 EXTRA_ENV = {"SAM3V_PRELOAD_MODEL", "SAM3V_CACHE", "SAM3V_TORCH_THREADS", "SAM3V_SEGMENT_FRAMES", "SAM3V_DEBUG",
-             "SAM3V_API_KEYS", "SAM3V_API_KEYS_FILE", "SAM3V_API_SYNC_TIMEOUT", "SAM3V_API_URL_EXPIRES"}
+             "SAM3V_API_KEYS", "SAM3V_API_KEYS_FILE"}
 # Used only while pipeline/settings.py is being written; once it exists, its Settings class rules.
 FALLBACK_FIELDS = ["broker_url", "redis_url", "storage_url", "model", "url_allowlist", "chunk_seconds",
                    "task_time_limit", "visibility_timeout", "max_redeliveries", "keep_chunks", "url_max_bytes",
