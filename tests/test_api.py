@@ -169,8 +169,12 @@ def test_auth_models_and_docs(api):
     assert httpx.get(f"{base}/docs").status_code == 200
     paths = httpx.get(f"{base}/openapi.json").json()["paths"]
     for p in ("/api/ai/queue", "/api/ai/queue/{generation_id}", "/api/ai/queue/{generation_id}/retry",
-              "/api/ai/videos/generate", "/api/events", "/api/ai/models/{model_id}"):
+              "/api/ai/videos/generate", "/api/events", "/api/ai/models/{model_id}", "/api/ai/uploads",
+              "/api/ai/webhooks/secret"):
         assert p in paths
+    for extra in ("prompts", "detection_threshold", "start_frame", "max_frames", "outputs", "mask_opacity",
+                  "webhook_url"):
+        assert extra in schema["properties"], extra
 
 
 @pytest.mark.parametrize("body,field", [
@@ -183,6 +187,10 @@ def test_auth_models_and_docs(api):
     ({"input_video": "s3://b/k.mp4", "prompt": "dog", "num_generations": 5}, "num_generations"),
     ({"input_video": "s3://b/k.mp4", "prompt": "dog", "max_frames": 0}, "max_frames"),
     ({"input_video": "s3://b/k.mp4", "prompt": "dog", "outputs": ["gif"]}, "outputs.0"),
+    ({"input_video": "s3://b/k.mp4", "prompt": "dog", "start_frame": -1}, "start_frame"),
+    ({"input_video": "s3://b/k.mp4", "prompt": "dog", "detection_threshold": 1.5}, "detection_threshold"),
+    ({"input_video": "s3://b/k.mp4", "prompt": "dog", "webhook_url": "file:///tmp/x"}, "webhook_url"),
+    ({"input_video": "upload://../../etc", "prompt": "dog"}, "input_video"),
 ])
 def test_bad_requests_name_the_field(api, body, field):
     r = httpx.post(f"{api['base']}/api/ai/queue", json={"model": "sam-3-video", **body}, headers=A)
