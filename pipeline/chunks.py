@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pipeline.errors import InputError
+
 SEGMENT_FRAMES = 64  # frames per encoded segment (a keyframe at least this often)
 DEFAULT_CHUNK_SECONDS = 10.0
 
@@ -18,35 +20,56 @@ DEFAULT_CHUNK_SECONDS = 10.0
 @dataclass(frozen=True)
 class Chunk:
     index: int
-    start: int  # first frame given to the model
+    start: int  # first frame given to the model (an index in the source video)
     stop: int  # one past the last frame given to the model
     final: bool  # the planned last chunk: flushes the hotstart buffer
 
 
-def plan_chunks(num_frames: int, chunk_frames: int | None) -> list[Chunk]:
-    """Split [0, num_frames) into chunks of ``chunk_frames`` (None or 0: one chunk)."""
+def frames_to_process(total: int | None, start_frame: int, max_frames: int | None, video: str) -> int | None:
+    """How many frames a run processes from ``start_frame``: at most ``max_frames``, and no more
+    than the ``total`` the header promises (None or 0: unknown). None when nothing bounds the run
+    (the stream's end decides). A start at or past the end is the user's error, said before any work.
+    """
+    if total and start_frame >= total:
+        raise InputError(f"{video}: start_frame {start_frame} is past the end of the video: it has {total} "
+                         f"frames (0 to {total - 1})")
+    limits = [n for n in (total - start_frame if total else None, max_frames) if n]
+    return min(limits) if limits else None
+
+
+def plan_chunks(num_frames: int, chunk_frames: int | None, start_frame: int = 0) -> list[Chunk]:
+    """Split [start_frame, start_frame + num_frames) into chunks of ``chunk_frames`` (None or 0: one).
+
+    Boundaries count from ``start_frame``, so a run that starts later is chunked as if the video
+    began there.
+    """
     if num_frames < 1:
         raise ValueError(f"num_frames must be at least 1, got {num_frames}")
     if chunk_frames is not None and chunk_frames < 0:
         raise ValueError(f"chunk_frames must be >= 0, got {chunk_frames}")
+    if start_frame < 0:
+        raise ValueError(f"start_frame must be >= 0, got {start_frame}")
     size = chunk_frames or num_frames
-    starts = list(range(0, num_frames, size))
-    return [Chunk(k, a, min(a + size, num_frames), k == len(starts) - 1) for k, a in enumerate(starts)]
+    end = start_frame + num_frames
+    starts = list(range(start_frame, end, size))
+    return [Chunk(k, a, min(a + size, end), k == len(starts) - 1) for k, a in enumerate(starts)]
 
 
 def default_chunk_frames(fps: float, seconds: float = DEFAULT_CHUNK_SECONDS) -> int:
     return max(1, round(fps * seconds))
 
 
-def encode_limit(stop: int, final: bool, num_frames: int, hotstart_delay: int,
-                 segment_frames: int = SEGMENT_FRAMES) -> int:
+def encode_limit(stop: int, final: bool, end: int, hotstart_delay: int,
+                 segment_frames: int = SEGMENT_FRAMES, start_frame: int = 0) -> int:
     """Frames below this index are composited and encoded by the chunk that ends at ``stop``.
 
     A chunk emits frames whose hotstart window has closed, [.., stop - (delay - 1)); of those it
     encodes only whole grid segments. The rest are replayed (decoded again, drawn from their RLE)
-    by the next chunk. The final chunk encodes everything.
+    by the next chunk. The final chunk encodes everything, up to ``end`` (one past the last frame).
+    The grid counts from ``start_frame``, the first processed frame: segment g holds frames
+    [start_frame + g * segment_frames, ...), whatever the chunk size.
     """
     if final:
-        return num_frames
-    emitted = max(0, stop - max(0, hotstart_delay - 1))
-    return (emitted // segment_frames) * segment_frames
+        return end
+    emitted = max(0, stop - max(0, hotstart_delay - 1) - start_frame)
+    return start_frame + (emitted // segment_frames) * segment_frames

@@ -83,13 +83,21 @@ def segment(
                                                   "white-on-black mask video.")] = True,
     outputs: Annotated[Optional[str], typer.Option(help="Comma-separated set of overlay, mask, rle. "
                                                         "Default: the one --apply-mask picks. masks.json is always written.")] = None,
-    max_frames: Annotated[Optional[int], typer.Option(help="Process at most this many frames.")] = None,
+    start_frame: Annotated[int, typer.Option(
+        help="First frame to process (0-based index in the video). The output videos cover only the "
+             "processed frames, starting at 0 s, with the audio cut to match; masks.json keeps the source's "
+             "frame numbers and times.")] = 0,
+    max_frames: Annotated[Optional[int], typer.Option(help="Process at most this many frames (from --start-frame).")] = None,
     chunk_frames: Annotated[Optional[int], typer.Option(
         help="Run the video as chunks of this many frames, carrying tracker memory from chunk to chunk "
              "through the state codec (as distributed workers do). 0 or absent: one chunk. "
              "Results are identical either way.")] = None,
     device: Annotated[str, typer.Option(help="auto (cuda when present), cpu or cuda.")] = "auto",
     mask_opacity: Annotated[float, typer.Option(help="Overlay opacity, 0-1.")] = 0.5,
+    detection_threshold: Annotated[Optional[float], typer.Option(
+        help="Detection score threshold, 0-1: detections scoring below it are dropped. The score a detection "
+             "needs to start a new object moves with it (SAM 3: 0.5 and 0.7). Lower finds more, higher "
+             "fewer. Default: the model's own.")] = None,
 ) -> None:
     """Segment one video: masks.json plus overlay.mp4 and/or mask.mp4 in --out."""
     if not video.exists():
@@ -101,7 +109,8 @@ def segment(
     from workers.segment import SegmentOptions, segment_video
 
     opts = SegmentOptions(prompts=prompt, apply_mask=apply_mask, outputs=_parse_outputs(outputs),
-                          max_frames=max_frames, chunk_frames=chunk_frames, mask_opacity=mask_opacity)
+                          max_frames=max_frames, chunk_frames=chunk_frames, mask_opacity=mask_opacity,
+                          start_frame=start_frame, detection_threshold=detection_threshold)
     opts.validate()  # reject bad options before loading anything
     loaded = load_model(model, device)
     if loaded.is_tiny:

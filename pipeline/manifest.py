@@ -19,8 +19,9 @@ from pydantic import BaseModel, ValidationError, field_validator
 
 from pipeline.errors import InputError
 
-FIELDS = {"id", "video", "input_video", "prompt", "prompts", "apply_mask", "outputs", "max_frames",
-          "chunk_frames", "mask_opacity"}
+# The per-video options a line may set, besides its id, video and prompts.
+OPTIONS = ("apply_mask", "outputs", "max_frames", "chunk_frames", "mask_opacity", "start_frame", "detection_threshold")
+FIELDS = {"id", "video", "input_video", "prompt", "prompts", *OPTIONS}
 OUTPUTS = ("overlay", "mask", "rle")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _SLUG = re.compile(r"[^A-Za-z0-9._-]+")
@@ -35,6 +36,8 @@ class VideoItem(BaseModel):
     max_frames: int | None = None
     chunk_frames: int | None = None
     mask_opacity: float = 0.5
+    start_frame: int = 0  # first source frame processed; max_frames counts from it
+    detection_threshold: float | None = None  # None: the model's own
     line: int
 
     @field_validator("max_frames", "chunk_frames")
@@ -44,10 +47,26 @@ class VideoItem(BaseModel):
             raise ValueError("must be at least 1")
         return value
 
-    @field_validator("mask_opacity")
+    @field_validator("start_frame", "detection_threshold", mode="before")
     @classmethod
-    def _opacity(cls, value):
-        if not 0.0 <= value <= 1.0:
+    def _not_a_flag(cls, value):
+        # pydantic would read true as 1: a frame index or a threshold given as a flag is a mistake.
+        if isinstance(value, bool):
+            raise ValueError("must be a number, not true or false")
+        return value
+
+    @field_validator("start_frame")
+    @classmethod
+    def _frame_index(cls, value):
+        if value < 0:
+            raise ValueError("must be a frame index, 0 or more")
+        return value
+
+    @field_validator("mask_opacity", "detection_threshold")
+    @classmethod
+    def _unit(cls, value):
+        # `not 0 <= v <= 1` also refuses NaN.
+        if value is not None and not 0.0 <= value <= 1.0:
             raise ValueError("must be between 0 and 1")
         return value
 
@@ -148,7 +167,7 @@ def _item(raw: dict, line: int, default_prompt: str | None, allow_local: bool) -
         raise ValueError(f"id: must be a string, not {type(vid).__name__}")
     elif not _ID.match(vid) or vid in (".", ".."):
         raise ValueError(f"id: {vid!r} is not safe as a storage key (letters, digits, '.', '_', '-'; at most 128)")
-    fields = {k: v for k, v in raw.items() if k in ("apply_mask", "outputs", "max_frames", "chunk_frames", "mask_opacity")}
+    fields = {k: v for k, v in raw.items() if k in OPTIONS}
     if isinstance(fields.get("outputs"), str):
         fields["outputs"] = [o.strip() for o in re.split(r"[,|]", fields["outputs"]) if o.strip()]
     try:
@@ -190,14 +209,15 @@ def _csv_rows(text: str):
         clean = {k: v for k, v in row.items() if v not in (None, "")}
         if not clean:
             continue
-        for key in ("max_frames", "chunk_frames"):
+        for key in ("max_frames", "chunk_frames", "start_frame"):
             if key in clean and re.fullmatch(r"-?\d+", clean[key].strip()):
                 clean[key] = int(clean[key])
-        if "mask_opacity" in clean:
-            try:
-                clean["mask_opacity"] = float(clean["mask_opacity"])
-            except ValueError:
-                pass
+        for key in ("mask_opacity", "detection_threshold"):
+            if key in clean:
+                try:
+                    clean[key] = float(clean[key])
+                except ValueError:
+                    pass  # left a string: the field's validation names it
         if "apply_mask" in clean:
             flag = clean["apply_mask"].strip().lower()
             clean["apply_mask"] = {"true": True, "1": True, "yes": True, "false": False, "0": False,

@@ -251,3 +251,29 @@ def clip(directory: Path, frames: int, source: Path = DOG) -> Path:
                "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p",
                "-c:a", "copy", "-shortest", path)
     return path
+
+
+BEEP_AT = 0.8  # seconds: where hue_beep's tone starts
+
+
+def hue_beep(directory: Path) -> Path:
+    """320x180, 30 fps, 48 frames, a keyframe every 12; the hue turns 12 degrees a frame, so
+    neighbouring frames differ everywhere (mean |diff| ~18) and far ones a lot (~150). Its audio is
+    silent until BEEP_AT seconds (source frame 24), then a 440 Hz tone: where the tone starts in
+    an output tells whether its audio is in sync."""
+    path, done = _cached(directory, "hue_beep.mp4")
+    if not done:
+        ffmpeg("-f", "lavfi", "-i", "testsrc2=size=320x180:rate=30",
+               "-f", "lavfi", "-i", f"aevalsrc='if(gte(t,{BEEP_AT}),0.5*sin(2*PI*440*t),0)':s=48000",
+               "-vf", "hue=H=2*PI*t", "-t", "1.6", "-c:v", "libx264", "-preset", "veryfast",
+               "-g", "12", "-keyint_min", "12", "-pix_fmt", "yuv420p", "-c:a", "aac", path)
+    return path
+
+
+def small_dog(directory: Path, frames: int, width: int = 320, height: int = 180) -> Path:
+    """The first `frames` frames of the dog clip scaled down (cheap for the model), audio kept."""
+    path, done = _cached(directory, f"dog_{width}x{height}_{frames}f.mp4")
+    if not done:
+        ffmpeg("-i", DOG, "-frames:v", str(frames), "-vf", f"scale={width}:{height}", "-c:v", "libx264",
+               "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest", path)
+    return path

@@ -330,6 +330,21 @@ def test_sync_generate_answers_504_with_the_id_after_the_limit(api, inputs, tmp_
         stop_process(server)
 
 
+def test_start_frame_and_detection_threshold_reach_the_pipeline(api, inputs):
+    doc = wait(api, enqueue(api, {"input_video": f"{inputs['base']}/clip.mp4", "prompt": "dog", "start_frame": 2,
+                                  "max_frames": 3, "detection_threshold": 0.3, "outputs": ["mask", "rle"]}))
+    assert doc["status"] == "succeeded", doc
+    assert doc["params"]["start_frame"] == 2 and doc["params"]["detection_threshold"] == 0.3
+    masks = httpx.get(doc["result_urls"]["masks"]).json()
+    assert [f["frame"] for f in masks["frames"]] == [2, 3, 4]  # source frame numbers
+    r = httpx.post(f"{api['base']}/api/ai/queue", headers=A, json={"model": "sam-3-video", "prompt": "dog",
+                                                                  "input_video": f"{inputs['base']}/clip.mp4",
+                                                                  "start_frame": 500})
+    assert r.status_code == 200  # known only once the video is read: the generation fails, saying why
+    doc = wait(api, r.json()["generations"][0]["generation_id"])
+    assert doc["status"] == "failed" and "start_frame" in doc["error_message"], doc
+
+
 def test_uploads_are_inputs_for_their_key_only(api, inputs, media_dir):
     base = api["base"]
     clip = media.clip(media_dir, FRAMES + 2)

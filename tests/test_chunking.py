@@ -1,11 +1,14 @@
 """Chunking never changes results: tracker memory crosses chunk boundaries exactly.
 
 A 40-frame clip with an encode grid of 16 frames, so chunk sizes below the hotstart delay (15),
-above it, dividing and not dividing the frame count all cross grid segments and replays.
+above it, dividing and not dividing the frame count all cross grid segments and replays. The same
+holds for a run that starts part-way (start_frame: chunks and the grid count from there) with a
+detection threshold (carried in the tracker state).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -28,6 +31,7 @@ from workers.tracker_state import StateError
 
 N, SEG = 40, 16
 W, H = 426, 240
+START = 5  # off the grid: the late run's segments are [5, 21), [21, 37), [37, 40)
 
 
 def options(chunk_frames=None) -> SegmentOptions:
@@ -50,12 +54,12 @@ def baseline(tiny, clip, tmp_path_factory):
     return out
 
 
-def _same_outputs(got: Path, want: Path) -> None:
+def _same_outputs(got: Path, want: Path, frames: int = N) -> None:
     assert (got / "masks.json").read_bytes() == (want / "masks.json").read_bytes()
     for name in ("overlay", "mask"):
         a = fp.frames_rgb(got / f"{name}.mp4", W, H)
         b = fp.frames_rgb(want / f"{name}.mp4", W, H)
-        assert a.shape[0] == N and np.array_equal(a, b), name
+        assert a.shape[0] == frames and np.array_equal(a, b), name
         assert fp.has_audio(got / f"{name}.mp4")
 
 
@@ -86,6 +90,39 @@ def test_cli_chunk_frames_equals_unchunked(tiny_model_dir, clip, baseline, tmp_p
     assert done.returncode == 0, done.stderr
     assert "3 chunk(s)" in done.stderr
     _same_outputs(tmp_path, baseline)
+
+
+@pytest.fixture(scope="module")
+def threshold(baseline) -> float:
+    """A detection threshold some of the baseline's objects pass and some do not."""
+    doc = json.loads((baseline / "masks.json").read_text())
+    found = sorted({o["score"] for f in doc["frames"] for o in f["objects"]})
+    assert len(found) >= 3, found
+    return found[len(found) // 2]
+
+
+def late_options(chunk_frames, threshold: float) -> SegmentOptions:
+    return dataclasses.replace(options(chunk_frames), start_frame=START, detection_threshold=threshold)
+
+
+@pytest.fixture(scope="module")
+def late_baseline(tiny, clip, threshold, tmp_path_factory):
+    out = tmp_path_factory.mktemp("late-unchunked")
+    result = segment_video(clip, tiny, late_options(None, threshold), LocalStorage(out))
+    assert result.num_chunks == 1
+    doc = json.loads((out / "masks.json").read_text())
+    assert [f["frame"] for f in doc["frames"]] == list(range(START, N))
+    found = [o["score"] for f in doc["frames"] for o in f["objects"]]
+    assert found and min(found) >= threshold - 1e-6, "not vacuous: objects, all passing the threshold"
+    return out
+
+
+@pytest.mark.parametrize("chunk_frames", [7, 17])
+def test_chunked_equals_unchunked_from_a_start_frame_with_a_threshold(chunk_frames, tiny, clip, threshold,
+                                                                      late_baseline, tmp_path):
+    result = segment_video(clip, tiny, late_options(chunk_frames, threshold), LocalStorage(tmp_path))
+    assert result.num_chunks == math.ceil((N - START) / chunk_frames)
+    _same_outputs(tmp_path, late_baseline, N - START)
 
 
 def _runner(tiny_model_dir, clip, artifacts, k, chunk_frames) -> list[str]:
@@ -139,6 +176,9 @@ def test_damaged_or_mismatched_state_is_a_clear_error(tiny, clip, tmp_path):
     with pytest.raises(StateError, match="tracker_state"):
         segment_chunk(second, tiny, artifacts)
     tensors.write_bytes(good)
+
+    with pytest.raises(StateError, match="detection threshold 0.5, but the state was written with None"):
+        segment_chunk(dataclasses.replace(second, detection_threshold=0.5), tiny, artifacts)
 
     carry = tmp_path / chunk_key("", 0, "state/carry.json")
     doc = json.loads(carry.read_text())

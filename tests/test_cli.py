@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,8 +15,9 @@ from tests import media
 SAM3V = [sys.executable, "-m", "pipeline.cli"]
 
 
-def run(*args, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([*SAM3V, *map(str, args)], capture_output=True, text=True, timeout=timeout)
+def run(*args, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([*SAM3V, *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                          env=None if env is None else {**os.environ, **env})
 
 
 def assert_user_error(done: subprocess.CompletedProcess, *needles: str) -> None:
@@ -80,6 +82,27 @@ def test_segment_cli_end_to_end(dog24, tiny_model_dir, tmp_path):
     assert f"masks: {tmp_path / 'masks.json'}" in done.stdout
 
 
+def test_segment_cli_start_frame_and_detection_threshold(dog24, tiny_model_dir, tmp_path):
+    done = run("segment", dog24, "--prompt", "dog", "--model", tiny_model_dir, "--out", tmp_path,
+               "--start-frame", "20", "--detection-threshold", "0.1", "--device", "cpu")
+    assert done.returncode == 0, done.stderr
+    doc = json.loads((tmp_path / "masks.json").read_text())
+    assert [f["frame"] for f in doc["frames"]] == [20, 21, 22, 23]
+    assert (doc["params"]["start_frame"], doc["params"]["detection_threshold"]) == (20, 0.1)
+
+
+@pytest.mark.parametrize("option, value, needles", [
+    ("--start-frame", "-1", ("--start-frame -1", "0 or more")),
+    ("--start-frame", "24", ("start_frame 24", "24 frames")),  # dog24: frames 0-23
+    ("--detection-threshold", "1.5", ("--detection-threshold 1.5", "between 0 and 1")),
+])
+def test_bad_start_frame_or_threshold_exits_2(option, value, needles, dog24, tiny_model_dir, tmp_path):
+    done = run("segment", dog24, "--prompt", "dog", "--model", tiny_model_dir, "--out", tmp_path,
+               option, value, "--device", "cpu")
+    assert_user_error(done, *needles)
+    assert not (tmp_path / "masks.json").exists()
+
+
 def test_model_tiny_command_saves_a_loadable_model(tmp_path):
     done = run("model", "tiny", tmp_path / "m")
     assert done.returncode == 0, done.stderr
@@ -92,6 +115,7 @@ def test_help_explains_the_commands():
     assert done.returncode == 0
     for word in ("segment", "model"):
         assert word in done.stdout
-    seg = run("segment", "--help")
-    for opt in ("--prompt", "--out", "--model", "--no-apply-mask", "--outputs", "--max-frames", "--device"):
+    seg = run("segment", "--help", env={"COLUMNS": "120"})  # at 80, rich cuts long option names short
+    for opt in ("--prompt", "--out", "--model", "--no-apply-mask", "--outputs", "--max-frames", "--device",
+                "--start-frame", "--detection-threshold"):
         assert opt in seg.stdout

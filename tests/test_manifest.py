@@ -19,7 +19,8 @@ def test_jsonl_good_and_bad_lines():
     data = jsonl(
         {"video": "s3://bucket/a.mp4"},
         {"id": "b", "input_video": "https://example.com/v/b.mp4", "prompts": ["ox", "horn"], "outputs": ["mask"],
-         "apply_mask": False, "max_frames": 12, "chunk_frames": 6, "mask_opacity": 0.25},
+         "apply_mask": False, "max_frames": 12, "chunk_frames": 6, "mask_opacity": 0.25, "start_frame": 30,
+         "detection_threshold": 0.35},
         {"video": "s3://bucket/c.mp4", "max_frames": "many"},
         "not json",
         {"video": "ftp://x/y.mp4"},
@@ -45,9 +46,11 @@ def test_jsonl_good_and_bad_lines():
     first, second = result.items
     assert (first.video, first.prompts, first.apply_mask, first.outputs, first.line) == (
         "s3://bucket/a.mp4", ["dog"], True, None, 1)
+    assert (first.start_frame, first.detection_threshold) == (0, None)
     assert second.model_dump() == {
         "id": "b", "video": "https://example.com/v/b.mp4", "prompts": ["ox", "horn"], "apply_mask": False,
-        "outputs": ["mask"], "max_frames": 12, "chunk_frames": 6, "mask_opacity": 0.25, "line": 2}
+        "outputs": ["mask"], "max_frames": 12, "chunk_frames": 6, "mask_opacity": 0.25, "start_frame": 30,
+        "detection_threshold": 0.35, "line": 2}
     reasons = {r.line: r.reason for r in result.rejected}
     assert sorted(reasons) == [3, 4, 5, 6, 7, 8, *range(10, 22)], "blank line 9 is skipped"
     expected = {3: "max_frames", 4: "JSON", 5: "'ftp'", 6: "id:", 7: "'colour'", 8: "repeats line 2",
@@ -56,6 +59,37 @@ def test_jsonl_good_and_bad_lines():
                 19: "chunk_frames", 20: "prompts", 21: "not both"}
     for line, words in expected.items():
         assert words in reasons[line], (line, reasons[line])
+
+
+def test_start_frame_and_detection_threshold():
+    data = jsonl({"video": "s3://b/1.mp4", "start_frame": 0, "detection_threshold": 0},
+                 {"video": "s3://b/2.mp4", "start_frame": "12", "detection_threshold": 1},
+                 {"video": "s3://b/3.mp4", "start_frame": None, "detection_threshold": None},
+                 {"video": "s3://b/4.mp4", "start_frame": -1},
+                 {"video": "s3://b/5.mp4", "start_frame": 2.5},
+                 {"video": "s3://b/6.mp4", "start_frame": True},
+                 {"video": "s3://b/7.mp4", "start_frame": "first"},
+                 {"video": "s3://b/8.mp4", "detection_threshold": 1.01},
+                 {"video": "s3://b/9.mp4", "detection_threshold": -0.1},
+                 {"video": "s3://b/10.mp4", "detection_threshold": "high"},
+                 {"video": "s3://b/11.mp4", "detection_threshold": False},
+                 '{"video": "s3://b/12.mp4", "detection_threshold": NaN}')
+    result = parse_manifest(data, "m.jsonl", "dog")
+    assert [(i.line, i.start_frame, i.detection_threshold) for i in result.items] == [
+        (1, 0, 0.0), (2, 12, 1.0), (3, 0, None)]
+    reasons = {r.line: r.reason for r in result.rejected}
+    assert sorted(reasons) == list(range(4, 13))
+    for line in range(4, 8):
+        assert reasons[line].startswith("start_frame:"), reasons[line]
+    for line in range(8, 13):
+        assert reasons[line].startswith("detection_threshold:"), reasons[line]
+    assert "0 or more" in reasons[4] and "integer" in reasons[5] and "true or false" in reasons[6]
+    assert "between 0 and 1" in reasons[8] and "between 0 and 1" in reasons[12]
+
+    csv = parse_manifest(b"video,start_frame,detection_threshold\ns3://b/a.mp4,7,0.4\ns3://b/b.mp4,,\n"
+                         b"s3://b/c.mp4,-3,\ns3://b/d.mp4,,2\n", "m.csv", "dog")
+    assert [(i.start_frame, i.detection_threshold) for i in csv.items] == [(7, 0.4), (0, None)]
+    assert [(r.line, r.reason.split(":")[0]) for r in csv.rejected] == [(4, "start_frame"), (5, "detection_threshold")]
 
 
 def test_prompts_and_the_job_default():

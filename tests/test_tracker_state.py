@@ -145,21 +145,28 @@ def test_a_restored_tracker_continues_bit_identically(tiny, frames, baseline, cu
     assert_same(baseline.results, continued)
 
 
+def pruned_in_pieces(model, frames, cuts: list[int], tmp_path) -> tuple[list, VideoTracker]:
+    """Push frames up to each cut with pruning after every frame, then save the state to files and
+    load it into a new tracker; returns the results so far and the last tracker."""
+    tracker = VideoTracker(model, PROMPTS, HEIGHT, WIDTH)
+    out, start = [], 0
+    for cut in cuts:
+        out += push_range(tracker, frames, start, cut, flush=False, prune_each=True)
+        save_state(tracker, tmp_path / f"cut{cut}")
+        tracker = load_state(tmp_path / f"cut{cut}", model)
+        start = cut
+    return out, tracker
+
+
 def test_pruning_every_frame_is_exact_and_keeps_the_state_small(tiny, frames, baseline, tmp_path):
     """Prune after every push, and carry the pruned state through files at frames 20 and 33."""
-    tracker = VideoTracker(tiny, PROMPTS, HEIGHT, WIDTH)
-    out = push_range(tracker, frames, 0, 21, flush=False, prune_each=True)
-    save_state(tracker, tmp_path / "p20")
-    tracker = load_state(tmp_path / "p20", tiny)
-    out += push_range(tracker, frames, 21, 34, flush=False, prune_each=True)
-    save_state(tracker, tmp_path / "p33")
-    tracker = load_state(tmp_path / "p33", tiny)
+    out, tracker = pruned_in_pieces(tiny, frames, [21, 34], tmp_path)
     out += push_range(tracker, frames, 34, N, flush=False, prune_each=True)
-    save_state(tracker, tmp_path / "p39")
+    save_state(tracker, tmp_path / "last")
     out += tracker.flush()
     assert_same(baseline.results, out)
 
-    pruned, unpruned = dir_size(tmp_path / "p39"), dir_size(baseline.dirs[N - 1])
+    pruned, unpruned = dir_size(tmp_path / "last"), dir_size(baseline.dirs[N - 1])
     print(f"\nstate after {N} frames: unpruned {unpruned / 1e6:.2f} MB, pruned {pruned / 1e6:.2f} MB "
           f"({unpruned / pruned:.1f}x smaller)")
     assert pruned * 5 < unpruned
@@ -182,13 +189,7 @@ def test_churning_objects_survive_restores_and_pruning(churn_model, frames, tmp_
     tracker = load_state(base.dirs[20], churn_model)
     assert_same(base.results, base.results[: base.emitted[20]] + push_range(tracker, frames, 21, N, flush=True))
 
-    tracker = VideoTracker(churn_model, PROMPTS, HEIGHT, WIDTH)
-    out = push_range(tracker, frames, 0, 13, flush=False, prune_each=True)
-    save_state(tracker, tmp_path / "p12")
-    tracker = load_state(tmp_path / "p12", churn_model)
-    out += push_range(tracker, frames, 13, 28, flush=False, prune_each=True)
-    save_state(tracker, tmp_path / "p27")
-    tracker = load_state(tmp_path / "p27", churn_model)
+    out, tracker = pruned_in_pieces(churn_model, frames, [13, 28], tmp_path)
     out += push_range(tracker, frames, 28, N, flush=True, prune_each=True)
     assert_same(base.results, out)
 

@@ -6,6 +6,10 @@ A chunk runs the model on frames [start, stop). SAM 3 holds each frame's output 
 frames again to draw them. Emitted frames are encoded only in whole grid segments
 (``pipeline.chunks``); frames emitted but not yet encoded travel as RLE entries and are replayed.
 
+A run may start at ``start_frame`` > 0: chunks, the carry and frame entries keep source frame
+indices, while the model numbers frames from 0 at ``start_frame`` (as if the video began there:
+SAM 3 reads frame numbers, e.g. to recondition every n-th frame).
+
 Every artifact is published under deterministic keys, each only when complete, so a chunk killed
 mid-way and run again from the same input state overwrites, never duplicates; ``done.json`` is
 written last and marks the chunk finished.
@@ -13,6 +17,7 @@ written last and marks the chunk finished.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
 import time
@@ -20,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pipeline.chunks import SEGMENT_FRAMES, Chunk, encode_limit
+from pipeline.errors import InputError
 from pipeline.storage import Storage
 from pipeline.storage.base import join_key
 from workers.decode import DecodeThread, Frame, open_reader, yuv_capable
@@ -28,7 +34,7 @@ from workers.masks_document import FrameLog
 from workers.model import LoadedModel
 from workers.probe import VideoInfo
 from workers.render import RenderSpec, RenderStage
-from workers.tracker import VideoTracker
+from workers.tracker import FrameObjects, VideoTracker
 from workers.tracker_state import JSON_NAME, TENSORS_NAME, StateError, load_state, prune, save_state
 
 CARRY_FORMAT = "sam3v.chunk-carry"
@@ -40,6 +46,7 @@ CARRY_NAME = "carry.json"
 class Carry:
     """What the next chunk needs besides the tracker: where drawing and emitting stand."""
 
+    # Source frame indices, like Chunk's.
     next_frame: int = 0  # the next chunk's first model frame
     render_from: int = 0  # first frame not yet encoded
     emitted_to: int = 0  # frames below were emitted (recorded in some chunk's frames.json)
@@ -68,12 +75,14 @@ class Carry:
 class ChunkJob:
     info: VideoInfo
     chunk: Chunk
-    num_frames: int | None  # planned frame count (None: unknown until the stream ends)
+    num_frames: int | None  # planned frames from start_frame on (None: unknown until the stream ends)
     prompts: list[str]
     videos: list[str]
     mask_opacity: float = 0.5
     encoder: EncoderSettings = field(default_factory=EncoderSettings)
     segment_frames: int = SEGMENT_FRAMES
+    start_frame: int = 0  # the video's first processed frame (chunk 0 starts there)
+    detection_threshold: float | None = None  # None: the model's own
 
 
 @dataclass
@@ -100,7 +109,10 @@ def _load_previous(job: ChunkJob, loaded: LoadedModel, artifacts: Storage, prefi
                    workdir: Path) -> tuple[VideoTracker, Carry]:
     k = job.chunk.index
     if k == 0:
-        return VideoTracker(loaded, job.prompts, job.info.height, job.info.width), Carry()
+        origin = job.start_frame
+        tracker = VideoTracker(loaded, job.prompts, job.info.height, job.info.width,
+                               detection_threshold=job.detection_threshold)
+        return tracker, Carry(origin, origin, origin)
     state_dir = workdir / "state-in"
     state_dir.mkdir()
     for name in (JSON_NAME, TENSORS_NAME, CARRY_NAME):
@@ -111,7 +123,16 @@ def _load_previous(job: ChunkJob, loaded: LoadedModel, artifacts: Storage, prefi
     carry = Carry.from_json((state_dir / CARRY_NAME).read_bytes(), artifacts.uri(chunk_key(prefix, k - 1, "state")))
     if carry.next_frame != job.chunk.start:
         raise StateError(f"chunk {k} starts at frame {job.chunk.start} but the state continues at {carry.next_frame}")
-    return load_state(state_dir, loaded), carry
+    tracker = load_state(state_dir, loaded)
+    if tracker.detection_threshold != job.detection_threshold:
+        raise StateError(f"chunk {k} asks for detection threshold {job.detection_threshold}, but the state was "
+                         f"written with {tracker.detection_threshold}: a video's chunks must share their options")
+    return tracker, carry
+
+
+def _to_source(found: FrameObjects, origin: int) -> FrameObjects:
+    """The model numbers frames from 0 at the first processed frame; outputs use source indices."""
+    return dataclasses.replace(found, frame_idx=found.frame_idx + origin) if origin else found
 
 
 def segment_chunk(job: ChunkJob, loaded: LoadedModel, artifacts: Storage, prefix: str = "",
@@ -124,10 +145,12 @@ def segment_chunk(job: ChunkJob, loaded: LoadedModel, artifacts: Storage, prefix
         tracker, carry = _load_previous(job, loaded, artifacts, prefix, workdir)
         timings["state"] += time.perf_counter() - started
         delay = loaded.hotstart_delay
-        limit = encode_limit(chunk.stop, chunk.final, job.num_frames or chunk.stop, delay, job.segment_frames)
+        origin = job.start_frame
+        end = origin + job.num_frames if job.num_frames else chunk.stop
+        limit = encode_limit(chunk.stop, chunk.final, end, delay, job.segment_frames, origin)
         limit = max(limit, carry.render_from)
         spec = RenderSpec(job.info.width, job.info.height, job.info.fps_rational, job.mask_opacity, job.encoder,
-                          job.segment_frames, limit, yuv=yuv_capable(job.info))
+                          job.segment_frames, limit, yuv=yuv_capable(job.info), start_frame=origin)
         log = FrameLog()
 
         def publish(name: str, segment: int, path: Path) -> None:
@@ -141,7 +164,8 @@ def segment_chunk(job: ChunkJob, loaded: LoadedModel, artifacts: Storage, prefix
         seen = carry.render_from
         undrawn: list[int] = []
 
-        def emit(found) -> None:
+        def emit(found: FrameObjects) -> None:
+            found = _to_source(found, origin)
             frame = held.pop(found.frame_idx)
             draw = found.frame_idx < render.spec.encode_limit
             if not draw:
@@ -160,13 +184,16 @@ def segment_chunk(job: ChunkJob, loaded: LoadedModel, artifacts: Storage, prefix
                 if i < chunk.start:
                     continue  # already in the model's hotstart buffer; drawn once emitted
                 t0 = time.perf_counter()
-                finished = tracker.push(i, frame.rgb)
-                prune(tracker, i)
+                finished = tracker.push(i - origin, frame.rgb)
+                prune(tracker, i - origin)
                 timings["model"] += time.perf_counter() - t0
                 for found in finished:
                     emit(found)
                 if progress:
-                    progress(i + 1)
+                    progress(i + 1 - origin)  # frames processed so far
+            if chunk.index == 0 and origin > 0 and seen == origin:
+                raise InputError(f"{job.info.path}: start_frame {origin} is past the end of the video: no frame "
+                                 f"decodes from there ({reader.warning or 'the stream ends before it'})")
             ended = seen < chunk.stop
             if ended or chunk.final:
                 t0 = time.perf_counter()

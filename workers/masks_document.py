@@ -52,11 +52,15 @@ def _objects(frames: list[dict], prompts: dict[int, str]) -> list[dict]:
     return [{"id": i, "prompt": prompts[i], "first_frame": a, "last_frame": b} for i, (a, b) in sorted(spans.items())]
 
 
-def build_document(model: dict, params: dict, video: dict, prompts: list[str], logs: list[FrameLog]) -> dict:
+def build_document(model: dict, params: dict, video: dict, prompts: list[str], logs: list[FrameLog],
+                   start_frame: int = 0) -> dict:
+    """Frames keep their source indices and times: a run from ``start_frame`` lists frames
+    start_frame, start_frame + 1, ..., so a user maps every entry back to the original video."""
     frames = [entry for log in logs for entry in log.frames]
     numbers = [entry["frame"] for entry in frames]
-    if numbers != list(range(len(numbers))):
-        raise ValueError("frame logs are not contiguous from frame 0: a chunk's frames are missing or repeated")
+    if numbers != list(range(start_frame, start_frame + len(numbers))):
+        raise ValueError(f"frame logs are not contiguous from frame {start_frame}: a chunk's frames are missing "
+                         "or repeated")
     object_prompts: dict[int, str] = {}
     for log in logs:
         object_prompts.update(log.object_prompts)

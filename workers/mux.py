@@ -55,9 +55,18 @@ def _ffmpeg(args: list[str]) -> subprocess.CompletedProcess:
                           capture_output=True, text=True)
 
 
-def add_audio(video: Path, source: Path, out: Path, duration: float | None) -> str:
-    """Mux the source's first audio stream next to ``video``. Returns "copy" or "aac"."""
-    base = ["-i", str(video), "-i", str(source), "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy"]
+def add_audio(video: Path, source: Path, out: Path, duration: float | None, start: float | None = None) -> str:
+    """Mux the source's first audio stream next to ``video``. Returns "copy" or "aac".
+
+    ``start``: the source time (seconds, the source's own timestamps) that plays at the video's 0,
+    when the video starts part-way into the source; ``duration``: where the audio stops.
+    """
+    # -seek_timestamp: ``start`` is a timestamp of the source, not an offset from its start_time.
+    # A stream copy keeps what the demuxer's seek lands before ``start`` (about a second of AAC)
+    # with negative times, and the mp4 muxer's edit list skips it: the cut is sample-exact where
+    # the file plays, and the audio is not re-encoded (tests/test_video_options.py times a tone).
+    seek = [] if start is None else ["-seek_timestamp", "1", "-ss", f"{start:.6f}"]
+    base = ["-i", str(video), *seek, "-i", str(source), "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy"]
     limit = ["-t", f"{duration:.6f}"] if duration is not None else []
     tail = [*limit, "-movflags", "+faststart", "-f", "mp4", str(out)]
     done = _ffmpeg([*base, "-c:a", "copy", *tail])

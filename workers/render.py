@@ -40,6 +40,13 @@ class RenderSpec:
     segment_frames: int
     encode_limit: int  # frames below this index are encoded here; the last segment ends there
     yuv: bool = False  # draw the overlay on the decoder's yuv420p planes (decode.yuv_capable)
+    start_frame: int = 0  # the first processed frame: the segment grid counts from it
+
+    def segment_of(self, index: int) -> int:
+        return (index - self.start_frame) // self.segment_frames
+
+    def segment_start(self, segment: int) -> int:
+        return self.start_frame + segment * self.segment_frames
 
 
 class _SegmentWriter:
@@ -55,9 +62,9 @@ class _SegmentWriter:
         self._close_errors: list[BaseException] = []
 
     def write(self, index: int, image: np.ndarray) -> None:
-        segment = index // self.spec.segment_frames
+        segment = self.spec.segment_of(index)
         if self.encoder is None:
-            if index != segment * self.spec.segment_frames:
+            if index != self.spec.segment_start(segment):
                 raise RuntimeError(f"{self.name}: segment {segment} must start at its first frame, not {index}")
             self.segment = segment
             self.encoder = FrameEncoder(
@@ -79,7 +86,7 @@ class _SegmentWriter:
     def close_if_complete(self) -> None:
         if self.encoder is None:
             return
-        end = min((self.segment + 1) * self.spec.segment_frames, self.spec.encode_limit)
+        end = min(self.spec.segment_start(self.segment + 1), self.spec.encode_limit)
         if self.last_index + 1 == end:
             # ffmpeg still has to drain its lookahead: let it finish while the next segment starts.
             closer = threading.Thread(target=self._close, args=(self.encoder, self.segment), daemon=True)

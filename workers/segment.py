@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.chunks import SEGMENT_FRAMES, Chunk
+from pipeline.chunks import SEGMENT_FRAMES, Chunk, frames_to_process
 from pipeline.errors import InputError
 from pipeline.storage import LocalStorage, Storage
 from workers.chunk import ChunkJob, segment_chunk
@@ -35,9 +35,11 @@ class SegmentOptions:
     prompts: list[str]
     apply_mask: bool = True
     outputs: tuple[str, ...] | None = None  # None: the one apply_mask picks
-    max_frames: int | None = None
+    max_frames: int | None = None  # counted from start_frame
     chunk_frames: int | None = None  # None or 0: one chunk
     mask_opacity: float = 0.5
+    start_frame: int = 0  # first source frame processed; outputs cover [start_frame, ...) only
+    detection_threshold: float | None = None  # None: the model's own (0.5 for SAM 3)
     encoder: EncoderSettings = field(default_factory=EncoderSettings)
     # The encode grid; tests shrink it (SAM3V_SEGMENT_FRAMES) to cross it on short clips.
     segment_frames: int = field(default_factory=lambda: int(os.environ.get("SAM3V_SEGMENT_FRAMES", SEGMENT_FRAMES)))
@@ -56,6 +58,11 @@ class SegmentOptions:
             raise InputError(f"--chunk-frames {self.chunk_frames}: must be 0 (one chunk) or more")
         if not 0.0 <= self.mask_opacity <= 1.0:
             raise InputError(f"--mask-opacity {self.mask_opacity}: must be between 0 and 1")
+        if isinstance(self.start_frame, bool) or not isinstance(self.start_frame, int) or self.start_frame < 0:
+            raise InputError(f"--start-frame {self.start_frame}: must be a frame index, 0 or more")
+        # `not 0 <= t <= 1` also refuses NaN.
+        if self.detection_threshold is not None and not 0.0 <= self.detection_threshold <= 1.0:
+            raise InputError(f"--detection-threshold {self.detection_threshold}: must be between 0 and 1")
         self.video_outputs()
 
 
@@ -76,7 +83,8 @@ def document_header(loaded: LoadedModel, opts: SegmentOptions, prompts: list[str
     """masks.json's "model" and "params". Chunking is left out: it never changes results."""
     model = {"id": loaded.source, "revision": loaded.revision, "tiny_random": loaded.is_tiny}
     params = {"prompts": prompts, "apply_mask": opts.apply_mask, "outputs": opts.video_outputs() + ["rle"],
-              "max_frames": opts.max_frames, "mask_opacity": opts.mask_opacity,
+              "start_frame": opts.start_frame, "max_frames": opts.max_frames, "mask_opacity": opts.mask_opacity,
+              "detection_threshold": opts.detection_threshold,
               "device": loaded.device.type, "hotstart_delay": loaded.hotstart_delay}
     return model, params
 
@@ -89,8 +97,8 @@ def segment_video(source: str | Path, loaded: LoadedModel, opts: SegmentOptions,
     prompts = check_prompts(loaded.tokenizer, opts.prompts)
     videos = opts.video_outputs()
     info = probe(source)
-    limits = [n for n in (info.frames_expected, opts.max_frames) if n]
-    planned = min(limits) if limits else None
+    first = opts.start_frame
+    planned = frames_to_process(info.frames_expected, first, opts.max_frames, Path(source).name)
     size = opts.chunk_frames or planned or 1 << 40
 
     timings = {"decode": 0.0, "model": 0.0, "render": 0.0, "state": 0.0}
@@ -101,10 +109,12 @@ def segment_video(source: str | Path, loaded: LoadedModel, opts: SegmentOptions,
         artifacts = LocalStorage(tmp)
         k = 0
         while True:
-            start = k * size
-            stop = min(start + size, planned) if planned else start + size
-            chunk = Chunk(k, start, stop, final=planned is not None and stop >= planned)
-            job = ChunkJob(info, chunk, planned, prompts, videos, opts.mask_opacity, opts.encoder, opts.segment_frames)
+            # The same chunks as plan_chunks(planned, size, first); also when the length is unknown.
+            start = first + k * size
+            stop = min(start + size, first + planned) if planned else start + size
+            chunk = Chunk(k, start, stop, final=planned is not None and stop >= first + planned)
+            job = ChunkJob(info, chunk, planned, prompts, videos, opts.mask_opacity, opts.encoder, opts.segment_frames,
+                           first, opts.detection_threshold)
             done = segment_chunk(job, loaded, artifacts,
                                  progress=(lambda n: progress(n, planned)) if progress else None)
             for key, value in done.timings.items():
@@ -123,7 +133,7 @@ def segment_video(source: str | Path, loaded: LoadedModel, opts: SegmentOptions,
     num_frames = document["video"]["num_frames"]
     if planned and num_frames < planned:
         warnings.insert(0, f"{Path(source).name}: the header promises {info.frames_expected} frames but only "
-                           f"{num_frames} decoded (truncated or damaged file); processed those")
+                           f"{first + num_frames} decoded (truncated or damaged file); processed those")
     timings["wall"] = time.perf_counter() - wall
     return SegmentResult(uris, num_frames, len(document["objects"]), k + 1, warnings, timings,
                          "/".join(dict.fromkeys(decoders)), encoder, audio)

@@ -1,7 +1,7 @@
 """Finalize a video: join chunk outputs into one masks.json and one file per output video.
 
 Segments are joined without re-encoding (ffmpeg's concat demuxer), given the source's timestamps
-when it is variable-rate, and the original audio is muxed once.
+when it is variable-rate, and the original audio is muxed once, cut to the processed frames' span.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ def finalize_video(info: VideoInfo, artifacts: Storage, prefix: str, num_chunks:
     frames = [entry for log in logs for entry in log.frames]
     if not frames:
         raise ProcessingError(f"{info.path}: no frame was processed")
+    start_frame = params.get("start_frame") or 0  # absent: a header from before the option
     pts = [entry["pts"] for entry in frames]
     vfr = not is_constant_rate(pts, info.fps)
     video = {
@@ -49,9 +50,11 @@ def finalize_video(info: VideoInfo, artifacts: Storage, prefix: str, num_chunks:
         "fps": info.fps, "fps_rational": info.fps_rational, "rotation": info.rotation,
         "source_frames_expected": info.frames_expected, "variable_frame_rate": vfr, "has_audio": info.has_audio,
     }
-    document = build_document(model, params, video, prompts, logs)
-    limited = len(frames) < (info.frames_expected or 0)
+    document = build_document(model, params, video, prompts, logs, start_frame)
+    limited = start_frame + len(frames) < (info.frames_expected or 0)
     duration = (pts[-1] - pts[0]) + 1.0 / info.fps
+    # The videos start at the first processed frame (time 0): so must the audio.
+    audio_from = pts[0] if start_frame else None
     uris: dict[str, str] = {}
     audio = None
     with tempfile.TemporaryDirectory(prefix="sam3v-final-") as tmp:
@@ -70,7 +73,8 @@ def finalize_video(info: VideoInfo, artifacts: Storage, prefix: str, num_chunks:
                 path = timed
             if info.has_audio:
                 with_audio = work / f"{name}.mp4"
-                audio = add_audio(path, Path(info.path), with_audio, duration if limited else None)
+                audio = add_audio(path, Path(info.path), with_audio, duration if limited or start_frame else None,
+                                  audio_from)
                 path = with_audio
             uris[name] = out.put_file(path, join_key(out_prefix, f"{name}.mp4"))
         # masks.json last: when it is there, the videos are too.

@@ -21,7 +21,7 @@ from celery.exceptions import Ignore, SoftTimeLimitExceeded
 from celery.signals import worker_process_init
 
 from pipeline.celery_app import FINALIZE, PROBE, SEGMENT_CHUNK, make_app, queue_for
-from pipeline.chunks import SEGMENT_FRAMES, Chunk, default_chunk_frames, plan_chunks
+from pipeline.chunks import SEGMENT_FRAMES, Chunk, default_chunk_frames, frames_to_process, plan_chunks
 from pipeline.errors import InputError, Sam3vError
 from pipeline import schedules
 from pipeline.redis_conn import connect
@@ -179,11 +179,12 @@ def probe_task(self, job_id: str, video_id: str) -> None:
         source = stage_source(ctx, job_id, video_id, item)
         info = probe(local_source(ctx, source, job_id, video_id))
         expected = info.frames_expected or count_frames(Path(info.path))
-        num_frames = min(expected, item["max_frames"]) if item.get("max_frames") else expected
-        if num_frames < 1:
+        if expected < 1:
             raise InputError(f"{item['video']}: no video frames")
+        start_frame = item.get("start_frame") or 0
+        num_frames = frames_to_process(expected, start_frame, item.get("max_frames"), item["video"])
         size = item.get("chunk_frames") or default_chunk_frames(info.fps, ctx.settings.chunk_seconds)
-        chunks = plan_chunks(num_frames, size)
+        chunks = plan_chunks(num_frames, size, start_frame)
     except Sam3vError as err:
         fail_video(ctx, job_id, video_id, str(err))
         raise Ignore() from None
@@ -202,7 +203,8 @@ def _item_options(item: dict):
     return SegmentOptions(prompts=item["prompts"], apply_mask=item.get("apply_mask", True),
                           outputs=tuple(item["outputs"]) if item.get("outputs") else None,
                           max_frames=item.get("max_frames"), chunk_frames=item.get("chunk_frames"),
-                          mask_opacity=item.get("mask_opacity", 0.5))
+                          mask_opacity=item.get("mask_opacity", 0.5), start_frame=item.get("start_frame") or 0,
+                          detection_threshold=item.get("detection_threshold"))
 
 
 @app.task(name=SEGMENT_CHUNK, bind=True)
@@ -233,7 +235,7 @@ def segment_chunk_task(self, job_id: str, video_id: str, k: int, start: int, sto
         prompts = check_prompts(loaded.tokenizer, opts.prompts)
         info = probe(local_source(ctx, entry["source"], job_id, video_id))
         job = ChunkJob(info, Chunk(k, start, stop, final), num_frames, prompts, opts.video_outputs(),
-                       opts.mask_opacity, opts.encoder, SEGMENT_FRAMES)
+                       opts.mask_opacity, opts.encoder, SEGMENT_FRAMES, opts.start_frame, opts.detection_threshold)
         if k == 0:
             header_model, params = document_header(loaded, opts, prompts)
             ctx.status.update_video(job_id, video_id, header={"model": header_model, "params": params,
@@ -256,7 +258,7 @@ def segment_chunk_task(self, job_id: str, video_id: str, k: int, start: int, sto
         log.exception("chunk %s of %s/%s failed", k, job_id, video_id)
         fail_video(ctx, job_id, video_id, f"internal error in chunk {k}: {type(err).__name__}: {err}")
         raise Ignore() from None
-    ctx.status.update_video(job_id, video_id, frames_done=min(stop, num_frames), chunks_done=k + 1,
+    ctx.status.update_video(job_id, video_id, frames_done=min(stop - opts.start_frame, num_frames), chunks_done=k + 1,
                             warnings=(entry.get("warnings") or []) + result.warnings)
 
 

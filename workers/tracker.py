@@ -8,6 +8,7 @@ frames can be fed as they are decoded and a frame's output is final once its win
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -62,6 +63,34 @@ def check_prompts(tokenizer, prompts: list[str]) -> list[str]:
     return list(dict.fromkeys(cleaned))  # the same concept twice is one concept
 
 
+def detection_thresholds(config, threshold: float) -> tuple[float, float]:
+    """(score_threshold_detection, new_det_thresh) for a user's detection threshold.
+
+    Detections scoring below the first are dropped; one must score the second to start a new
+    object. Both move together, keeping the model's gap between them (0.5 and 0.7 for SAM 3), so
+    a lower threshold both keeps weaker detections and lets them become objects.
+    """
+    gap = float(config.new_det_thresh) - float(config.score_threshold_detection)
+    return float(threshold), min(1.0, max(0.0, float(threshold) + gap))
+
+
+@contextlib.contextmanager
+def model_thresholds(model, threshold: float | None) -> Iterator[None]:
+    """Run the block with ``model``'s detection thresholds set for ``threshold``, then put back
+    what was there. The model object is shared by every video a worker runs (one at a time), so a
+    video's threshold must hold only while the model works on that video. None: the model's own.
+    """
+    if threshold is None:
+        yield
+        return
+    saved = (model.score_threshold_detection, model.new_det_thresh)
+    model.score_threshold_detection, model.new_det_thresh = detection_thresholds(model.config, threshold)
+    try:
+        yield
+    finally:
+        model.score_threshold_detection, model.new_det_thresh = saved
+
+
 def preprocess(rgb: np.ndarray, image_size: int, device: torch.device) -> torch.Tensor:
     """(H, W, 3) uint8 -> (3, S, S) float32, as Sam3ImageProcessor does (bilinear, antialiased)."""
     x = torch.from_numpy(rgb).to(device, non_blocking=True).permute(2, 0, 1).unsqueeze(0).float()
@@ -73,11 +102,14 @@ class VideoTracker:
     """Feed frames in order with ``push``; get each frame's final objects once its window closes."""
 
     def __init__(self, loaded: LoadedModel, prompts: list[str], height: int, width: int,
-                 state_device: str | torch.device | None = None):
+                 state_device: str | torch.device | None = None, detection_threshold: float | None = None):
         self._loaded = loaded
         self._model = loaded.model
         self.height = height
         self.width = width
+        # Applied around each model call only (model_thresholds); carried in the tracker state so
+        # every chunk of a video runs with the threshold its first chunk had.
+        self.detection_threshold = detection_threshold
         device = loaded.device
         self.session = Sam3VideoInferenceSession(
             video_height=height,
@@ -110,7 +142,7 @@ class VideoTracker:
     def push(self, frame_idx: int, rgb: np.ndarray) -> list[FrameObjects]:
         pixels = preprocess(rgb, self._loaded.image_size, self._loaded.device)
         self.session.add_new_frame(pixels, frame_idx)
-        with self._autocast():
+        with self._autocast(), model_thresholds(self._model, self.detection_threshold):
             out = self._model(inference_session=self.session, frame_idx=frame_idx)
         # The model never reads a past frame's pixels again; keep the key (num_frames counts keys).
         self.session.processed_frames[frame_idx] = None

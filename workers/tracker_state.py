@@ -121,7 +121,7 @@ _OPTIONAL_SESSION_ATTRIBUTES = {"obj_with_new_inputs"}
 _CACHE_ATTRIBUTES = {"inference_device", "inference_state_device", "max_vision_features_cache_size", "_vision_features"}
 
 # VideoTracker's attributes: the model comes from the restoring process, the rest is carried.
-_TRACKER_ATTRIBUTES = {"_loaded", "_model", "height", "width", "session", "buffer"}
+_TRACKER_ATTRIBUTES = {"_loaded", "_model", "height", "width", "detection_threshold", "session", "buffer"}
 
 # The only classes a state may instantiate (by name, never by import path).
 _MODEL_OUTPUTS: dict[str, type[ModelOutput]] = {
@@ -407,6 +407,8 @@ class TrackerState:
             "tracker": {
                 "height": int(tracker.height),
                 "width": int(tracker.width),
+                # Optional in the document: absent (a state from before the option) means None.
+                "detection_threshold": tracker.detection_threshold,
                 "buffer": enc.value(list(tracker.buffer), "tracker/buffer"),
             },
             "session": {
@@ -521,6 +523,9 @@ class TrackerState:
             for key in ("height", "width"):
                 if type(self.document["tracker"][key]) is not int:
                     raise dec.fail(f"tracker/{key}", "not an integer")
+            threshold = self.document["tracker"].get("detection_threshold")
+            if threshold is not None and (type(threshold) not in (int, float) or not 0.0 <= threshold <= 1.0):
+                raise dec.fail("tracker/detection_threshold", f"{threshold!r} is not a number in [0, 1]")
         except StateError:
             raise
         except (KeyError, TypeError, ValueError, AttributeError) as err:
@@ -547,7 +552,8 @@ class TrackerState:
                 "on the model that wrote it"
             )
         tracker_doc = self.document["tracker"]
-        tracker = VideoTracker(loaded, [], tracker_doc["height"], tracker_doc["width"], state_device=state_device)
+        tracker = VideoTracker(loaded, [], tracker_doc["height"], tracker_doc["width"], state_device=state_device,
+                               detection_threshold=tracker_doc.get("detection_threshold"))
         session = tracker.session
         _check_layout(tracker, session)
         devices = {"inference": torch.device(session.inference_device),
