@@ -62,8 +62,24 @@ def model():
 
 @worker_process_init.connect
 def _load_model_in_child(**_kwargs) -> None:
+    # The storage client's first build (boto3 reads its service models from disk) counts against
+    # no task's time limit this way: on a busy host it took longer than a finalize's soft limit.
+    try:
+        context()
+    except Exception as err:  # not reachable yet: the first task builds it (and retries if it must)
+        log.warning("worker context: %s", err)
     if os.environ.get("SAM3V_PRELOAD_MODEL") == "1":
         model()
+
+
+def task_context(task) -> Context:
+    """``context()`` inside a task; if Redis or storage cannot be reached the video is not at fault:
+    the task runs again later instead of leaving its video unfinished."""
+    try:
+        return context()
+    except Exception as err:
+        log.warning("%s: cannot reach Redis or storage (%s); retrying", task.name, err)
+        raise task.retry(exc=err, countdown=5, max_retries=10) from None
 
 
 def video_prefix(job_id: str, video_id: str) -> str:
@@ -171,7 +187,7 @@ def _stop_if_not_wanted(ctx: Context, job_id: str, video_id: str) -> None:
 
 @app.task(name=PROBE, bind=True)
 def probe_task(self, job_id: str, video_id: str) -> None:
-    ctx = context()
+    ctx = task_context(self)
     _stop_if_not_wanted(ctx, job_id, video_id)
     item = ctx.status.item(job_id, video_id)
     ctx.status.update_video(job_id, video_id, status="processing", started=time.time())
@@ -214,7 +230,7 @@ def segment_chunk_task(self, job_id: str, video_id: str, k: int, start: int, sto
     from workers.segment import document_header
     from workers.tracker import check_prompts
 
-    ctx = context()
+    ctx = task_context(self)
     _stop_if_not_wanted(ctx, job_id, video_id)
     deliveries = ctx.status.count_delivery(job_id, video_id, k)
     if deliveries > ctx.settings.max_redeliveries:
@@ -267,7 +283,7 @@ def finalize_task(self, job_id: str, video_id: str, planned_chunks: int) -> None
     from workers.chunk import chunk_key
     from workers.stitch import finalize_video
 
-    ctx = context()
+    ctx = task_context(self)
     _stop_if_not_wanted(ctx, job_id, video_id)
     entry = ctx.status.video(job_id, video_id)
     work = work_prefix(job_id, video_id)
