@@ -44,7 +44,9 @@ def make_app(settings: Settings) -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         task_time_limit=settings.task_time_limit,
-        task_soft_time_limit=max(1, settings.task_time_limit - 30),
+        # The soft limit leaves the task time to fail its video cleanly: 30 s, or a quarter of a
+        # short limit (a 40 s limit keeps 30 s of work, not 10).
+        task_soft_time_limit=max(1, settings.task_time_limit - min(30, settings.task_time_limit // 4)),
         broker_transport_options=transport,
         result_backend_transport_options=transport,
         visibility_timeout=settings.visibility_timeout,

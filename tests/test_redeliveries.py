@@ -33,3 +33,26 @@ def test_chunk_past_the_redelivery_limit_fails_its_video(monkeypatch, tmp_path):
     assert doc["status"] == "failed"
     assert (tmp_path / "job1" / "results.jsonl").is_file()
     tasks.context.cache_clear()
+
+
+def test_an_exception_escaping_a_task_fails_its_video(monkeypatch, tmp_path):
+    """The safety net (VideoTask.on_failure, what Celery calls when a body raises): a time limit
+    hit before the body's own handlers must not leave the video unfinished and its job open."""
+    from billiard.exceptions import SoftTimeLimitExceeded
+
+    monkeypatch.delenv("SAM3V_BROKER_URL", raising=False)
+    monkeypatch.delenv("SAM3V_REDIS_URL", raising=False)
+    monkeypatch.setenv("SAM3V_STORAGE_URL", str(tmp_path))
+    from workers import tasks
+
+    tasks.context.cache_clear()
+    ctx = tasks.context()
+    item = {"id": "v", "video": "x.mp4", "prompts": ["dog"], "line": 1}
+    ctx.status.create_job("job2", "t", {}, [item], [])
+    ctx.status.update_video("job2", "v", status="processing", source="x.mp4")
+    tasks.finalize_task.on_failure(SoftTimeLimitExceeded(), "task-id", ("job2", "v", 3), {}, None)
+    video = ctx.status.video("job2", "v")
+    assert video["status"] == "failed" and "sam3v.finalize" in video["error"]
+    assert "SoftTimeLimitExceeded" in video["error"]
+    assert ctx.status.status_document("job2")["status"] == "failed"
+    tasks.context.cache_clear()

@@ -61,9 +61,14 @@ def model():
 
 
 @worker_process_init.connect
-def _load_model_in_child(**_kwargs) -> None:
-    # The storage client's first build (boto3 reads its service models from disk) counts against
-    # no task's time limit this way: on a busy host it took longer than a finalize's soft limit.
+def _warm_up_child(**_kwargs) -> None:
+    # First imports (transformers, scipy) and the storage client's first build (boto3 reads its
+    # service models from disk) count against no task's time limit this way: on a busy host they
+    # took longer than a finalize's soft limit, before the task could fail its video cleanly.
+    import workers.chunk  # noqa: F401
+    import workers.segment  # noqa: F401
+    import workers.stitch  # noqa: F401
+
     try:
         context()
     except Exception as err:  # not reachable yet: the first task builds it (and retries if it must)
@@ -185,7 +190,20 @@ def _stop_if_not_wanted(ctx: Context, job_id: str, video_id: str) -> None:
 
 # --- tasks ------------------------------------------------------------------------------------
 
-@app.task(name=PROBE, bind=True)
+class VideoTask(app.Task):
+    """A task about one video (args: job_id, video_id, ...). Whatever escapes its body (a time
+    limit hit outside its own handlers, a bug) fails that video with the reason, so no video is
+    left unfinished and its job open forever."""
+
+    def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
+        job_id, video_id = args[0], args[1]
+        try:
+            fail_video(context(), job_id, video_id, f"internal error in {self.name}: {type(exc).__name__}: {exc}")
+        except Exception:
+            log.exception("%s: could not record the failure of %s/%s", self.name, job_id, video_id)
+
+
+@app.task(name=PROBE, bind=True, base=VideoTask)
 def probe_task(self, job_id: str, video_id: str) -> None:
     ctx = task_context(self)
     _stop_if_not_wanted(ctx, job_id, video_id)
@@ -223,7 +241,7 @@ def _item_options(item: dict):
                           detection_threshold=item.get("detection_threshold"))
 
 
-@app.task(name=SEGMENT_CHUNK, bind=True)
+@app.task(name=SEGMENT_CHUNK, bind=True, base=VideoTask)
 def segment_chunk_task(self, job_id: str, video_id: str, k: int, start: int, stop: int, final: bool,
                        num_frames: int) -> None:
     from workers.chunk import ChunkJob, chunk_key, segment_chunk
@@ -278,7 +296,7 @@ def segment_chunk_task(self, job_id: str, video_id: str, k: int, start: int, sto
                             warnings=(entry.get("warnings") or []) + result.warnings)
 
 
-@app.task(name=FINALIZE, bind=True)
+@app.task(name=FINALIZE, bind=True, base=VideoTask)
 def finalize_task(self, job_id: str, video_id: str, planned_chunks: int) -> None:
     from workers.chunk import chunk_key
     from workers.stitch import finalize_video
