@@ -11,7 +11,10 @@ import pytest
 from celery.exceptions import Ignore
 
 
-def test_chunk_past_the_redelivery_limit_fails_its_video(monkeypatch, tmp_path):
+@pytest.fixture
+def running_video(monkeypatch, tmp_path):
+    """The embedded context (in-process Redis, storage in tmp_path) with job ``job1`` whose one
+    video ``v`` is processing; yields (tasks module, context)."""
     monkeypatch.delenv("SAM3V_BROKER_URL", raising=False)
     monkeypatch.delenv("SAM3V_REDIS_URL", raising=False)
     monkeypatch.setenv("SAM3V_STORAGE_URL", str(tmp_path))
@@ -22,6 +25,12 @@ def test_chunk_past_the_redelivery_limit_fails_its_video(monkeypatch, tmp_path):
     item = {"id": "v", "video": "x.mp4", "prompts": ["dog"], "line": 1}
     ctx.status.create_job("job1", "t", {}, [item], [])
     ctx.status.update_video("job1", "v", status="processing", source="x.mp4")
+    yield tasks, ctx
+    tasks.context.cache_clear()
+
+
+def test_chunk_past_the_redelivery_limit_fails_its_video(running_video, tmp_path):
+    tasks, ctx = running_video
     for _ in range(ctx.settings.max_redeliveries):
         ctx.status.count_delivery("job1", "v", 2)
     with pytest.raises(Ignore):
@@ -32,27 +41,16 @@ def test_chunk_past_the_redelivery_limit_fails_its_video(monkeypatch, tmp_path):
     doc = ctx.status.status_document("job1")
     assert doc["status"] == "failed"
     assert (tmp_path / "job1" / "results.jsonl").is_file()
-    tasks.context.cache_clear()
 
 
-def test_an_exception_escaping_a_task_fails_its_video(monkeypatch, tmp_path):
+def test_an_exception_escaping_a_task_fails_its_video(running_video):
     """The safety net (VideoTask.on_failure, what Celery calls when a body raises): a time limit
     hit before the body's own handlers must not leave the video unfinished and its job open."""
     from billiard.exceptions import SoftTimeLimitExceeded
 
-    monkeypatch.delenv("SAM3V_BROKER_URL", raising=False)
-    monkeypatch.delenv("SAM3V_REDIS_URL", raising=False)
-    monkeypatch.setenv("SAM3V_STORAGE_URL", str(tmp_path))
-    from workers import tasks
-
-    tasks.context.cache_clear()
-    ctx = tasks.context()
-    item = {"id": "v", "video": "x.mp4", "prompts": ["dog"], "line": 1}
-    ctx.status.create_job("job2", "t", {}, [item], [])
-    ctx.status.update_video("job2", "v", status="processing", source="x.mp4")
-    tasks.finalize_task.on_failure(SoftTimeLimitExceeded(), "task-id", ("job2", "v", 3), {}, None)
-    video = ctx.status.video("job2", "v")
+    tasks, ctx = running_video
+    tasks.finalize_task.on_failure(SoftTimeLimitExceeded(), "task-id", ("job1", "v", 3), {}, None)
+    video = ctx.status.video("job1", "v")
     assert video["status"] == "failed" and "sam3v.finalize" in video["error"]
     assert "SoftTimeLimitExceeded" in video["error"]
-    assert ctx.status.status_document("job2")["status"] == "failed"
-    tasks.context.cache_clear()
+    assert ctx.status.status_document("job1")["status"] == "failed"
