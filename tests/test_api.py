@@ -574,6 +574,9 @@ def test_embedded_mode_smoke(env, inputs, tmp_path):  # noqa: F811
             assert doc["result_url"] == f"{api['base']}/api/ai/queue/{gen_id}/files/overlay"
             assert httpx.get(doc["result_url"]).status_code == 401
             assert httpx.get(doc["result_url"], headers=A).content[4:8] == b"ftyp"
+            next(p for p in (tmp_path / "data").rglob("overlay.mp4") if gen_id in str(p)).unlink()
+            gone = httpx.get(doc["result_url"], headers=A)
+            assert gone.status_code == 404 and "no longer in storage" in gone.json()["error"]["message"], gone.text
             assert reader.until(lambda ev: any(e[2]["generation_id"] == gen_id for e in ev), 10), reader.events
         finally:
             reader.close()

@@ -198,5 +198,7 @@ class Generations:
         if video.get("status") != "succeeded" or name not in (video.get("outputs") or {}):
             raise APIError(404, "not_found", f"generation {gen_id} has no output {name!r}")
         key = output_key(gen_id, name)
+        if not self.storage.exists(key):  # deleted since (a lifecycle rule, a person): say so, not 500
+            raise APIError(404, "not_found", f"generation {gen_id}: output {name!r} is no longer in storage")
         local = None if self.presigned else Path(self.storage.uri(key))
         return key, local

@@ -1,6 +1,6 @@
 """Where results go. One small interface (``Storage``), interchangeable backends."""
 
-from pipeline.storage.base import Storage
+from pipeline.storage.base import MissingKey, Storage
 from pipeline.storage.local import LocalStorage
 
 
@@ -18,4 +18,4 @@ def open_storage(url: str) -> Storage:
     return LocalStorage(url.removeprefix("file://"))
 
 
-__all__ = ["Storage", "LocalStorage", "open_storage"]
+__all__ = ["MissingKey", "Storage", "LocalStorage", "open_storage"]

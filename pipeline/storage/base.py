@@ -10,6 +10,14 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 
 
+class MissingKey(FileNotFoundError):
+    """A read of a key that is not there, whichever the backend (S3 answers 404, a directory ENOENT)."""
+
+    def __init__(self, uri: str):
+        super().__init__(f"{uri}: no such key")
+        self.uri = uri
+
+
 class Storage(ABC):
     @abstractmethod
     def put_file(self, local_path: Path, key: str) -> str:
@@ -20,11 +28,12 @@ class Storage(ABC):
         """Store ``data`` under ``key``; returns its URI."""
 
     @abstractmethod
-    def get_bytes(self, key: str) -> bytes: ...
+    def get_bytes(self, key: str) -> bytes:
+        """The content of ``key``; ``MissingKey`` when there is none."""
 
     @abstractmethod
     def get_file(self, key: str, local_path: Path) -> Path:
-        """Copy ``key`` to a local file (complete when it appears)."""
+        """Copy ``key`` to a local file (complete when it appears); ``MissingKey`` when there is none."""
 
     @abstractmethod
     def list(self, prefix: str) -> list[str]:

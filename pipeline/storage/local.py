@@ -7,7 +7,7 @@ import shutil
 import uuid
 from pathlib import Path
 
-from pipeline.storage.base import Storage, check_key
+from pipeline.storage.base import MissingKey, Storage, check_key
 
 
 class LocalStorage(Storage):
@@ -38,13 +38,19 @@ class LocalStorage(Storage):
         return self._publish(key, lambda tmp: tmp.write_bytes(data))
 
     def get_bytes(self, key: str) -> bytes:
-        return self._path(key).read_bytes()
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            raise MissingKey(self.uri(key)) from None
 
     def get_file(self, key: str, local_path: Path) -> Path:
         local_path = Path(local_path)
         local_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = local_path.with_name(f".{local_path.name}.{uuid.uuid4().hex}.partial")
-        shutil.copyfile(self._path(key), tmp)
+        try:
+            shutil.copyfile(self._path(key), tmp)
+        except FileNotFoundError:
+            raise MissingKey(self.uri(key)) from None
         os.replace(tmp, local_path)
         return local_path
 

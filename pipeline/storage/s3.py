@@ -13,9 +13,14 @@ import boto3
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError
 
-from pipeline.storage.base import Storage, check_key
+from pipeline.storage.base import MissingKey, Storage, check_key
 
 MiB = 1024 * 1024
+_NOT_FOUND = ("404", "NoSuchKey", "NotFound")
+
+
+def _not_found(err: ClientError) -> bool:
+    return err.response.get("Error", {}).get("Code") in _NOT_FOUND
 
 
 class S3Storage(Storage):
@@ -39,7 +44,12 @@ class S3Storage(Storage):
         return self.uri(key)
 
     def get_bytes(self, key: str) -> bytes:
-        return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+        except ClientError as err:
+            if _not_found(err):
+                raise MissingKey(self.uri(key)) from None
+            raise
 
     def get_file(self, key: str, local_path: Path) -> Path:
         local_path = Path(local_path)
@@ -48,6 +58,10 @@ class S3Storage(Storage):
         try:
             self.client.download_file(self.bucket, self._key(key), str(tmp), Config=self.transfer)
             tmp.replace(local_path)
+        except ClientError as err:
+            if _not_found(err):
+                raise MissingKey(self.uri(key)) from None
+            raise
         finally:
             tmp.unlink(missing_ok=True)
         return local_path
@@ -57,7 +71,7 @@ class S3Storage(Storage):
             self.client.head_object(Bucket=self.bucket, Key=self._key(key))
             return True
         except ClientError as err:
-            if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            if _not_found(err):
                 return False
             raise
 
