@@ -34,6 +34,7 @@ class Settings(BaseSettings):
         default_factory=list, description="bucket or bucket/prefix entries API callers may name as s3:// inputs (none by default)")
     api_upload_max_bytes: int = Field(2 * 1024**3, gt=0, description="Largest upload to POST /api/ai/uploads, bytes")
     api_upload_ttl: int = Field(7 * 86400, gt=0, description="How long an upload can be named as input_video, seconds")
+    api_upload_sweep: float = Field(600.0, gt=0, description="How often the API deletes expired uploads from storage, seconds")
     api_webhook_secret: str | None = Field(None, description="Signs webhook bodies (per-key secrets derive from it); unset: one is made and kept in Redis")
     api_webhook_attempts: int = Field(6, ge=1, description="Deliveries of one webhook before it is given up")
     api_webhook_backoff: float = Field(2.0, gt=0, description="Pause before the second webhook delivery, seconds; doubles each time")

@@ -381,6 +381,39 @@ def test_upload_size_limit(api, tmp_path):
         stop_process(server)
 
 
+def test_uploads_expire_and_leave_storage(api, s3, media_dir, tmp_path):  # noqa: F811
+    client, _ = s3
+    server, base = start_api({**api["env"], "SAM3V_API_UPLOAD_TTL": "4", "SAM3V_API_UPLOAD_SWEEP": "0.5"},
+                             tmp_path / "api.log")
+
+    def stored(upload_id: str) -> list[str]:
+        listed = client.list_objects_v2(Bucket=BUCKET, Prefix=f"results/uploads/{upload_id}/")
+        return [o["Key"] for o in listed.get("Contents", [])]
+
+    try:
+        clip = media.clip(media_dir, FRAMES + 2)
+        up = httpx.post(f"{base}/api/ai/uploads", headers=A, files={"file": ("c.mp4", clip.read_bytes(), "video/mp4")}).json()
+        assert stored(up["upload_id"]) == [f"results/uploads/{up['upload_id']}/c.mp4"]
+        gen_id = enqueue({"base": base}, {"input_video": up["input_video"], "prompt": "dog"})
+        assert httpx.delete(f"{base}/api/ai/queue/{gen_id}", headers=A).json()["status"] == "cancelled"
+        assert wait({"base": base}, gen_id)["status"] == "cancelled"
+        end = time.monotonic() + 30
+        while stored(up["upload_id"]) and time.monotonic() < end:
+            time.sleep(0.5)
+        assert not stored(up["upload_id"]), "the sweeper deleted the expired upload"
+        assert time.time() >= up["expires_at"]
+        r = httpx.post(f"{base}/api/ai/queue", headers=A, json={"model": "sam-3-video", "prompt": "dog",
+                                                               "input_video": up["input_video"]})
+        assert r.status_code == 422 and "no upload" in r.json()["error"]["message"]
+        # A generation that named it before, retried now: fails saying why, not with an internal error.
+        assert httpx.post(f"{base}/api/ai/queue/{gen_id}/retry", headers=A).status_code == 200
+        doc = wait({"base": base}, gen_id)
+        assert doc["status"] == "failed" and doc["error_message"].endswith(
+            f"uploads/{up['upload_id']}/c.mp4: no such key"), doc
+    finally:
+        stop_process(server)
+
+
 def test_s3_inputs_only_from_allowed_buckets(api, s3, media_dir):  # noqa: F811
     client, _ = s3
     clip = media.clip(media_dir, FRAMES + 2)

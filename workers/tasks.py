@@ -27,7 +27,7 @@ from pipeline import schedules
 from pipeline.redis_conn import connect
 from pipeline.settings import Settings, get_settings
 from pipeline.status import TERMINAL, StatusStore
-from pipeline.storage import Storage, open_storage
+from pipeline.storage import MissingKey, Storage, open_storage
 from pipeline.urls import fetch_url
 from workers.probe import VideoInfo, probe
 
@@ -133,7 +133,10 @@ def local_source(ctx: Context, source: str, job_id: str, video_id: str) -> Path:
         key = source.removeprefix("storage:")
         target = _cached(job_id, video_id, key)
         if not target.exists():
-            ctx.storage.get_file(key, target)
+            try:
+                ctx.storage.get_file(key, target)
+            except MissingKey as err:  # an upload past its TTL, a staged copy cleaned up
+                raise InputError(f"the input is no longer in storage: {err}") from None
         return target
     if source.startswith("s3://"):
         bucket_key = source.removeprefix("s3://")
@@ -144,6 +147,8 @@ def local_source(ctx: Context, source: str, job_id: str, video_id: str) -> Path:
 
             try:
                 S3Storage(bucket).get_file(key, target)
+            except MissingKey as err:
+                raise InputError(str(err)) from None
             except Exception as err:
                 raise InputError(f"{source}: cannot read it from S3 ({err})") from err
         return target

@@ -8,6 +8,7 @@ import base64
 import hmac
 import json
 import re
+import threading
 import time
 from contextlib import asynccontextmanager
 from functools import cache
@@ -25,7 +26,7 @@ from pipeline.api.errors import APIError, error_body
 from pipeline.api.hub import EventHub, id_key
 from pipeline.api.schemas import MODEL_ID, GenerateRequest, GenerationRequest, request_schema
 from pipeline.api.service import EVENT_NAMES, TERMINAL, VIDEO_ID, Generations, gen_key
-from pipeline.api.uploads import store_upload
+from pipeline.api.uploads import store_upload, sweep_forever
 from pipeline.api.webhooks import WebhookDispatcher, key_secret, server_secret
 from pipeline.status import EVENTS
 
@@ -67,6 +68,9 @@ def create_app(settings=None) -> FastAPI:
         app.state.gens = gens
         dispatcher = WebhookDispatcher(gens)
         dispatcher.start()
+        sweeping = threading.Event()
+        threading.Thread(target=sweep_forever, args=(gens.r, gens.storage, settings.api_upload_sweep, sweeping),
+                         name="upload-sweeper", daemon=True).start()
         app.state.aredis = None
         if settings.effective_redis_url:
             import redis.asyncio as aredis
@@ -83,6 +87,7 @@ def create_app(settings=None) -> FastAPI:
             with embedded_worker(gens.celery):
                 yield
         dispatcher.close()
+        sweeping.set()
         if app.state.aredis is not None:
             await app.state.hub.close()
             await app.state.hub.r.aclose()

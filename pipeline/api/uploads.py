@@ -1,13 +1,15 @@
 """Uploads: a video sent to ``POST /api/ai/uploads`` (multipart) is stored under
 ``uploads/{id}/{name}`` in the deployment's storage and named in requests as
 ``input_video: "upload://{id}"``. Only the key that uploaded it can name it, for
-SAM3V_API_UPLOAD_TTL seconds (its record in Redis expires; the object stays until a bucket
-lifecycle rule on ``uploads/`` removes it)."""
+SAM3V_API_UPLOAD_TTL seconds: then its record in Redis expires, and the API's sweeper deletes the
+object within SAM3V_API_UPLOAD_SWEEP seconds (every API process sweeps; deleting twice is harmless)."""
 
 from __future__ import annotations
 
 import hmac
+import logging
 import re
+import threading
 import tempfile
 import time
 import uuid
@@ -19,7 +21,10 @@ import redis
 from pipeline.api.errors import APIError
 from pipeline.status import _s
 
+log = logging.getLogger(__name__)
 SCHEME = "upload://"
+EXPIRY = "sam3v:uploads:expiry"  # sorted set: upload id -> when it expires (unix time)
+SWEEP_BATCH = 100
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -50,9 +55,12 @@ def store_upload(r: redis.Redis, storage, fileobj: BinaryIO, filename: str | Non
         tmp.flush()
         storage.put_file(Path(tmp.name), key)
     created = time.time()
-    r.hset(upload_key(upload_id), mapping={"owner": owner, "key": key, "bytes": size, "created": created,
-                                           "filename": filename or ""})
-    r.expire(upload_key(upload_id), ttl)
+    with r.pipeline() as pipe:
+        pipe.hset(upload_key(upload_id), mapping={"owner": owner, "key": key, "bytes": size, "created": created,
+                                                  "filename": filename or ""})
+        pipe.expire(upload_key(upload_id), ttl)
+        pipe.zadd(EXPIRY, {upload_id: created + ttl})
+        pipe.execute()
     return {"upload_id": upload_id, "input_video": SCHEME + upload_id, "bytes": size, "filename": filename,
             "created_at": int(created), "expires_at": int(created + ttl)}
 
@@ -66,3 +74,26 @@ def resolve_upload(r: redis.Redis, uri: str, owner: str) -> str:
         raise APIError(422, "invalid_request", f"input_video: no upload {upload_id!r} (it expires "
                        "SAM3V_API_UPLOAD_TTL seconds after it was made)", field="input_video")
     return meta["key"]
+
+
+def sweep_expired(r: redis.Redis, storage, now: float | None = None) -> int:
+    """Delete the stored objects of uploads past their TTL (at most SWEEP_BATCH); returns how many.
+    The object goes before the entry, so a crash between the two leaves work for the next sweep,
+    never an object nobody will delete."""
+    now = time.time() if now is None else now
+    swept = 0
+    for raw in r.zrangebyscore(EXPIRY, "-inf", now, start=0, num=SWEEP_BATCH):
+        upload_id = _s(raw)
+        storage.delete_prefix(f"uploads/{upload_id}")
+        swept += r.zrem(EXPIRY, upload_id)
+    return swept
+
+
+def sweep_forever(r: redis.Redis, storage, every: float, stop: threading.Event) -> None:
+    """The API's sweeper thread: expired uploads leave storage within ``every`` seconds."""
+    while not stop.wait(every):
+        try:
+            while sweep_expired(r, storage) == SWEEP_BATCH and not stop.is_set():
+                pass
+        except Exception as err:  # Redis or storage unreachable for now: the next round tries again
+            log.warning("upload sweeper: %s", err)
