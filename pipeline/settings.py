@@ -25,6 +25,7 @@ class Settings(BaseSettings):
     keep_chunks: bool = Field(False, description="Keep chunk states and segments after finalize")
     url_max_bytes: int = Field(20 * 1024**3, gt=0, description="Largest URL input, bytes")
     url_timeout: float = Field(600.0, gt=0, description="Time limit to download a URL input, seconds")
+    cache_max_age: float = Field(7200.0, gt=0, description="Worker-local source copies unused this long are deleted, seconds (never less than the task time limit)")
     torch_threads: int | None = Field(None, ge=1, description="torch CPU threads (same on every worker: CPU results depend on it)")
     # --- HTTP API (sam3v api) ---------------------------------------------------------------------
     api_sync_timeout: float = Field(600.0, gt=0, description="POST /api/ai/videos/generate answers 504 after this, seconds")

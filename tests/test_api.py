@@ -394,9 +394,10 @@ def test_uploads_expire_and_leave_storage(api, s3, media_dir, tmp_path):  # noqa
         clip = media.clip(media_dir, FRAMES + 2)
         up = httpx.post(f"{base}/api/ai/uploads", headers=A, files={"file": ("c.mp4", clip.read_bytes(), "video/mp4")}).json()
         assert stored(up["upload_id"]) == [f"results/uploads/{up['upload_id']}/c.mp4"]
-        gen_id = enqueue({"base": base}, {"input_video": up["input_video"], "prompt": "dog"})
-        assert httpx.delete(f"{base}/api/ai/queue/{gen_id}", headers=A).json()["status"] == "cancelled"
-        assert wait({"base": base}, gen_id)["status"] == "cancelled"
+        # Fails after reading the upload (start_frame past the end): a retry has to read it again.
+        gen_id = enqueue({"base": base}, {"input_video": up["input_video"], "prompt": "dog", "start_frame": 10_000})
+        first = wait({"base": base}, gen_id)
+        assert first["status"] == "failed" and "start_frame" in first["error_message"], first
         end = time.monotonic() + 30
         while stored(up["upload_id"]) and time.monotonic() < end:
             time.sleep(0.5)

@@ -27,9 +27,9 @@ from pipeline import schedules
 from pipeline.redis_conn import connect
 from pipeline.settings import Settings, get_settings
 from pipeline.status import TERMINAL, StatusStore
-from pipeline.storage import MissingKey, Storage, open_storage
-from pipeline.urls import fetch_url
+from pipeline.storage import Storage, open_storage
 from workers.probe import VideoInfo, probe
+from workers.sources import drop_cached, local_source, stage_source
 
 log = logging.getLogger(__name__)
 settings = get_settings()
@@ -95,65 +95,7 @@ def work_prefix(job_id: str, video_id: str) -> str:
     return f"{job_id}/{video_id}/work"
 
 
-# --- sources ----------------------------------------------------------------------------------
-
-def _cache_dir() -> Path:
-    path = Path(os.environ.get("SAM3V_CACHE", Path.home() / ".cache" / "sam3v")) / "sources"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def stage_source(ctx: Context, job_id: str, video_id: str, item: dict) -> str:
-    """Where workers read the video from: a storage key (staged once), an s3:// URI, or a local path."""
-    video = item["video"]
-    if video.startswith(("http://", "https://")):
-        key = f"{video_prefix(job_id, video_id)}/source"
-        if not ctx.storage.exists(key):
-            tmp = _cached(job_id, video_id, "download")
-            fetch_url(video, tmp, ctx.settings.url_allowlist, ctx.settings.url_max_bytes, ctx.settings.url_timeout)
-            ctx.storage.put_file(tmp, key)
-            tmp.unlink(missing_ok=True)
-        return f"storage:{key}"
-    return video
-
-
-def _cached(job_id: str, video_id: str, name: str) -> Path:
-    return _cache_dir() / f"{job_id}__{video_id}__{name.replace('/', '__')}"
-
-
-def drop_cached(job_id: str, video_id: str) -> None:
-    """Forget this video's local copies (it ended; a retry must read the source afresh)."""
-    for stale in _cache_dir().glob(f"{job_id}__{video_id}__*"):
-        stale.unlink(missing_ok=True)
-
-
-def local_source(ctx: Context, source: str, job_id: str, video_id: str) -> Path:
-    """A local file for ``source``; downloaded once per worker host and reused by later chunks."""
-    if source.startswith("storage:"):
-        key = source.removeprefix("storage:")
-        target = _cached(job_id, video_id, key)
-        if not target.exists():
-            try:
-                ctx.storage.get_file(key, target)
-            except MissingKey as err:  # an upload past its TTL, a staged copy cleaned up
-                raise InputError(f"the input is no longer in storage: {err}") from None
-        return target
-    if source.startswith("s3://"):
-        bucket_key = source.removeprefix("s3://")
-        target = _cached(job_id, video_id, bucket_key)
-        if not target.exists():
-            bucket, key = bucket_key.split("/", 1)
-            from pipeline.storage.s3 import S3Storage
-
-            try:
-                S3Storage(bucket).get_file(key, target)
-            except MissingKey as err:
-                raise InputError(str(err)) from None
-            except Exception as err:
-                raise InputError(f"{source}: cannot read it from S3 ({err})") from err
-        return target
-    return Path(source)
-
+# --- frames --------------------------------------------------------------------------------------
 
 def count_frames(path: Path) -> int:
     out = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-count_packets",
@@ -190,6 +132,7 @@ def write_results(ctx: Context, job_id: str) -> None:
 
 def _stop_if_not_wanted(ctx: Context, job_id: str, video_id: str) -> None:
     if ctx.status.is_cancelled(job_id) or ctx.status.video(job_id, video_id).get("status") in TERMINAL:
+        drop_cached(job_id, video_id)  # cancelled: nothing on this host will read it again
         raise Ignore()
 
 
@@ -215,8 +158,8 @@ def probe_task(self, job_id: str, video_id: str) -> None:
     item = ctx.status.item(job_id, video_id)
     ctx.status.update_video(job_id, video_id, status="processing", started=time.time())
     try:
-        source = stage_source(ctx, job_id, video_id, item)
-        info = probe(local_source(ctx, source, job_id, video_id))
+        source = stage_source(ctx.storage, ctx.settings, job_id, video_id, item)
+        info = probe(local_source(ctx.storage, ctx.settings, source, job_id, video_id))
         expected = info.frames_expected or count_frames(Path(info.path))
         if expected < 1:
             raise InputError(f"{item['video']}: no video frames")
@@ -272,7 +215,7 @@ def segment_chunk_task(self, job_id: str, video_id: str, k: int, start: int, sto
         opts = _item_options(item)
         opts.validate()
         prompts = check_prompts(loaded.tokenizer, opts.prompts)
-        info = probe(local_source(ctx, entry["source"], job_id, video_id))
+        info = probe(local_source(ctx.storage, ctx.settings, entry["source"], job_id, video_id))
         job = ChunkJob(info, Chunk(k, start, stop, final), num_frames, prompts, opts.video_outputs(),
                        opts.mask_opacity, opts.encoder, SEGMENT_FRAMES, opts.start_frame, opts.detection_threshold)
         if k == 0:
@@ -316,7 +259,7 @@ def finalize_task(self, job_id: str, video_id: str, planned_chunks: int) -> None
             chunks = k + 1
             if json.loads(ctx.storage.get_bytes(chunk_key(work, k, "done.json"))).get("ended"):
                 break
-        info: VideoInfo = probe(local_source(ctx, entry["source"], job_id, video_id))
+        info: VideoInfo = probe(local_source(ctx.storage, ctx.settings, entry["source"], job_id, video_id))
         header = entry["header"]
         videos = [o for o in header["params"]["outputs"] if o != "rle"]
         document, uris, _audio = finalize_video(info, ctx.storage, work, chunks, videos, header["model"],

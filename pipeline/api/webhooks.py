@@ -48,8 +48,7 @@ def server_secret(r: redis.Redis, configured: str | None) -> str:
     if configured:
         return configured
     r.set(SECRET_KEY, secrets.token_hex(32), nx=True)
-    value = r.get(SECRET_KEY)
-    return value.decode() if isinstance(value, bytes) else value
+    return _s(r.get(SECRET_KEY))
 
 
 def key_secret(server: str, owner: str) -> str:
@@ -101,28 +100,32 @@ class WebhookDispatcher:
                     entries += items
                 if not entries and time.monotonic() - asked < 0.5:
                     self.stop.wait(0.5)  # the embedded in-process Redis answers at once instead of blocking
-                for eid, fields in entries:
-                    self._take(_s(eid), {_s(k): _s(v) for k, v in fields.items()})
+                handled = [_s(eid) for eid, fields in entries
+                           if self._take(_s(eid), {_s(k): _s(v) for k, v in fields.items()})]
+                if handled:  # one round trip for a batch (most events are chunk progress, no webhook)
+                    self.r.xack(EVENTS, GROUP, *handled)
             except redis.RedisError as err:  # Redis restarting: the group keeps our place
                 log.warning("webhooks: %s; retrying", err)
                 self.stop.wait(1)
 
-    def _take(self, eid: str, fields: dict) -> None:
+    def _take(self, eid: str, fields: dict) -> bool:
+        """Starts a delivery if the event calls for one; True when the event is done with (to ack
+        now), False when a delivery will acknowledge it."""
         kind, job = fields.get("kind"), fields.get("job")
-        meta = {_s(k): _s(v) for k, v in self.r.hgetall(gen_key(job)).items()} if job else {}
+        if not job or kind not in (*EVENT_NAMES, "video_queued"):
+            return True
+        meta = {_s(k): _s(v) for k, v in self.r.hgetall(gen_key(job)).items()}
         url = json.loads(meta["params"]).get("webhook_url") if meta.get("params") else None
-        if not url or kind not in (*EVENT_NAMES, "video_queued"):
-            self.r.xack(EVENTS, GROUP, eid)
-            return
+        if not url:
+            return True
         if kind == "video_queued":  # a retry: its end is news again
             self.r.hdel(gen_key(job), "webhook_event")
-            self.r.xack(EVENTS, GROUP, eid)
-            return
+            return True
         # In stream order, before the pool: a repeated transition (a redelivered finalize) sends nothing.
         if not self.r.hsetnx(gen_key(job), "webhook_event", eid) and _s(self.r.hget(gen_key(job), "webhook_event")) != eid:
-            self.r.xack(EVENTS, GROUP, eid)
-            return
+            return True
         self.pool.submit(self._deliver, eid, job, kind, meta, fields, url)
+        return False
 
     def _deliver(self, eid: str, job: str, kind: str, meta: dict, fields: dict, url: str) -> None:
         try:
