@@ -19,7 +19,9 @@ at every attempt, sent to the checked address; redirects are not followed.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import hmac
+import itertools
 import json
 import logging
 import os
@@ -28,6 +30,7 @@ import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import redis
 
@@ -61,8 +64,24 @@ def signature(secret: str, timestamp: int, body: bytes) -> str:
     return f"t={timestamp},v1={mac}"
 
 
+@dataclass
+class Delivery:
+    """One webhook on its way: the same body and delivery id on every attempt."""
+    eid: str
+    job: str
+    kind: str
+    url: str
+    meta: dict
+    fields: dict
+    attempts: int = 0
+    event: str = ""
+    body: bytes = b""
+
+
 class WebhookDispatcher:
-    """One reader thread on the consumer group; deliveries (with their pauses) on a small pool."""
+    """One reader thread on the consumer group; attempts on a small pool. A failed attempt waits
+    for its next one in a heap the reader drains, not in a pool thread: one receiver that is down
+    does not hold up everyone else's webhooks."""
 
     def __init__(self, gens: Generations, workers: int = 8):
         self.g = gens
@@ -72,6 +91,9 @@ class WebhookDispatcher:
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="webhook")
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="webhook-reader", daemon=True)
+        self.waiting: list[tuple[float, int, Delivery]] = []  # (due, tie-break, delivery), a heap
+        self.waiting_lock = threading.Lock()
+        self.order = itertools.count()
 
     def start(self) -> None:
         try:
@@ -83,6 +105,7 @@ class WebhookDispatcher:
         self.thread.start()
 
     def close(self) -> None:
+        # Deliveries still waiting stay unacknowledged: another process claims them (CLAIM_IDLE_MS).
         self.stop.set()
         self.thread.join(5)
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -91,15 +114,17 @@ class WebhookDispatcher:
         next_claim = 0.0
         while not self.stop.is_set():
             try:
+                self._submit_due()
                 entries = []
                 if time.monotonic() >= next_claim:  # a dead process's unacknowledged events
                     next_claim = time.monotonic() + 60
                     entries += self.r.xautoclaim(EVENTS, GROUP, self.consumer, CLAIM_IDLE_MS, "0-0", count=100)[1]
                 asked = time.monotonic()
-                for _stream, items in self.r.xreadgroup(GROUP, self.consumer, {EVENTS: ">"}, count=100, block=1000) or []:
+                for _stream, items in self.r.xreadgroup(GROUP, self.consumer, {EVENTS: ">"}, count=100,
+                                                        block=self._block_ms()) or []:
                     entries += items
-                if not entries and time.monotonic() - asked < 0.5:
-                    self.stop.wait(0.5)  # the embedded in-process Redis answers at once instead of blocking
+                if not entries and time.monotonic() - asked < 0.1:
+                    self.stop.wait(0.2)  # the embedded in-process Redis answers at once instead of blocking
                 handled = [_s(eid) for eid, fields in entries
                            if self._take(_s(eid), {_s(k): _s(v) for k, v in fields.items()})]
                 if handled:  # one round trip for a batch (most events are chunk progress, no webhook)
@@ -108,9 +133,21 @@ class WebhookDispatcher:
                 log.warning("webhooks: %s; retrying", err)
                 self.stop.wait(1)
 
+    def _block_ms(self) -> int:
+        """Wait for new events no longer than until the next retry is due (at most 1 s)."""
+        with self.waiting_lock:
+            due = self.waiting[0][0] - time.monotonic() if self.waiting else 1.0
+        return max(1, min(1000, int(due * 1000)))
+
+    def _submit_due(self) -> None:
+        now = time.monotonic()
+        with self.waiting_lock:
+            while self.waiting and self.waiting[0][0] <= now:
+                self.pool.submit(self._attempt, heapq.heappop(self.waiting)[2])
+
     def _take(self, eid: str, fields: dict) -> bool:
         """Starts a delivery if the event calls for one; True when the event is done with (to ack
-        now), False when a delivery will acknowledge it."""
+        now), False when the delivery will acknowledge it."""
         kind, job = fields.get("kind"), fields.get("job")
         if not job or kind not in (*EVENT_NAMES, "video_queued"):
             return True
@@ -124,32 +161,33 @@ class WebhookDispatcher:
         # In stream order, before the pool: a repeated transition (a redelivered finalize) sends nothing.
         if not self.r.hsetnx(gen_key(job), "webhook_event", eid) and _s(self.r.hget(gen_key(job), "webhook_event")) != eid:
             return True
-        self.pool.submit(self._deliver, eid, job, kind, meta, fields, url)
+        self.pool.submit(self._attempt, Delivery(eid, job, kind, url, meta, fields))
         return False
 
-    def _deliver(self, eid: str, job: str, kind: str, meta: dict, fields: dict, url: str) -> None:
+    def _attempt(self, d: Delivery) -> None:
         try:
-            payload = {"event": EVENT_NAMES[kind], **self.g.completion(job, meta, meta.get("base_url", ""), fields)}
-            body = json.dumps(payload, separators=(",", ":")).encode()
-            secret = key_secret(self.secret, meta["owner"])
-            attempts, error = 0, None
-            for attempts in range(1, self.settings.api_webhook_attempts + 1):
-                headers = {"Content-Type": "application/json", "User-Agent": "sam3v-webhooks",
-                           "X-Sam3v-Event": payload["event"], "X-Sam3v-Delivery": eid,
-                           "X-Sam3v-Signature": signature(secret, int(time.time()), body)}
-                try:
-                    status = post_json(url, body, headers, self.settings.url_allowlist, TIMEOUT)
-                    error = None if 200 <= status < 300 else f"HTTP {status}"
-                except InputError as err:
-                    error = str(err)
-                if error is None or attempts == self.settings.api_webhook_attempts:
-                    break
-                if self.stop.wait(self.settings.api_webhook_backoff * 2 ** (attempts - 1)):
-                    return  # shutting down: unacknowledged, so another process takes it over
-            self.r.hset(gen_key(job), mapping={"webhook_status": "failed" if error else "delivered",
-                                               "webhook_attempts": attempts, "webhook_error": error or ""})
+            if not d.body:  # built once: every attempt carries the same body (and presigned URLs)
+                d.event = EVENT_NAMES[d.kind]
+                completion = self.g.completion(d.job, d.meta, d.meta.get("base_url", ""), d.fields)
+                d.body = json.dumps({"event": d.event, **completion}, separators=(",", ":")).encode()
+            d.attempts += 1
+            headers = {"Content-Type": "application/json", "User-Agent": "sam3v-webhooks",
+                       "X-Sam3v-Event": d.event, "X-Sam3v-Delivery": d.eid,
+                       "X-Sam3v-Signature": signature(key_secret(self.secret, d.meta["owner"]), int(time.time()), d.body)}
+            try:
+                status = post_json(d.url, d.body, headers, self.settings.url_allowlist, TIMEOUT)
+                error = None if 200 <= status < 300 else f"HTTP {status}"
+            except InputError as err:
+                error = str(err)
+            if error is not None and d.attempts < self.settings.api_webhook_attempts:
+                due = time.monotonic() + self.settings.api_webhook_backoff * 2 ** (d.attempts - 1)
+                with self.waiting_lock:
+                    heapq.heappush(self.waiting, (due, next(self.order), d))
+                return
+            self.r.hset(gen_key(d.job), mapping={"webhook_status": "failed" if error else "delivered",
+                                                 "webhook_attempts": d.attempts, "webhook_error": error or ""})
             if error:
-                log.warning("webhook for %s to %s given up after %d attempts: %s", job, url, attempts, error)
-            self.r.xack(EVENTS, GROUP, eid)
+                log.warning("webhook for %s to %s given up after %d attempts: %s", d.job, d.url, d.attempts, error)
+            self.r.xack(EVENTS, GROUP, d.eid)
         except Exception:  # never lose the pool thread; the event stays pending and is claimed again
-            log.exception("webhook for %s", job)
+            log.exception("webhook for %s", d.job)
