@@ -9,8 +9,8 @@ from __future__ import annotations
 import hmac
 import logging
 import re
-import threading
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
