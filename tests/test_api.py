@@ -383,7 +383,7 @@ def test_upload_size_limit(api, tmp_path):
 
 def test_uploads_expire_and_leave_storage(api, s3, media_dir, tmp_path):  # noqa: F811
     client, _ = s3
-    server, base = start_api({**api["env"], "SAM3V_API_UPLOAD_TTL": "4", "SAM3V_API_UPLOAD_SWEEP": "0.5"},
+    server, base = start_api({**api["env"], "SAM3V_API_UPLOAD_TTL": "10", "SAM3V_API_UPLOAD_SWEEP": "0.5"},
                              tmp_path / "api.log")
 
     def stored(upload_id: str) -> list[str]:
