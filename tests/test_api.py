@@ -5,7 +5,9 @@ runs the hosted documentation's curl/jq/awk scripts (stray spaces removed) again
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 
 from tests import media
 from tests.services import free_port, start_api, start_worker, stop_process
@@ -582,6 +585,30 @@ def test_api_worker_processes(api, env, tmp_path):  # noqa: F811
     r = subprocess.run([sys.executable, "-m", "pipeline.cli", "api", "--workers", "2"], env=clean,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and "--workers 1" in r.stderr and "embedded" in r.stderr, r.stderr
+
+
+def test_generations_and_events_outlive_an_api_process(api, inputs, tmp_path):
+    """Rows and events live in Redis: an API process killed (-9) while its generation runs loses
+    nothing; another process reports the result, and an SSE client resuming from the last event id
+    it had seen gets the completion."""
+    r = redis.Redis.from_url(api["env"]["SAM3V_BROKER_URL"])
+    seen = r.xinfo_stream("sam3v:events")["last-generated-id"].decode()
+    server, base = start_api(api["env"], tmp_path / "api1.log")
+    gen_id = enqueue({"base": base}, {"input_video": f"{inputs['base']}/clip.mp4", "prompt": "dog", "max_frames": 3})
+    os.killpg(server.pid, signal.SIGKILL)
+    server.wait(10)
+    server, base = start_api(api["env"], tmp_path / "api2.log")
+    try:
+        doc = wait({"base": base}, gen_id)
+        assert doc["status"] == "succeeded" and doc["result_url"], doc
+        resumed = SSEReader({"base": base}, A, last_event_id=seen)
+        try:
+            assert resumed.until(lambda ev: any(e[2]["generation_id"] == gen_id for e in ev), 15), resumed.events
+            assert [e[0] for e in resumed.events if e[2]["generation_id"] == gen_id] == ["media_generation_completed"]
+        finally:
+            resumed.close()
+    finally:
+        stop_process(server)
 
 
 def test_embedded_mode_smoke(env, inputs, tmp_path):  # noqa: F811
