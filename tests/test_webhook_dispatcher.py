@@ -63,3 +63,10 @@ def test_a_receiver_that_is_down_does_not_hold_up_the_others(monkeypatch):
         assert r.xpending(EVENTS, webhooks.GROUP)["pending"] == 0, "both events acknowledged"
     finally:
         dispatcher.close()
+
+
+def test_a_retrying_process_is_not_doubled_by_a_claim():
+    # the claim waits out the longest pause between attempts, whatever the settings
+    assert webhooks.claim_idle_ms(6, 2.0) == webhooks.CLAIM_IDLE_MS  # longest pause 32 s
+    assert webhooks.claim_idle_ms(10, 2.0) == 2 * (512 + webhooks.TIMEOUT) * 1000  # longest pause 512 s
+    assert webhooks.claim_idle_ms(2, 3600.0) > 3600 * 1000  # one pause of an hour

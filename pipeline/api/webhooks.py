@@ -12,8 +12,9 @@ goes to one process. A delivery that fails (network error, any non-2xx status) i
 after doubling pauses (SAM3V_API_WEBHOOK_BACKOFF, SAM3V_API_WEBHOOK_ATTEMPTS in all); the event
 is acknowledged once delivered or given up, and the outcome is kept on the generation (its GET
 shows ``webhook``). Events a process took and never acknowledged (it died) are claimed by a live
-one after CLAIM_IDLE_MS. The URL follows the rules of URL inputs: checked when queued and again
-at every attempt, sent to the checked address; redirects are not followed.
+one after ``claim_idle_ms`` (each failed attempt renews the claim). The URL follows the rules of
+URL inputs: checked when queued and again at every attempt, sent to the checked address;
+redirects are not followed.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from pipeline.urls import post_json
 log = logging.getLogger(__name__)
 GROUP = "sam3v-webhooks"
 SECRET_KEY = "sam3v:api:webhook-secret"
-CLAIM_IDLE_MS = 15 * 60 * 1000  # longer than any process spends retrying one delivery
+CLAIM_IDLE_MS = 15 * 60 * 1000
 TIMEOUT = 10.0
 
 
@@ -57,6 +58,14 @@ def server_secret(r: redis.Redis, configured: str | None) -> str:
 def key_secret(server: str, owner: str) -> str:
     """The signing secret of one API key (by its digest): one caller cannot sign as another."""
     return "whsec_" + hmac.new(server.encode(), owner.encode(), hashlib.sha256).hexdigest()
+
+
+def claim_idle_ms(attempts: int, backoff: float) -> int:
+    """How long an event may sit unacknowledged before a live process takes it over: longer than
+    the longest pause between two attempts (each attempt renews the claim), so a process that is
+    still retrying is never doubled."""
+    longest_pause = backoff * 2 ** max(attempts - 2, 0)
+    return max(CLAIM_IDLE_MS, int(2 * (longest_pause + TIMEOUT) * 1000))
 
 
 def signature(secret: str, timestamp: int, body: bytes) -> str:
@@ -94,6 +103,7 @@ class WebhookDispatcher:
         self.waiting: list[tuple[float, int, Delivery]] = []  # (due, tie-break, delivery), a heap
         self.waiting_lock = threading.Lock()
         self.order = itertools.count()
+        self.claim_idle_ms = claim_idle_ms(self.settings.api_webhook_attempts, self.settings.api_webhook_backoff)
 
     def start(self) -> None:
         try:
@@ -105,7 +115,7 @@ class WebhookDispatcher:
         self.thread.start()
 
     def close(self) -> None:
-        # Deliveries still waiting stay unacknowledged: another process claims them (CLAIM_IDLE_MS).
+        # Deliveries still waiting stay unacknowledged: another process claims them later.
         self.stop.set()
         self.thread.join(5)
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -118,7 +128,8 @@ class WebhookDispatcher:
                 entries = []
                 if time.monotonic() >= next_claim:  # a dead process's unacknowledged events
                     next_claim = time.monotonic() + 60
-                    entries += self.r.xautoclaim(EVENTS, GROUP, self.consumer, CLAIM_IDLE_MS, "0-0", count=100)[1]
+                    entries += self.r.xautoclaim(EVENTS, GROUP, self.consumer, self.claim_idle_ms, "0-0",
+                                                     count=100)[1]
                 asked = time.monotonic()
                 for _stream, items in self.r.xreadgroup(GROUP, self.consumer, {EVENTS: ">"}, count=100,
                                                         block=self._block_ms()) or []:
@@ -180,6 +191,7 @@ class WebhookDispatcher:
             except InputError as err:
                 error = str(err)
             if error is not None and d.attempts < self.settings.api_webhook_attempts:
+                self.r.xclaim(EVENTS, GROUP, self.consumer, 0, [d.eid], justid=True)  # still ours: renew
                 due = time.monotonic() + self.settings.api_webhook_backoff * 2 ** (d.attempts - 1)
                 with self.waiting_lock:
                     heapq.heappush(self.waiting, (due, next(self.order), d))
