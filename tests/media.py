@@ -270,6 +270,15 @@ def hue_beep(directory: Path) -> Path:
     return path
 
 
+def hue_beep_ts(directory: Path) -> Path:
+    """hue_beep remuxed to MPEG-TS: the clock starts at ~1.4 s, and the audio (its AAC priming)
+    ~21 ms before the video."""
+    path, done = _cached(directory, "hue_beep.ts")
+    if not done:
+        ffmpeg("-i", hue_beep(directory), "-c", "copy", "-f", "mpegts", path)
+    return path
+
+
 def small_dog(directory: Path, frames: int, width: int = 320, height: int = 180) -> Path:
     """The first `frames` frames of the dog clip scaled down (cheap for the model), audio kept."""
     path, done = _cached(directory, f"dog_{width}x{height}_{frames}f.mp4")

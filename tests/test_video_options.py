@@ -101,6 +101,18 @@ def test_audio_is_cut_to_the_processed_frames_and_stays_in_sync(late, source):
     assert onset == pytest.approx(media.BEEP_AT - S / FPS, abs=0.003)
 
 
+def test_audio_stays_in_sync_when_the_source_clock_starts_late(tiny, media_dir, tmp_path):
+    source = media.hue_beep_ts(media_dir)
+    streams = {s["codec_type"]: float(s["start_time"]) for s in fp.streams(source)["streams"]}
+    assert streams["audio"] < streams["video"] - 0.015  # the case at hand: audio starts first
+    result = segment_video(source, tiny, options(outputs=("overlay",), mask_opacity=0.0), LocalStorage(tmp_path))
+    assert result.audio == "copy"
+    samples = audio_samples(tmp_path / "overlay.mp4")
+    assert len(samples) / 48000 == pytest.approx(N / FPS, abs=0.005)
+    onset = int(np.argmax(np.abs(samples) > 0.05)) / 48000
+    assert onset == pytest.approx(media.BEEP_AT, abs=0.003)  # was 21 ms late
+
+
 def test_max_frames_counts_from_start_frame_with_decord(tiny, source, source_frames, tmp_path, monkeypatch):
     monkeypatch.setenv("SAM3V_DECODER", "decord")
     result = segment_video(source, tiny, options(start_frame=30, max_frames=5, mask_opacity=0.0),

@@ -53,8 +53,10 @@ def finalize_video(info: VideoInfo, artifacts: Storage, prefix: str, num_chunks:
     document = build_document(model, params, video, prompts, logs, start_frame)
     limited = start_frame + len(frames) < (info.frames_expected or 0)
     duration = (pts[-1] - pts[0]) + 1.0 / info.fps
-    # The videos start at the first processed frame (time 0): so must the audio.
-    audio_from = pts[0] if start_frame else None
+    # The videos start at the first processed frame (time 0): so must the audio. Without a seek,
+    # ffmpeg lines up the source's earliest stream instead: in MPEG-TS the audio (its AAC priming)
+    # starts ~21 ms before the video, and was that much late.
+    audio_from = pts[0] if start_frame or abs(pts[0]) > 1e-6 else None
     uris: dict[str, str] = {}
     audio = None
     with tempfile.TemporaryDirectory(prefix="sam3v-final-") as tmp:
@@ -73,8 +75,8 @@ def finalize_video(info: VideoInfo, artifacts: Storage, prefix: str, num_chunks:
                 path = timed
             if info.has_audio:
                 with_audio = work / f"{name}.mp4"
-                audio = add_audio(path, Path(info.path), with_audio, duration if limited or start_frame else None,
-                                  audio_from)
+                audio = add_audio(path, Path(info.path), with_audio,
+                                  duration if limited or audio_from is not None else None, audio_from)
                 path = with_audio
             uris[name] = out.put_file(path, join_key(out_prefix, f"{name}.mp4"))
         # masks.json last: when it is there, the videos are too.
