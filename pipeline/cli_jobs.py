@@ -202,8 +202,7 @@ def register(app: typer.Typer, user_errors) -> None:
         failed = [v["id"] for v in store.status_document(job)["videos"] if v["status"] == "failed"]
         for vid in failed:
             store.reset_deliveries(job, vid)
-        store.reopen(job, failed)
-        enqueue_videos(celery_app, job, failed)
+        enqueue_videos(celery_app, job, failed, attempts=store.reopen(job, failed))
         err_console.print(f"job {job}: {len(failed)} failed video(s) queued again")
 
     @app.command()

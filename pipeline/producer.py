@@ -51,8 +51,11 @@ def submit_manifest(app: Celery, store: StatusStore, data: bytes, source_name: s
     return Submitted(job_id, True, len(items), len(rejected))
 
 
-def enqueue_videos(app: Celery, job_id: str, video_ids: list[str], lane: str = "batch") -> None:
+def enqueue_videos(app: Celery, job_id: str, video_ids: list[str], lane: str = "batch",
+                   attempts: dict[str, int] | None = None) -> None:
+    """Send each video's first task; ``attempts`` (from ``StatusStore.reopen``) for a retry."""
     # One connection for the whole batch: per-message connections would cap the enqueue rate.
     with app.producer_or_acquire() as producer:
         for vid in video_ids:
-            app.send_task(PROBE, args=[job_id, vid], producer=producer, queue=queue_for("cpu", lane))
+            kwargs = {"attempt": attempts[vid]} if attempts else {}
+            app.send_task(PROBE, args=[job_id, vid], kwargs=kwargs, producer=producer, queue=queue_for("cpu", lane))

@@ -164,11 +164,18 @@ class StatusStore:
             self.event(job_id, f"video_{entry['status']}", data)
         return bool(completed)
 
-    def reopen(self, job_id: str, video_ids: list[str]) -> None:
+    def reopen(self, job_id: str, video_ids: list[str]) -> dict[str, int]:
+        """Queue these videos again, each under a new attempt number (returned): tasks of an earlier
+        attempt that are still queued or running see it and stop, instead of running beside the new
+        chain (a cancelled video retried at once)."""
         self.r.hdel(_k("job", job_id), "completed")
         self.r.hset(_k("job", job_id), "cancelled", 0)
+        attempts = {}
         for vid in video_ids:
-            self.update_video(job_id, vid, status="queued", error=None, frames_done=0, outputs=None)
+            attempts[vid] = int(self.video(job_id, vid).get("attempt") or 0) + 1
+            self.update_video(job_id, vid, status="queued", error=None, frames_done=0, outputs=None,
+                              attempt=attempts[vid])
+        return attempts
 
     def count_delivery(self, job_id: str, video_id: str, chunk: int) -> int:
         key = _k("deliveries", job_id, video_id)

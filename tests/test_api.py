@@ -587,6 +587,28 @@ def test_api_worker_processes(api, env, tmp_path):  # noqa: F811
     assert r.returncode != 0 and "--workers 1" in r.stderr and "embedded" in r.stderr, r.stderr
 
 
+def test_a_cancelled_generation_retried_at_once_runs_one_chain(api, inputs):
+    """Retry right after cancel: the cancelled attempt's queued and running tasks stop at their next
+    step instead of running beside the new attempt, so no chunk is delivered twice and the
+    generation completes once."""
+    base = api["base"]
+    gen_id = enqueue(api, {"input_video": f"{inputs['base']}/clip.mp4", "prompt": "dog", "max_frames": FRAMES + 2,
+                           "chunk_frames": 2})
+    end = time.monotonic() + 60
+    while httpx.get(f"{base}/api/ai/queue/{gen_id}", headers=A).json()["status"] == "queued" and time.monotonic() < end:
+        time.sleep(0.05)
+    assert httpx.delete(f"{base}/api/ai/queue/{gen_id}", headers=A).json()["status"] == "cancelled"
+    assert httpx.post(f"{base}/api/ai/queue/{gen_id}/retry", headers=A).status_code == 200
+    doc = wait(api, gen_id)
+    assert doc["status"] == "succeeded", doc
+    time.sleep(3)  # whatever the cancelled attempt still had queued has had its turn
+    r = redis.Redis.from_url(api["env"]["SAM3V_BROKER_URL"])
+    deliveries = {k.decode(): int(v) for k, v in r.hgetall(f"sam3v:deliveries:{gen_id}:video").items()}
+    assert sorted(deliveries) == ["0", "1", "2", "3"] and set(deliveries.values()) == {1}, deliveries
+    kinds = [f[b"kind"].decode() for _, f in r.xrange("sam3v:events") if f[b"job"].decode() == gen_id]
+    assert kinds.count("video_succeeded") == 1 and kinds.count("video_cancelled") == 1, kinds
+
+
 def test_generations_and_events_outlive_an_api_process(api, inputs, tmp_path):
     """Rows and events live in Redis: an API process killed (-9) while its generation runs loses
     nothing; another process reports the result, and an SSE client resuming from the last event id

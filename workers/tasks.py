@@ -2,7 +2,8 @@
 
 Each task is idempotent: the same inputs give the same storage keys, and a redelivered task that
 finds its work done returns. A chunk that keeps killing its worker fails its video after
-``max_redeliveries`` deliveries instead of looping. Input errors fail only their video.
+``max_redeliveries`` deliveries instead of looping. Input errors fail only their video. A retried
+video runs under a new attempt number; tasks of an earlier attempt stop at their next step.
 """
 
 from __future__ import annotations
@@ -130,9 +131,16 @@ def write_results(ctx: Context, job_id: str) -> None:
     ctx.status.event(job_id, "job_completed", {"status": doc["status"], "counts": doc["counts"]})
 
 
-def _stop_if_not_wanted(ctx: Context, job_id: str, video_id: str) -> None:
-    if ctx.status.is_cancelled(job_id) or ctx.status.video(job_id, video_id).get("status") in TERMINAL:
-        drop_cached(job_id, video_id)  # cancelled: nothing on this host will read it again
+def _attempt(entry: dict) -> int:
+    return int(entry.get("attempt") or 0)
+
+
+def _stop_if_not_wanted(ctx: Context, job_id: str, video_id: str, attempt: int) -> None:
+    entry = ctx.status.video(job_id, video_id)
+    if _attempt(entry) != attempt:
+        raise Ignore()  # a task of an earlier attempt: the video was retried since
+    if ctx.status.is_cancelled(job_id) or entry.get("status") in TERMINAL:
+        drop_cached(job_id, video_id)  # cancelled or ended: nothing on this host will read it again
         raise Ignore()
 
 
@@ -146,15 +154,18 @@ class VideoTask(app.Task):
     def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
         job_id, video_id = args[0], args[1]
         try:
-            fail_video(context(), job_id, video_id, f"internal error in {self.name}: {type(exc).__name__}: {exc}")
+            ctx = context()
+            if _attempt(ctx.status.video(job_id, video_id)) != (kwargs or {}).get("attempt", 0):
+                return  # an earlier attempt's task: the video was retried since, and is not this task's
+            fail_video(ctx, job_id, video_id, f"internal error in {self.name}: {type(exc).__name__}: {exc}")
         except Exception:
             log.exception("%s: could not record the failure of %s/%s", self.name, job_id, video_id)
 
 
 @app.task(name=PROBE, bind=True, base=VideoTask)
-def probe_task(self, job_id: str, video_id: str) -> None:
+def probe_task(self, job_id: str, video_id: str, attempt: int = 0) -> None:
     ctx = task_context(self)
-    _stop_if_not_wanted(ctx, job_id, video_id)
+    _stop_if_not_wanted(ctx, job_id, video_id, attempt)
     item = ctx.status.item(job_id, video_id)
     ctx.status.update_video(job_id, video_id, status="processing", started=time.time())
     try:
@@ -174,9 +185,9 @@ def probe_task(self, job_id: str, video_id: str) -> None:
                             chunks_total=len(chunks), chunks_done=0)
     lane = ctx.status.job_spec(job_id).get("lane", "batch")
     gpu, cpu = queue_for("gpu", lane), queue_for("cpu", lane)
-    steps = [segment_chunk_task.si(job_id, video_id, c.index, c.start, c.stop, c.final, num_frames).set(queue=gpu)
-             for c in chunks]
-    chain(*steps, finalize_task.si(job_id, video_id, len(chunks)).set(queue=cpu)).apply_async()
+    steps = [segment_chunk_task.si(job_id, video_id, c.index, c.start, c.stop, c.final, num_frames,
+                                   attempt=attempt).set(queue=gpu) for c in chunks]
+    chain(*steps, finalize_task.si(job_id, video_id, len(chunks), attempt=attempt).set(queue=cpu)).apply_async()
 
 
 def _item_options(item: dict):
@@ -191,13 +202,13 @@ def _item_options(item: dict):
 
 @app.task(name=SEGMENT_CHUNK, bind=True, base=VideoTask)
 def segment_chunk_task(self, job_id: str, video_id: str, k: int, start: int, stop: int, final: bool,
-                       num_frames: int) -> None:
+                       num_frames: int, attempt: int = 0) -> None:
     from workers.chunk import ChunkJob, chunk_key, segment_chunk
     from workers.segment import document_header
     from workers.tracker import check_prompts
 
     ctx = task_context(self)
-    _stop_if_not_wanted(ctx, job_id, video_id)
+    _stop_if_not_wanted(ctx, job_id, video_id, attempt)
     deliveries = ctx.status.count_delivery(job_id, video_id, k)
     if deliveries > ctx.settings.max_redeliveries:
         fail_video(ctx, job_id, video_id, f"chunk {k} (frames {start}-{stop - 1}) was started {deliveries - 1} "
@@ -245,12 +256,12 @@ def segment_chunk_task(self, job_id: str, video_id: str, k: int, start: int, sto
 
 
 @app.task(name=FINALIZE, bind=True, base=VideoTask)
-def finalize_task(self, job_id: str, video_id: str, planned_chunks: int) -> None:
+def finalize_task(self, job_id: str, video_id: str, planned_chunks: int, attempt: int = 0) -> None:
     from workers.chunk import chunk_key
     from workers.stitch import finalize_video
 
     ctx = task_context(self)
-    _stop_if_not_wanted(ctx, job_id, video_id)
+    _stop_if_not_wanted(ctx, job_id, video_id, attempt)
     entry = ctx.status.video(job_id, video_id)
     work = work_prefix(job_id, video_id)
     try:

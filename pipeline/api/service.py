@@ -189,8 +189,7 @@ class Generations:
             raise APIError(409, "conflict", f"generation {gen_id} is {state}: only failed or cancelled "
                                             "generations can be retried")
         self.store.reset_deliveries(gen_id, VIDEO_ID)
-        self.store.reopen(gen_id, [VIDEO_ID])
-        enqueue_videos(self.celery, gen_id, [VIDEO_ID], LANE)
+        enqueue_videos(self.celery, gen_id, [VIDEO_ID], LANE, attempts=self.store.reopen(gen_id, [VIDEO_ID]))
 
     def file(self, gen_id: str, name: str) -> tuple[str, Path | None]:
         name = {v: k for k, v in FILES.items()}.get(name, name)
