@@ -196,13 +196,11 @@ def register(app: typer.Typer, user_errors) -> None:
     @user_errors
     def retry(job: str) -> None:
         """Run a job's failed videos again."""
-        from pipeline.producer import enqueue_videos
+        from pipeline.producer import retry_videos
 
         _, celery_app, store = _job_context(job)
         failed = [v["id"] for v in store.status_document(job)["videos"] if v["status"] == "failed"]
-        for vid in failed:
-            store.reset_deliveries(job, vid)
-        enqueue_videos(celery_app, job, failed, attempts=store.reopen(job, failed))
+        retry_videos(celery_app, store, job, failed)
         err_console.print(f"job {job}: {len(failed)} failed video(s) queued again")
 
     @app.command()

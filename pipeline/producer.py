@@ -51,6 +51,13 @@ def submit_manifest(app: Celery, store: StatusStore, data: bytes, source_name: s
     return Submitted(job_id, True, len(items), len(rejected))
 
 
+def retry_videos(app: Celery, store: StatusStore, job_id: str, video_ids: list[str], lane: str = "batch") -> None:
+    """Run these videos of a job again, from their first task, under a new attempt each."""
+    for vid in video_ids:
+        store.reset_deliveries(job_id, vid)
+    enqueue_videos(app, job_id, video_ids, lane, attempts=store.reopen(job_id, video_ids))
+
+
 def enqueue_videos(app: Celery, job_id: str, video_ids: list[str], lane: str = "batch",
                    attempts: dict[str, int] | None = None) -> None:
     """Send each video's first task; ``attempts`` (from ``StatusStore.reopen``) for a retry."""

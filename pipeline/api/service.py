@@ -15,7 +15,7 @@ from pipeline.api.uploads import SCHEME as UPLOAD
 from pipeline.api.uploads import resolve_upload
 from pipeline.errors import InputError
 from pipeline.manifest import parse_manifest
-from pipeline.producer import enqueue_videos
+from pipeline.producer import enqueue_videos, retry_videos
 from pipeline.status import TERMINAL, StatusStore, _s
 from pipeline.urls import check_url
 
@@ -188,8 +188,7 @@ class Generations:
         if state not in ("failed", "cancelled"):
             raise APIError(409, "conflict", f"generation {gen_id} is {state}: only failed or cancelled "
                                             "generations can be retried")
-        self.store.reset_deliveries(gen_id, VIDEO_ID)
-        enqueue_videos(self.celery, gen_id, [VIDEO_ID], LANE, attempts=self.store.reopen(gen_id, [VIDEO_ID]))
+        retry_videos(self.celery, self.store, gen_id, [VIDEO_ID], LANE)
 
     def file(self, gen_id: str, name: str) -> tuple[str, Path | None]:
         name = {v: k for k, v in FILES.items()}.get(name, name)
