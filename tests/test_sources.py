@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import os
+import threading
 import time
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -60,6 +63,26 @@ def test_copies_unused_past_the_age_are_evicted_on_the_next_fetch(cache, tmp_pat
     storage.put_bytes(b"other", "job/other/source")
     sources.local_source(storage, long_tasks, "storage:job/other/source", "job", "other")
     assert recent.exists()
+
+
+def test_a_url_input_is_staged_once_and_this_host_keeps_its_copy(cache, tmp_path):
+    www = tmp_path / "www"
+    www.mkdir()
+    (www / "clip.mp4").write_bytes(b"url bytes")
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(www))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        storage = LocalStorage(tmp_path / "store")
+        settings = Settings(url_allowlist=[f"127.0.0.1:{server.server_port}"])
+        item = {"video": f"http://127.0.0.1:{server.server_port}/clip.mp4"}
+        source = sources.stage_source(storage, settings, "job", "vid", item)
+    finally:
+        server.shutdown()
+    assert source == "storage:job/vid/source" and storage.get_bytes("job/vid/source") == b"url bytes"
+    (tmp_path / "store" / "job" / "vid" / "source").unlink()  # the host's copy serves without it
+    assert sources.local_source(storage, settings, source, "job", "vid").read_bytes() == b"url bytes"
+    assert [p.name for p in cache.iterdir()] == ["job__vid__job__vid__source"], "no download left behind"
 
 
 def test_drop_cached_forgets_one_video_only(cache):

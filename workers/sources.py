@@ -69,6 +69,8 @@ def stage_source(storage: Storage, settings: Settings, job_id: str, video_id: st
             try:
                 fetch_url(video, tmp, settings.url_allowlist, settings.url_max_bytes, settings.url_timeout)
                 storage.put_file(tmp, key)
+                # This host's copy of the staged key: the probe reads it next, not storage again.
+                os.replace(tmp, cached_path(job_id, video_id, key))
             finally:
                 tmp.unlink(missing_ok=True)
         return STORAGE + key
