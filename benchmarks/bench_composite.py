@@ -20,7 +20,7 @@ import numpy as np
 from benchmarks.common import VIDEO_720P, interleaved, machine
 from workers.decode import open_reader, yuv_capable
 from workers.encode import EncoderSettings
-from pipeline.chunks import SEGMENT_FRAMES
+from pipeline.core.planning import SEGMENT_FRAMES
 from workers.masks_document import FrameLog
 from workers.probe import probe
 from workers.render import RenderSpec, RenderStage

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 from benchmarks.common import VIDEO_720P, machine
-from pipeline.storage import LocalStorage
+from pipeline.core.storage import LocalStorage
 from workers.model import load_model
 from workers.segment import SegmentOptions, segment_video
 from workers.tiny_model import save_tiny_model

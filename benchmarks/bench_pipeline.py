@@ -32,11 +32,11 @@ def main() -> None:
     server.start()
     os.environ.update({"SAM3V_BROKER_URL": server.url, "SAM3V_STORAGE_URL": str(tmp / "store")})
     try:
-        from pipeline.celery_app import make_app
-        from pipeline.producer import submit_manifest
-        from pipeline.redis_conn import connect
-        from pipeline.settings import get_settings
-        from pipeline.status import StatusStore
+        from pipeline.core.celery_app import make_app
+        from pipeline.control.producer import submit_manifest
+        from pipeline.core.redis_conn import connect
+        from pipeline.core.settings import get_settings
+        from pipeline.core.status import StatusStore
 
         settings = get_settings()
         app = make_app(settings)
@@ -99,10 +99,10 @@ def bare():
 def machinery(i):
     # What segment_chunk adds around the model: delivery count, status updates, done marker,
     # and a real tracker state written and read back through storage.
-    from pipeline.redis_conn import connect
-    from pipeline.settings import get_settings
-    from pipeline.status import StatusStore
-    from pipeline.storage import LocalStorage
+    from pipeline.core.redis_conn import connect
+    from pipeline.core.settings import get_settings
+    from pipeline.core.status import StatusStore
+    from pipeline.core.storage import LocalStorage
     from workers.tracker_state import load_state, save_state
     store = StatusStore(connect(get_settings()))
     store.count_delivery("bench", "v", i)
@@ -133,9 +133,9 @@ base = rng.integers(0, 255, (180, 320, 3), dtype=np.uint8)
 for i in range(40):
     TRACKER.push(i, np.roll(base, i * 3, axis=1))
     prune(TRACKER, i)
-from pipeline.status import StatusStore
-from pipeline.redis_conn import connect
-from pipeline.settings import get_settings
+from pipeline.core.status import StatusStore
+from pipeline.core.redis_conn import connect
+from pipeline.core.settings import get_settings
 StatusStore(connect(get_settings())).create_job("bench", "bench", {}, [{"id": "v", "video": "x"}], [])
 
 def timed(sig, n):

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import sys
 
-from pipeline.chunks import plan_chunks
-from pipeline.storage import LocalStorage
-from workers.chunk import ChunkJob, segment_chunk
+from pipeline.core.planning import plan_chunks
+from pipeline.core.storage import LocalStorage
+from workers.chunk_runner import ChunkJob, segment_chunk
 from workers.model import load_model
 from workers.probe import probe
 

@@ -56,7 +56,7 @@ class RedisServer:
 
 def start_worker(env: dict, queues: str, name: str, log: Path) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "worker", "--queues", queues, "--concurrency", "1",
+        [sys.executable, "-m", "sam3v.cli", "worker", "--queues", queues, "--concurrency", "1",
          "--loglevel", "INFO", "--hostname", f"{name}@%h"],
         env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -80,7 +80,7 @@ def start_api(env: dict, log: Path, timeout: float = 30, key: str | None = None,
     import httpx
 
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "api", "--host", "127.0.0.1", "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "sam3v.cli", "api", "--host", "127.0.0.1", "--port", str(port),
                              "--log-level", "warning", *args],
                             env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"

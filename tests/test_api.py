@@ -558,7 +558,7 @@ def test_register_api_adds_the_command():
     import typer
     from typer.testing import CliRunner
 
-    from pipeline.cli_api import register_api
+    from sam3v.cli.api import register_api
 
     app = typer.Typer()
     app.command()(lambda: None)
@@ -582,7 +582,7 @@ def test_api_worker_processes(api, env, tmp_path):  # noqa: F811
     finally:
         stop_process(server)
     clean = {k: v for k, v in env.items() if k not in ("SAM3V_BROKER_URL", "SAM3V_REDIS_URL")}
-    r = subprocess.run([sys.executable, "-m", "pipeline.cli", "api", "--workers", "2"], env=clean,
+    r = subprocess.run([sys.executable, "-m", "sam3v.cli", "api", "--workers", "2"], env=clean,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and "--workers 1" in r.stderr and "embedded" in r.stderr, r.stderr
 

@@ -20,13 +20,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.storage import LocalStorage
+from pipeline.core.storage import LocalStorage
 from tests import ffprobe_util as fp
 from tests import media
-from workers.chunk import ChunkJob, chunk_key, segment_chunk
+from workers.chunk_runner import ChunkJob, chunk_key, segment_chunk
 from workers.probe import probe
 from workers.segment import SegmentOptions, document_header, segment_video
-from workers.stitch import finalize_video
+from workers.finalize import finalize_video
 from workers.tracker_state import StateError
 
 N, SEG = 40, 16
@@ -82,7 +82,7 @@ def test_chunked_equals_unchunked(chunk_frames, tiny, clip, baseline, tmp_path):
 
 def test_cli_chunk_frames_equals_unchunked(tiny_model_dir, clip, baseline, tmp_path):
     # 17: above the hotstart delay and not dividing 40. Runs the real CLI.
-    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "segment", str(clip), "--prompt", "dog",
+    done = subprocess.run([sys.executable, "-m", "sam3v.cli", "segment", str(clip), "--prompt", "dog",
                            "--model", str(tiny_model_dir), "--out", str(tmp_path), "--outputs", "overlay,mask",
                            "--chunk-frames", "17", "--device", "cpu"],
                           capture_output=True, text=True, timeout=600,
@@ -163,7 +163,7 @@ def test_chunks_in_separate_processes_and_a_killed_chunk_rerun(tiny, tiny_model_
 
 def test_damaged_or_mismatched_state_is_a_clear_error(tiny, clip, tmp_path):
     artifacts = LocalStorage(tmp_path)
-    from pipeline.chunks import plan_chunks
+    from pipeline.core.planning import plan_chunks
 
     plan = plan_chunks(N, 20)
     job = ChunkJob(probe(clip), plan[0], N, ["dog"], ["mask"], segment_frames=SEG)

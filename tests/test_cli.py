@@ -12,7 +12,7 @@ import pytest
 
 from tests import media
 
-SAM3V = [sys.executable, "-m", "pipeline.cli"]
+SAM3V = [sys.executable, "-m", "sam3v.cli"]
 
 
 def run(*args, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -105,7 +105,7 @@ def sam3v_args(argv: list[str]) -> list[str] | None:
 
 def cli_root():
     """The click group behind the typer app (typer vendors click: duck-typed, no isinstance)."""
-    from pipeline.cli import app
+    from sam3v.cli import app
 
     return typer.main.get_command(app)
 
@@ -136,12 +136,12 @@ def check_cli_args(args: list[str], where: str) -> None:
 
 
 def settings_env_names() -> set[str]:
-    """SAM3V_* names that pipeline.settings.Settings reads (prefix + field name, or an alias)."""
-    if importlib.util.find_spec("pipeline.settings") is None:
+    """SAM3V_* names that pipeline.core.settings.Settings reads (prefix + field name, or an alias)."""
+    if importlib.util.find_spec("pipeline.core.settings") is None:
         return {f"SAM3V_{name.upper()}" for name in FALLBACK_FIELDS}
     from pydantic import AliasChoices, AliasPath
 
-    from pipeline.settings import Settings
+    from pipeline.core.settings import Settings
 
     prefix = (Settings.model_config.get("env_prefix") or "").upper()
     names = set()

@@ -18,7 +18,7 @@ def test_run_manifest_embedded(media_dir, tiny_model_dir, tmp_path):
         json.dumps({"id": "bad", "video": str(clip), "max_frames": -1}),
     ]) + "\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAM3V_")}
-    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", str(manifest), "--out", str(tmp_path / "out"),
+    done = subprocess.run([sys.executable, "-m", "sam3v.cli", "run", str(manifest), "--out", str(tmp_path / "out"),
                            "--prompt", "dog", "--model", str(tiny_model_dir)],
                           env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr

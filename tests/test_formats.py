@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.storage import LocalStorage
+from pipeline.core.storage import LocalStorage
 from tests import ffprobe_util as fp
 from tests import media
 from workers import rle

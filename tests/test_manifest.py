@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from pipeline.errors import InputError
-from pipeline.manifest import load_manifest_bytes, manifest_digest, parse_manifest
+from pipeline.core.errors import InputError
+from pipeline.control.manifest import load_manifest_bytes, manifest_digest, parse_manifest
 
 
 def jsonl(*lines) -> bytes:
@@ -123,7 +123,7 @@ def test_default_ids_are_safe_and_unique():
     assert len(set(ids)) == 5
     assert ids[0].startswith("000001-") and ids[3:] == ["000004-clip", "000005-clip"]
     assert len(ids[2]) == len("000003-") + 40
-    from pipeline.manifest import _ID
+    from pipeline.control.manifest import _ID
 
     assert all(_ID.match(i) and ".." not in i.split("/") for i in ids)
 

@@ -16,7 +16,7 @@ from tests.test_pipeline import BUCKET, cli, clips, env, redis_server, s3  # noq
 
 
 def _beat(env, log):
-    return subprocess.Popen([sys.executable, "-m", "pipeline.cli", "beat", "--loglevel", "INFO"], env=env,
+    return subprocess.Popen([sys.executable, "-m", "sam3v.cli", "beat", "--loglevel", "INFO"], env=env,
                             stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -63,7 +63,7 @@ def test_schedule_fires_one_job_per_slot_with_two_beats(env, s3, clips, redis_se
 def test_flower_sees_our_workers_and_tasks(env, redis_server, tmp_path):
     port = free_port()
     flower_env = {**env, "FLOWER_UNAUTHENTICATED_API": "true"}
-    flower = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "flower", "--port", str(port)],
+    flower = subprocess.Popen([sys.executable, "-m", "sam3v.cli", "flower", "--port", str(port)],
                               env=flower_env, stdout=open(tmp_path / "flower.log", "ab"), stderr=subprocess.STDOUT,
                               start_new_session=True)
     worker = start_worker(env, "cpu", "flowerw", tmp_path / "worker.log")

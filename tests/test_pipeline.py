@@ -80,7 +80,7 @@ def workers(env, tmp_path):
 
 
 def cli(env, *args, timeout=600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", *map(str, args)], env=env,
+    return subprocess.run([sys.executable, "-m", "sam3v.cli", *map(str, args)], env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -110,7 +110,7 @@ def line(video: str, vid: str) -> str:
 
 
 def reference_masks(tiny_model_dir, clip: Path, out: Path, env) -> bytes:
-    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "segment", str(clip), "--prompt", "dog",
+    done = subprocess.run([sys.executable, "-m", "sam3v.cli", "segment", str(clip), "--prompt", "dog",
                            "--model", str(tiny_model_dir), "--out", str(out), "--max-frames", str(FRAMES),
                            "--device", "cpu"], env={**env, "SAM3V_TORCH_THREADS": "1"},
                           capture_output=True, text=True, timeout=600)

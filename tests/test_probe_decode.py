@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.errors import InputError
+from pipeline.core.errors import InputError
 from tests import media
 from workers.decode import DecodeThread, Frame, iter_frames, open_reader
 from workers.probe import probe

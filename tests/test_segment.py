@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from pipeline.storage import LocalStorage
+from pipeline.core.storage import LocalStorage
 from tests import ffprobe_util as fp
 from tests import media
 from workers import rle

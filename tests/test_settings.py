@@ -7,7 +7,7 @@ import os
 import pytest
 from pydantic import ValidationError
 
-from pipeline.settings import Settings, get_settings
+from pipeline.core.settings import Settings, get_settings
 
 
 @pytest.fixture(autouse=True)

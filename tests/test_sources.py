@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.errors import InputError
-from pipeline.settings import Settings
-from pipeline.storage import LocalStorage
+from pipeline.core.errors import InputError
+from pipeline.core.settings import Settings
+from pipeline.core.storage import LocalStorage
 from workers import sources
 
 

@@ -12,8 +12,8 @@ import pytest
 from boto3.s3.transfer import TransferConfig
 from moto.server import ThreadedMotoServer
 
-from pipeline.storage import LocalStorage, MissingKey, Storage, open_storage
-from pipeline.storage.s3 import S3Storage
+from pipeline.core.storage import LocalStorage, MissingKey, Storage, open_storage
+from pipeline.core.storage.s3 import S3Storage
 
 MiB = 1024 * 1024
 BUCKET = "sam3v-test"

@@ -19,7 +19,7 @@ import pytest
 import torch
 import transformers
 
-from pipeline.errors import ProcessingError
+from pipeline.core.errors import ProcessingError
 from tests import media
 from workers.model import load_model
 from workers.tracker import FrameObjects, VideoTracker

@@ -15,8 +15,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from pipeline.errors import InputError
-from pipeline.urls import allowed, check_url, fetch_url, forbidden_reason
+from pipeline.core.errors import InputError
+from pipeline.core.urls import allowed, check_url, fetch_url, forbidden_reason
 
 BODY = b"x" * 5000
 HOSTS: list[str] = []  # Host headers the servers saw

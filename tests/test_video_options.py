@@ -14,8 +14,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from pipeline.errors import InputError
-from pipeline.storage import LocalStorage
+from pipeline.core.errors import InputError
+from pipeline.core.storage import LocalStorage
 from tests import ffprobe_util as fp
 from tests import media
 from workers.segment import SegmentOptions, segment_video
@@ -250,7 +250,7 @@ def test_manifest_options_reach_the_chunked_tasks(tiny, tiny_model_dir, dog, tmp
                                     "chunk_frames": 5, "detection_threshold": t, "outputs": ["overlay", "rle"]})
                         + "\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAM3V_")}
-    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", str(manifest), "--out", str(tmp_path / "out"),
+    done = subprocess.run([sys.executable, "-m", "sam3v.cli", "run", str(manifest), "--out", str(tmp_path / "out"),
                            "--prompt", "dog", "--model", str(tiny_model_dir)],
                           env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr

@@ -10,11 +10,11 @@ from types import SimpleNamespace
 
 import fakeredis
 
-from pipeline.api import webhooks
-from pipeline.api.service import gen_key
-from pipeline.api.webhooks import WebhookDispatcher
-from pipeline.settings import Settings
-from pipeline.status import EVENTS
+from sam3v.api import webhooks
+from sam3v.api.service import gen_key
+from sam3v.api.webhooks import WebhookDispatcher
+from pipeline.core.settings import Settings
+from pipeline.core.status import EVENTS
 
 
 def _until(check, timeout: float) -> bool:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from pipeline.errors import InputError
+from pipeline.core.errors import InputError
 from workers.probe import VideoInfo
 
 if TYPE_CHECKING:

@@ -16,7 +16,7 @@ from pathlib import Path
 import ffmpeg
 import numpy as np
 
-from pipeline.errors import ProcessingError
+from pipeline.core.errors import ProcessingError
 
 
 @dataclass(frozen=True)

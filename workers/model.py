@@ -13,7 +13,7 @@ import torch
 import transformers
 from transformers import AutoTokenizer, Sam3VideoModel
 
-from pipeline.errors import InputError, ModelUnavailableError
+from pipeline.core.errors import InputError, ModelUnavailableError
 from workers.tiny_model import TINY_WARNING, is_tiny_model_dir
 
 log = logging.getLogger(__name__)

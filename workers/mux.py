@@ -14,7 +14,7 @@ from pathlib import Path
 
 import av
 
-from pipeline.errors import ProcessingError
+from pipeline.core.errors import ProcessingError
 
 _TIME_BASE = Fraction(1, 90000)
 

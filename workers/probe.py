@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
-from pipeline.errors import InputError, ProcessingError
+from pipeline.core.errors import InputError, ProcessingError
 
 FFPROBE_TIMEOUT_S = 120.0
 

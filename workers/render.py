@@ -1,7 +1,7 @@
 """The output stage: finished frames become RLE entries and composited, encoded video segments.
 
 It runs in its own thread so compositing and feeding ffmpeg overlap with the model. Video is
-written as segments on a fixed grid of frames (``pipeline.chunks.SEGMENT_FRAMES``), one encoder
+written as segments on a fixed grid of frames (``pipeline.core.planning.SEGMENT_FRAMES``), one encoder
 run per segment, so where a video is cut into chunks never changes the encoded bytes.
 """
 

@@ -15,15 +15,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.chunks import SEGMENT_FRAMES, Chunk, frames_to_process
-from pipeline.errors import InputError
-from pipeline.storage import LocalStorage, Storage
-from workers.chunk import ChunkJob, segment_chunk
+from pipeline.core.planning import SEGMENT_FRAMES, Chunk, frames_to_process
+from pipeline.core.errors import InputError
+from pipeline.core.storage import LocalStorage, Storage
+from workers.chunk_runner import ChunkJob, segment_chunk
 from workers.encode import EncoderSettings
 from workers.model import LoadedModel
 from workers.probe import probe
 from workers.render import VIDEO_OUTPUTS
-from workers.stitch import finalize_video
+from workers.finalize import finalize_video
 from workers.tracker import check_prompts
 
 OUTPUT_NAMES = ("overlay", "mask", "rle")

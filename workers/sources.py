@@ -13,10 +13,10 @@ import os
 import time
 from pathlib import Path
 
-from pipeline.errors import InputError
-from pipeline.settings import Settings
-from pipeline.storage import MissingKey, Storage
-from pipeline.urls import fetch_url
+from pipeline.core.errors import InputError
+from pipeline.core.settings import Settings
+from pipeline.core.storage import MissingKey, Storage
+from pipeline.core.urls import fetch_url
 
 STORAGE = "storage:"
 
@@ -92,7 +92,7 @@ def local_source(storage: Storage, settings: Settings, source: str, job_id: str,
         except MissingKey as err:  # an upload past its TTL, a staged copy cleaned up
             raise InputError(f"the input is no longer in storage: {err}") from None
         return target
-    from pipeline.storage.s3 import S3Storage
+    from pipeline.core.storage.s3 import S3Storage
 
     bucket, key = source.removeprefix("s3://").split("/", 1)
     try:

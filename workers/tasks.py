@@ -21,14 +21,14 @@ from celery import chain
 from celery.exceptions import Ignore, SoftTimeLimitExceeded
 from celery.signals import worker_process_init
 
-from pipeline.celery_app import FINALIZE, PROBE, SEGMENT_CHUNK, make_app, queue_for
-from pipeline.chunks import SEGMENT_FRAMES, Chunk, default_chunk_frames, frames_to_process, plan_chunks
-from pipeline.errors import InputError, Sam3vError
-from pipeline import schedules
-from pipeline.redis_conn import connect
-from pipeline.settings import Settings, get_settings
-from pipeline.status import TERMINAL, StatusStore
-from pipeline.storage import Storage, open_storage
+from pipeline.core.celery_app import FINALIZE, PROBE, SEGMENT_CHUNK, make_app, queue_for
+from pipeline.core.planning import SEGMENT_FRAMES, Chunk, default_chunk_frames, frames_to_process, plan_chunks
+from pipeline.core.errors import InputError, Sam3vError
+from pipeline.control import schedules
+from pipeline.core.redis_conn import connect
+from pipeline.core.settings import Settings, get_settings
+from pipeline.core.status import TERMINAL, StatusStore
+from pipeline.core.storage import Storage, open_storage
 from workers.probe import VideoInfo, probe
 from workers.sources import drop_cached, local_source, stage_source
 
@@ -66,9 +66,9 @@ def _warm_up_child(**_kwargs) -> None:
     # First imports (transformers, scipy) and the storage client's first build (boto3 reads its
     # service models from disk) count against no task's time limit this way: on a busy host they
     # took longer than a finalize's soft limit, before the task could fail its video cleanly.
-    import workers.chunk  # noqa: F401
+    import workers.chunk_runner  # noqa: F401
     import workers.segment  # noqa: F401
-    import workers.stitch  # noqa: F401
+    import workers.finalize  # noqa: F401
 
     try:
         context()
@@ -203,7 +203,7 @@ def _item_options(item: dict):
 @app.task(name=SEGMENT_CHUNK, bind=True, base=VideoTask)
 def segment_chunk_task(self, job_id: str, video_id: str, k: int, start: int, stop: int, final: bool,
                        num_frames: int, attempt: int = 0) -> None:
-    from workers.chunk import ChunkJob, chunk_key, segment_chunk
+    from workers.chunk_runner import ChunkJob, chunk_key, segment_chunk
     from workers.segment import document_header
     from workers.tracker import check_prompts
 
@@ -257,8 +257,8 @@ def segment_chunk_task(self, job_id: str, video_id: str, k: int, start: int, sto
 
 @app.task(name=FINALIZE, bind=True, base=VideoTask)
 def finalize_task(self, job_id: str, video_id: str, planned_chunks: int, attempt: int = 0) -> None:
-    from workers.chunk import chunk_key
-    from workers.stitch import finalize_video
+    from workers.chunk_runner import chunk_key
+    from workers.finalize import finalize_video
 
     ctx = task_context(self)
     _stop_if_not_wanted(ctx, job_id, video_id, attempt)
@@ -295,8 +295,8 @@ def finalize_task(self, job_id: str, video_id: str, planned_chunks: int, attempt
 def scheduled_submit_task(self, name: str, manifest: str, prompt: str | None, cron: str | None,
                           every: float | None) -> str:
     """One firing of a schedule: one job, whichever beat or redelivery sent it."""
-    from pipeline.manifest import load_manifest_bytes
-    from pipeline.producer import submit_manifest
+    from pipeline.control.manifest import load_manifest_bytes
+    from pipeline.control.producer import submit_manifest
 
     ctx = context()
     key = f"schedule:{name}:{schedules.slot(cron, every)}"

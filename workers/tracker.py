@@ -20,7 +20,7 @@ from transformers.models.sam3_video.modeling_sam3_video import (
 )
 from transformers.models.sam3_video.processing_sam3_video import Sam3VideoProcessor
 
-from pipeline.errors import InputError
+from pipeline.core.errors import InputError
 from workers.model import LoadedModel
 from workers.tokenizer import TEXT_MAX_TOKENS
 

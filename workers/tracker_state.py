@@ -55,7 +55,7 @@ from transformers.models.sam3_video.modeling_sam3_video import (
 )
 from transformers.utils import ModelOutput
 
-from pipeline.errors import ProcessingError
+from pipeline.core.errors import ProcessingError
 from workers.model import LoadedModel
 from workers.tracker import VideoTracker
 

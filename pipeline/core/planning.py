@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.errors import InputError
+from pipeline.core.errors import InputError
 
 SEGMENT_FRAMES = 64  # frames per encoded segment (a keyframe at least this often)
 DEFAULT_CHUNK_SECONDS = 10.0

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from pipeline.errors import InputError, Sam3vError
+from pipeline.core.errors import InputError, Sam3vError
 
 app = typer.Typer(
     help="SAM 3 video segmentation at batch scale: find every instance of a text concept in a video, "
@@ -104,7 +104,7 @@ def segment(
         raise InputError(f"no such file: {video}")
     if video.is_dir():
         raise InputError(f"{video} is a directory, not a video file")
-    from pipeline.storage import LocalStorage
+    from pipeline.core.storage import LocalStorage
     from workers.model import load_model
     from workers.segment import SegmentOptions, segment_video
 
@@ -149,7 +149,7 @@ def model_tiny(
     typer.echo(str(path))
 
 
-from pipeline import cli_api, cli_jobs  # noqa: E402  (register their commands on `app`)
+from sam3v.cli import api as cli_api, jobs as cli_jobs  # noqa: E402  (register their commands on `app`)
 
 cli_jobs.register(app, user_errors)
 cli_jobs.register_schedules(app, user_errors)

@@ -12,7 +12,7 @@ from pathlib import Path
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from pipeline.api.errors import APIError
+from sam3v.api.errors import APIError
 
 bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <API key>")
 

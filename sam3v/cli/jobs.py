@@ -14,17 +14,17 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from pipeline.errors import InputError
+from pipeline.core.errors import InputError
 
 out_console = Console()
 err_console = Console(stderr=True)
 
 
 def _context():
-    from pipeline.celery_app import make_app
-    from pipeline.redis_conn import connect
-    from pipeline.settings import get_settings
-    from pipeline.status import StatusStore
+    from pipeline.core.celery_app import make_app
+    from pipeline.core.redis_conn import connect
+    from pipeline.core.settings import get_settings
+    from pipeline.core.status import StatusStore
 
     settings = get_settings()
     return settings, make_app(settings), StatusStore(connect(settings))
@@ -39,7 +39,7 @@ def _job_context(job: str):
 
 
 def _read_manifest(location: str) -> bytes:
-    from pipeline.manifest import load_manifest_bytes
+    from pipeline.control.manifest import load_manifest_bytes
 
     return load_manifest_bytes(location)
 
@@ -96,7 +96,7 @@ def register(app: typer.Typer, user_errors) -> None:
         wait: Annotated[bool, typer.Option(help="Show progress; exit 0 if every video succeeded, else 1.")] = False,
     ) -> None:
         """Submit a manifest to the distributed pipeline; prints the job id on the last line."""
-        from pipeline.producer import submit_manifest
+        from pipeline.control.producer import submit_manifest
 
         settings, celery_app, store = _context()
         if not settings.broker_url:
@@ -130,8 +130,8 @@ def register(app: typer.Typer, user_errors) -> None:
         os.environ["SAM3V_STORAGE_URL"] = str(out.resolve())
         if model:
             os.environ["SAM3V_MODEL"] = model
-        from pipeline.producer import submit_manifest
-        from workers.embedded import embedded_worker
+        from pipeline.control.producer import submit_manifest
+        from sam3v.embedded import embedded_worker
         from workers.tasks import app as celery_app
         from workers.tasks import context, model as load_worker_model
 
@@ -196,7 +196,7 @@ def register(app: typer.Typer, user_errors) -> None:
     @user_errors
     def retry(job: str) -> None:
         """Run a job's failed videos again."""
-        from pipeline.producer import retry_videos
+        from pipeline.control.producer import retry_videos
 
         _, celery_app, store = _job_context(job)
         failed = [v["id"] for v in store.status_document(job)["videos"] if v["status"] == "failed"]
@@ -233,7 +233,7 @@ def register_schedules(app: typer.Typer, user_errors) -> None:
     app.add_typer(schedule_app, name="schedule")
 
     def _app():
-        from pipeline import schedules
+        from pipeline.control import schedules
 
         settings, celery_app, _ = _context()
         if not settings.effective_redis_url:

@@ -14,7 +14,7 @@ from celery.schedules import crontab, schedule
 from redbeat import RedBeatSchedulerEntry
 from redbeat.schedulers import RedBeatConfig
 
-from pipeline.errors import InputError
+from pipeline.core.errors import InputError
 
 SCHEDULED_SUBMIT = "sam3v.scheduled_submit"
 PREFIX = "sam3v:redbeat:"

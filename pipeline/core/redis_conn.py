@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import redis
 
-from pipeline.settings import Settings
+from pipeline.core.settings import Settings
 
 _EMBEDDED = None
 

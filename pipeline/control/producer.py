@@ -10,10 +10,10 @@ from dataclasses import dataclass
 
 from celery import Celery
 
-from pipeline.celery_app import PROBE, queue_for
-from pipeline.errors import InputError
-from pipeline.manifest import manifest_digest, parse_manifest
-from pipeline.status import StatusStore
+from pipeline.core.celery_app import PROBE, queue_for
+from pipeline.core.errors import InputError
+from pipeline.control.manifest import manifest_digest, parse_manifest
+from pipeline.core.status import StatusStore
 
 
 @dataclass

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from pipeline.settings import Settings
+from pipeline.core.settings import Settings
 
 PROBE = "sam3v.probe"
 SEGMENT_CHUNK = "sam3v.segment_chunk"

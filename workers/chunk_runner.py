@@ -4,7 +4,7 @@ A chunk runs the model on frames [start, stop). SAM 3 holds each frame's output 
 ``hotstart_delay`` frames, so the chunk emits the frames whose window has closed; the open window
 (the hotstart buffer) travels in the tracker state to the next chunk, which decodes those few
 frames again to draw them. Emitted frames are encoded only in whole grid segments
-(``pipeline.chunks``); frames emitted but not yet encoded travel as RLE entries and are replayed.
+(``pipeline.core.planning``); frames emitted but not yet encoded travel as RLE entries and are replayed.
 
 A run may start at ``start_frame`` > 0: chunks, the carry and frame entries keep source frame
 indices, while the model numbers frames from 0 at ``start_frame`` (as if the video began there:
@@ -24,10 +24,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from pipeline.chunks import SEGMENT_FRAMES, Chunk, encode_limit
-from pipeline.errors import InputError
-from pipeline.storage import Storage
-from pipeline.storage.base import join_key
+from pipeline.core.planning import SEGMENT_FRAMES, Chunk, encode_limit
+from pipeline.core.errors import InputError
+from pipeline.core.storage import Storage
+from pipeline.core.storage.base import join_key
 from workers.decode import DecodeThread, Frame, open_reader, yuv_capable
 from workers.encode import EncoderSettings
 from workers.masks_document import FrameLog

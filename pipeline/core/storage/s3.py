@@ -13,7 +13,7 @@ import boto3
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError
 
-from pipeline.storage.base import MissingKey, Storage, check_key
+from pipeline.core.storage.base import MissingKey, Storage, check_key
 
 MiB = 1024 * 1024
 _NOT_FOUND = ("404", "NoSuchKey", "NotFound")

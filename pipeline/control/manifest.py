@@ -17,7 +17,7 @@ from urllib.request import url2pathname
 
 from pydantic import BaseModel, ValidationError, field_validator
 
-from pipeline.errors import InputError
+from pipeline.core.errors import InputError
 
 # The per-video options a line may set, besides its id, video and prompts.
 OPTIONS = ("apply_mask", "outputs", "max_frames", "chunk_frames", "mask_opacity", "start_frame", "detection_threshold")
@@ -262,7 +262,7 @@ def load_manifest_bytes(location: str, storage_factory=None) -> bytes:
         if not bucket or not key:
             raise InputError(f"manifest {location}: not s3://bucket/key")
         if storage_factory is None:
-            from pipeline.storage.s3 import S3Storage
+            from pipeline.core.storage.s3 import S3Storage
 
             storage_factory = S3Storage
         try:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from pipeline.status import EVENTS
+from pipeline.core.status import EVENTS
 
 log = logging.getLogger(__name__)
 QUEUE_MAX = 10_000

@@ -1,14 +1,14 @@
 """Where results go. One small interface (``Storage``), interchangeable backends."""
 
-from pipeline.storage.base import MissingKey, Storage
-from pipeline.storage.local import LocalStorage
+from pipeline.core.storage.base import MissingKey, Storage
+from pipeline.core.storage.local import LocalStorage
 
 
 def open_storage(url: str) -> Storage:
     """``s3://bucket/prefix`` (boto3's standard credential chain; AWS_ENDPOINT_URL for MinIO and
     friends) or a local directory."""
     if url.startswith("s3://"):
-        from pipeline.storage.s3 import S3Storage
+        from pipeline.core.storage.s3 import S3Storage
 
         bucket, _, prefix = url.removeprefix("s3://").partition("/")
         return S3Storage(bucket, prefix)

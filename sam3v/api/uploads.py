@@ -18,8 +18,8 @@ from typing import BinaryIO
 
 import redis
 
-from pipeline.api.errors import APIError
-from pipeline.status import _s
+from sam3v.api.errors import APIError
+from pipeline.core.status import _s
 
 log = logging.getLogger(__name__)
 SCHEME = "upload://"

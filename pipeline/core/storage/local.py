@@ -7,7 +7,7 @@ import shutil
 import uuid
 from pathlib import Path
 
-from pipeline.storage.base import MissingKey, Storage, check_key
+from pipeline.core.storage.base import MissingKey, Storage, check_key
 
 
 class LocalStorage(Storage):

@@ -11,10 +11,10 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from pipeline.errors import ProcessingError
-from pipeline.storage import Storage
-from pipeline.storage.base import join_key
-from workers.chunk import chunk_key, segment_key
+from pipeline.core.errors import ProcessingError
+from pipeline.core.storage import Storage
+from pipeline.core.storage.base import join_key
+from workers.chunk_runner import chunk_key, segment_key
 from workers.masks_document import FrameLog, build_document, document_json
 from workers.mux import add_audio, is_constant_rate, retime
 from workers.probe import VideoInfo

@@ -35,10 +35,10 @@ from dataclasses import dataclass
 
 import redis
 
-from pipeline.api.service import EVENT_NAMES, Generations, gen_key
-from pipeline.errors import InputError
-from pipeline.status import EVENTS, _s
-from pipeline.urls import post_json
+from sam3v.api.service import EVENT_NAMES, Generations, gen_key
+from pipeline.core.errors import InputError
+from pipeline.core.status import EVENTS, _s
+from pipeline.core.urls import post_json
 
 log = logging.getLogger(__name__)
 GROUP = "sam3v-webhooks"

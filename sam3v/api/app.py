@@ -20,15 +20,15 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, Response
 from sse_starlette.sse import EventSourceResponse
 
-from pipeline.api import errors
-from pipeline.api.auth import load_key_digests, owner
-from pipeline.api.errors import APIError, error_body
-from pipeline.api.hub import EventHub, id_key
-from pipeline.api.schemas import MODEL_ID, GenerateRequest, GenerationRequest, request_schema
-from pipeline.api.service import EVENT_NAMES, TERMINAL, VIDEO_ID, Generations, gen_key
-from pipeline.api.uploads import store_upload, sweep_forever
-from pipeline.api.webhooks import WebhookDispatcher, key_secret, server_secret
-from pipeline.status import EVENTS
+from sam3v.api import errors
+from sam3v.api.auth import load_key_digests, owner
+from sam3v.api.errors import APIError, error_body
+from sam3v.api.hub import EventHub, id_key
+from sam3v.api.schemas import MODEL_ID, GenerateRequest, GenerationRequest, request_schema
+from sam3v.api.service import EVENT_NAMES, TERMINAL, VIDEO_ID, Generations, gen_key
+from sam3v.api.uploads import store_upload, sweep_forever
+from sam3v.api.webhooks import WebhookDispatcher, key_secret, server_secret
+from pipeline.core.status import EVENTS
 
 _STREAM_ID = re.compile(r"^\d+(-\d+)?$")
 JSON_BODY_MAX = 1024 * 1024  # request bodies are a few hundred bytes; videos come by URL or upload
@@ -45,11 +45,11 @@ def model_object() -> dict:
 
 
 def _build_generations(settings) -> Generations:
-    from pipeline.redis_conn import connect
-    from pipeline.storage import open_storage
+    from pipeline.core.redis_conn import connect
+    from pipeline.core.storage import open_storage
 
     if settings.broker_url:
-        from pipeline.celery_app import make_app
+        from pipeline.core.celery_app import make_app
 
         celery_app = make_app(settings)
     else:  # embedded: the worker's own app (in-process broker) runs in this process
@@ -58,7 +58,7 @@ def _build_generations(settings) -> Generations:
 
 
 def create_app(settings=None) -> FastAPI:
-    from pipeline.settings import get_settings
+    from pipeline.core.settings import get_settings
 
     settings = settings or get_settings()
 
@@ -82,7 +82,7 @@ def create_app(settings=None) -> FastAPI:
         if settings.broker_url:
             yield
         else:
-            from workers.embedded import embedded_worker
+            from sam3v.embedded import embedded_worker
 
             with embedded_worker(gens.celery):
                 yield

@@ -27,8 +27,8 @@ def register_api(app: typer.Typer, user_errors) -> None:
         Without SAM3V_BROKER_URL the API runs generations itself (embedded worker, local storage)."""
         import uvicorn
 
-        from pipeline.api.auth import load_key_digests
-        from pipeline.settings import get_settings
+        from sam3v.api.auth import load_key_digests
+        from pipeline.core.settings import get_settings
 
         if not load_key_digests():
             typer.echo("warning: no API keys (SAM3V_API_KEYS / SAM3V_API_KEYS_FILE): every request gets 401", err=True)
@@ -36,5 +36,5 @@ def register_api(app: typer.Typer, user_errors) -> None:
             raise typer.BadParameter("embedded mode (no SAM3V_BROKER_URL) runs the pipeline inside the API "
                                      "process: it needs --workers 1", param_hint="--workers")
         # An import string, so that each of several processes builds its own app.
-        uvicorn.run("pipeline.api:create_app", factory=True, host=host, port=port, log_level=log_level,
+        uvicorn.run("sam3v.api:create_app", factory=True, host=host, port=port, log_level=log_level,
                     workers=workers, backlog=4096, timeout_keep_alive=keep_alive, timeout_graceful_shutdown=5)

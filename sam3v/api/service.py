@@ -9,15 +9,15 @@ import json
 import time
 from pathlib import Path
 
-from pipeline.api.errors import APIError
-from pipeline.api.schemas import GenerationRequest
-from pipeline.api.uploads import SCHEME as UPLOAD
-from pipeline.api.uploads import resolve_upload
-from pipeline.errors import InputError
-from pipeline.manifest import parse_manifest
-from pipeline.producer import enqueue_videos, retry_videos
-from pipeline.status import TERMINAL, StatusStore, _s
-from pipeline.urls import check_url
+from sam3v.api.errors import APIError
+from sam3v.api.schemas import GenerationRequest
+from sam3v.api.uploads import SCHEME as UPLOAD
+from sam3v.api.uploads import resolve_upload
+from pipeline.core.errors import InputError
+from pipeline.control.manifest import parse_manifest
+from pipeline.control.producer import enqueue_videos, retry_videos
+from pipeline.core.status import TERMINAL, StatusStore, _s
+from pipeline.core.urls import check_url
 
 EVENT_NAMES = {"video_succeeded": "media_generation_completed", "video_failed": "media_generation_failed",
                "video_cancelled": "media_generation_cancelled"}
