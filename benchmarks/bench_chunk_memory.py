@@ -110,7 +110,8 @@ def measure(video: Path, model_dir: Path, frames: int, chunk: int, sample_every:
     from workers.model import load_model
     from workers.probe import probe
     from workers.tracker import VideoTracker
-    from workers.tracker_state import TrackerState, load_state, prune, save_state
+    from workers.state_codec import TrackerState, load_state, save_state
+    from workers.state_pruning import prune
 
     def state_size(tracker) -> tuple[int, int]:
         document, tensors = TrackerState.capture(tracker).to_bytes()

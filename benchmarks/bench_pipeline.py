@@ -103,7 +103,7 @@ def machinery(i):
     from pipeline.core.settings import get_settings
     from pipeline.core.status import StatusStore
     from pipeline.core.storage import LocalStorage
-    from workers.tracker_state import load_state, save_state
+    from workers.state_codec import load_state, save_state
     store = StatusStore(connect(get_settings()))
     store.count_delivery("bench", "v", i)
     store.update_video("bench", "v", status="processing", frames_done=i)
@@ -125,7 +125,7 @@ import numpy as np
 from workers.tiny_model import save_tiny_model
 from workers.model import load_model
 from workers.tracker import VideoTracker
-from workers.tracker_state import prune
+from workers.state_pruning import prune
 LOADED = load_model(str(save_tiny_model(tmp / "tiny")), "cpu")
 TRACKER = VideoTracker(LOADED, ["dog"], 180, 320)
 rng = np.random.default_rng(0)

@@ -27,7 +27,7 @@ from workers.chunk_runner import ChunkJob, chunk_key, segment_chunk
 from workers.probe import probe
 from workers.segment import SegmentOptions, document_header, segment_video
 from workers.finalize import finalize_video
-from workers.tracker_state import StateError
+from workers.state_codec import StateError
 
 N, SEG = 40, 16
 W, H = 426, 240

@@ -23,16 +23,15 @@ from pipeline.core.errors import ProcessingError
 from tests import media
 from workers.model import load_model
 from workers.tracker import FrameObjects, VideoTracker
-from workers.tracker_state import (
+from workers.state_codec import (
     JSON_NAME,
     TENSORS_NAME,
-    MemoryWindows,
     StateError,
     TrackerState,
     load_state,
-    prune,
     save_state,
 )
+from workers.state_pruning import MemoryWindows, prune
 
 REPO = Path(__file__).resolve().parents[1]
 N = 40
@@ -199,7 +198,7 @@ import sys
 import numpy as np
 import torch
 from workers.model import load_model
-from workers.tracker_state import load_state
+from workers.state_codec import load_state
 
 torch.set_num_threads(1)  # as in the parent: CPU results depend on the thread count
 

@@ -35,7 +35,8 @@ from workers.model import LoadedModel
 from workers.probe import VideoInfo
 from workers.render import RenderSpec, RenderStage
 from workers.tracker import FrameObjects, VideoTracker
-from workers.tracker_state import JSON_NAME, TENSORS_NAME, StateError, load_state, prune, save_state
+from workers.state_codec import JSON_NAME, TENSORS_NAME, StateError, load_state, save_state
+from workers.state_pruning import prune
 
 CARRY_FORMAT = "sam3v.chunk-carry"
 CARRY_VERSION = 1

@@ -1,10 +1,10 @@
-"""Save a VideoTracker between two frames and continue it elsewhere: exact, and never pickle.
+"""Tracker state codec: save a VideoTracker between two frames, continue it elsewhere exactly; never pickle.
 
 A video is segmented as chunks, possibly on different machines: the worker that ends chunk k saves
 its tracker, the worker for chunk k+1 restores it and pushes the next frame. Continuing a restored
 tracker gives bit-identical masks to one continuous run.
 
-Two files, written atomically (temporary name, then ``os.replace``), the JSON last:
+Two files, written atomically (``workers.atomic_files``), the JSON last:
 
 - ``tracker_state.safetensors``: every tensor (memory features, object pointers, masks, ...).
 - ``tracker_state.json``: everything else as a versioned document (``format``, ``version``,
@@ -18,8 +18,8 @@ The session (``Sam3VideoInferenceSession``, transformers 5.24) is captured attri
 an attribute the codec does not know (a transformers upgrade that adds state) fails the capture
 loudly instead of being silently dropped. See ``_SESSION_ATTRIBUTES`` for how each is carried.
 
-``prune`` drops what the tracker will never read again (it reads a bounded window of past frames),
-so a long video's state stays small; masks are bit-identical with and without it.
+Dropping the history the tracker never reads again, which keeps a state small, is
+``workers.state_pruning``'s job.
 
 API::
 
@@ -27,7 +27,6 @@ API::
     state.to_files(directory)                     # or save_state(tracker, directory)
     state = TrackerState.from_files(directory)    # validates everything, raises StateError
     tracker = state.restore(loaded)               # or load_state(directory, loaded)
-    prune(tracker)                                # after a push: drop never-read history
 """
 
 from __future__ import annotations
@@ -35,8 +34,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import tempfile
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -56,6 +53,7 @@ from transformers.models.sam3_video.modeling_sam3_video import (
 from transformers.utils import ModelOutput
 
 from pipeline.core.errors import ProcessingError
+from workers.atomic_files import write_atomically, write_bytes_atomically
 from workers.model import LoadedModel
 from workers.tracker import VideoTracker
 
@@ -177,7 +175,7 @@ class _Encoder:
     def fail(self, path: str, what: str) -> StateError:
         return StateError(
             f"cannot capture the tracker: {path} holds {what}, which the state codec does not know "
-            f"(transformers {transformers.__version__}); teach workers/tracker_state.py about it"
+            f"(transformers {transformers.__version__}); teach workers/state_codec.py about it"
         )
 
     def key(self, key: Any, path: str) -> Any:
@@ -331,7 +329,7 @@ def _check_layout(tracker: VideoTracker, session: Sam3VideoInferenceSession) -> 
     if unknown:
         raise StateError(
             f"cannot capture the tracker: VideoTracker has attribute(s) {unknown} that the state codec "
-            f"does not carry; add them to workers/tracker_state.py"
+            f"does not carry; add them to workers/state_codec.py"
         )
     if type(session) is not Sam3VideoInferenceSession:
         raise StateError(f"cannot capture the tracker: its session is a {type(session).__qualname__}")
@@ -342,7 +340,7 @@ def _check_layout(tracker: VideoTracker, session: Sam3VideoInferenceSession) -> 
         raise StateError(
             "session layout the pinned transformers version does not have: Sam3VideoInferenceSession "
             f"(transformers {transformers.__version__}) has unknown attribute(s) {unknown} and lacks "
-            f"{missing}; workers/tracker_state.py was written for transformers 5.24: review what the "
+            f"{missing}; workers/state_codec.py was written for transformers 5.24: review what the "
             "new state holds before upgrading"
         )
     cache = session.cache
@@ -453,16 +451,13 @@ class TrackerState:
         directory.mkdir(parents=True, exist_ok=True)
         tensors_path = directory / TENSORS_NAME
         json_path = directory / JSON_NAME
-        tmp = _temp_path(tensors_path)
-        try:
+
+        def write_tensors(tmp: Path) -> tuple[int, str]:
             safetensors.torch.save_file(self.tensors, str(tmp), metadata={"format": FORMAT})
-            size, digest = _file_digest(tmp)
-            _fsync(tmp)
-            os.replace(tmp, tensors_path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        _atomic_write(json_path, self._document_bytes(size, digest))
+            return _file_digest(tmp)
+
+        size, digest = write_atomically(tensors_path, write_tensors)
+        write_bytes_atomically(json_path, self._document_bytes(size, digest))
         return json_path, tensors_path
 
     @classmethod
@@ -585,154 +580,7 @@ def load_state(directory: str | Path, loaded: LoadedModel, state_device: str | t
     return state.restore(loaded, state_device=state_device)
 
 
-# --- pruning ------------------------------------------------------------------------------------
-
-@dataclasses.dataclass(frozen=True)
-class MemoryWindows:
-    """How far back the tracker reads, for the frame after the last one pushed (forward tracking).
-
-    Read in transformers 5.24 ``Sam3TrackerVideoModel``:
-    - ``_gather_memory_frame_outputs``: memory features of the non-conditioning frames 1 ..
-      ``num_maskmem - 1`` back (6), of up to ``max_cond_frame_num`` (4) conditioning frames closest
-      to the current frame (forward: the most recent ones), and of an unselected conditioning frame
-      only when it lies in that same 6-frame window.
-    - ``_get_object_pointers``: object pointers of the non-conditioning frames 1 ..
-      ``min(num_frames, max_object_pointers_in_encoder) - 1`` back (15), and of *every*
-      conditioning frame at or before the current one.
-    - Sam3VideoModel's hotstart removes an object only while it is younger than ``hotstart_delay``
-      frames; its per-object frame lists are read only then.
-    """
-
-    maskmem_frames: int
-    pointer_frames: int
-    cond_frames: int
-    hotstart_delay: int
-
-    @classmethod
-    def of(cls, model) -> MemoryWindows:
-        tracker = model.tracker_model
-        return cls(
-            maskmem_frames=max(0, int(tracker.num_maskmem) - 1),
-            pointer_frames=max(0, int(tracker.config.max_object_pointers_in_encoder) - 1),
-            cond_frames=int(tracker.config.max_cond_frame_num),
-            hotstart_delay=int(model.hotstart_delay),
-        )
-
-
-# Per-frame tracker outputs read only while that frame is being processed.
-_CURRENT_FRAME_KEYS = ("pred_masks", "high_res_masks", "object_score_logits")
-_MEMORY_KEYS = ("maskmem_features", "maskmem_pos_enc")
-_POINTER_KEY = "object_pointer"
-
-
-def prune(tracker: VideoTracker, frame_idx: int | None = None, windows: MemoryWindows | None = None) -> int:
-    """Drop what the tracker will never read again, once ``frame_idx`` (default: the last frame
-    pushed) has been pushed; the next push must be a later frame. Returns the tensor bytes freed.
-
-    Exact: the outputs of later pushes are bit-identical with and without pruning.
-    ``windows`` overrides the model's windows (for experiments showing they are tight).
-    """
-    session = tracker.session
-    frames = session.processed_frames
-    if not frames:
-        return 0
-    last = max(frames)
-    if frame_idx is None:
-        frame_idx = last
-    if frame_idx > last:
-        raise ValueError(f"prune(frame_idx={frame_idx}): the last frame pushed is {last}")
-    w = windows or MemoryWindows.of(tracker._model)
-    upcoming = frame_idx + 1
-    memory_from = upcoming - w.maskmem_frames
-    pointer_from = upcoming - w.pointer_frames
-    freed = 0
-
-    def drop(entry: dict, keys) -> None:
-        nonlocal freed
-        for key in keys:
-            value = entry.pop(key, None)
-            if isinstance(value, torch.Tensor):
-                freed += value.numel() * value.element_size()
-
-    for outputs in session.output_dict_per_obj.values():
-        non_cond = outputs["non_cond_frame_outputs"]
-        for t in [t for t in non_cond if t <= frame_idx]:
-            entry = non_cond[t]
-            if t < memory_from and t < pointer_from:
-                drop(entry, list(entry))
-                del non_cond[t]
-                continue
-            drop(entry, _CURRENT_FRAME_KEYS)
-            if t < memory_from:
-                drop(entry, _MEMORY_KEYS)
-            if t < pointer_from:
-                drop(entry, (_POINTER_KEY,))
-        cond = outputs["cond_frame_outputs"]
-        past = sorted(t for t in cond if t <= frame_idx)
-        # Entries stay (their count drives the selection; every pointer is read); only the memory
-        # features of conditioning frames that can never be selected again go.
-        selectable = set(past) if w.cond_frames < 1 else set(past[-w.cond_frames:])
-        for t in past:
-            drop(cond[t], _CURRENT_FRAME_KEYS)
-            if t not in selectable and t < memory_from:
-                drop(cond[t], _MEMORY_KEYS)
-
-    for per_obj in (session.mask_inputs_per_obj, session.point_inputs_per_obj, session.frames_tracked_per_obj):
-        for by_frame in per_obj.values():
-            for t in [t for t in by_frame if t <= frame_idx]:
-                value = by_frame.pop(t)
-                if isinstance(value, torch.Tensor):
-                    freed += value.numel() * value.element_size()
-    # Written for the current frame and read back only as that frame's output (which holds its
-    # own reference): past frames are never read.
-    for per_frame in (session.obj_id_to_tracker_score_frame_wise, session.suppressed_obj_ids):
-        for t in [t for t in per_frame if t <= frame_idx]:
-            del per_frame[t]
-    # Hotstart reads an object's frame lists only while the object is younger than the delay (or
-    # not at all once removed); keep the keys (unmatched objects are iterated for keep-alive).
-    first = session.obj_first_frame_idx
-    removed = session.removed_obj_ids
-
-    def settled(obj_id) -> bool:
-        return obj_id in removed or (obj_id in first and first[obj_id] <= upcoming - w.hotstart_delay)
-
-    for obj_id, inds in session.unmatched_frame_inds.items():
-        if inds and settled(obj_id):
-            inds.clear()
-    for (_, obj_id), inds in session.overlap_pair_to_frame_inds.items():
-        if inds and settled(obj_id):
-            inds.clear()
-    for t in frames:
-        if t <= frame_idx:
-            frames[t] = None
-    return freed
-
-
-# --- files --------------------------------------------------------------------------------------
-
-def _temp_path(path: Path) -> Path:
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    return Path(name)
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = _temp_path(path)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
+# --- reading the files --------------------------------------------------------------------------
 
 def _file_digest(path: Path) -> tuple[int, str]:
     digest = hashlib.sha256()
