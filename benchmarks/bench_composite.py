@@ -20,7 +20,7 @@ import numpy as np
 from benchmarks.common import VIDEO_720P, interleaved, machine
 from workers.decode import open_reader, yuv_capable
 from workers.encode import EncoderSettings
-from pipeline.core.planning import SEGMENT_FRAMES
+from pipeline.core.planning import PART_FRAMES
 from workers.masks_document import FrameLog
 from workers.probe import probe
 from workers.render import RenderSpec, RenderStage
@@ -48,7 +48,7 @@ def main() -> None:
     settings = EncoderSettings(codec="libx264")
     tmp = Path(tempfile.mkdtemp(prefix="bench-composite-"))
 
-    spec = RenderSpec(info.width, info.height, info.fps_rational, 0.5, settings, SEGMENT_FRAMES, len(frames),
+    spec = RenderSpec(info.width, info.height, info.fps_rational, 0.5, settings, PART_FRAMES, len(frames),
                       yuv=yuv_capable(info))
     log = FrameLog()
     rle_start = time.perf_counter()

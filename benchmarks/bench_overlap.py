@@ -14,7 +14,8 @@ from pathlib import Path
 from benchmarks.common import VIDEO_720P, machine
 from pipeline.core.storage import LocalStorage
 from workers.model import load_model
-from workers.segment import SegmentOptions, segment_video
+from pipeline.core.specs import VideoOptions
+from workers.video_steps import segment_video
 from workers.tiny_model import save_tiny_model
 
 
@@ -28,8 +29,8 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-overlap-"))
     model = args.model or str(save_tiny_model(tmp / "tiny"))
     loaded = load_model(model, args.device)
-    opts = SegmentOptions(prompts=["dog"], outputs=("overlay", "mask"), max_frames=args.frames)
-    result = segment_video(args.video, loaded, opts, LocalStorage(tmp / "out"))
+    opts = VideoOptions(outputs=["overlay", "mask"], max_frames=args.frames)
+    result = segment_video(args.video, loaded, opts, ["dog"], LocalStorage(tmp / "out"))
     t = result.timings
     stages = {k: t[k] for k in ("decode", "model", "render")}
     slowest = max(stages, key=stages.get)

@@ -1,15 +1,40 @@
-"""Embedded mode: the same Celery tasks with an in-process broker (memory://) and worker thread."""
+"""The embedded runner: the same Celery tasks with an in-process broker (memory://), an in-process
+Redis (fakeredis) and a worker thread, so one process runs a whole job with no Redis or S3."""
 
 from __future__ import annotations
 
 import threading
 from contextlib import contextmanager
+from pathlib import Path
 
+from celery import Celery
 from celery.worker import WorkController
+
+from pipeline.core.settings import Settings
+
+QUEUES = ("gpu", "cpu", "interactive-gpu", "interactive-cpu")
+
+
+def embedded_settings(out: Path, model: str | None = None, base: Settings | None = None) -> Settings:
+    """``base`` (the environment's settings) with no broker or Redis and local storage in ``out``."""
+    base = base or Settings()
+    changes = {"broker_url": None, "redis_url": None, "storage_url": str(Path(out).resolve())}
+    if model:
+        changes["model"] = model
+    return base.model_copy(update=changes)
+
+
+def embedded_app(settings: Settings) -> Celery:
+    """The worker's Celery app for ``settings`` (which must name no broker), tasks registered."""
+    if settings.broker_url:
+        raise RuntimeError("the embedded runner needs the in-process broker (SAM3V_BROKER_URL unset)")
+    from workers.runtime import worker_app
+
+    return worker_app(settings)
 
 
 @contextmanager
-def embedded_worker(app, queues=("gpu", "cpu", "interactive-gpu", "interactive-cpu")):
+def embedded_worker(app: Celery, queues=QUEUES):
     if not str(app.conf.broker_url).startswith("memory://"):
         raise RuntimeError("the embedded worker needs the in-process broker (SAM3V_BROKER_URL unset)")
     worker = WorkController(app=app, concurrency=1, pool="solo", queues=list(queues), loglevel="WARNING",

@@ -1,7 +1,7 @@
 """Chunking never changes results: tracker memory crosses chunk boundaries exactly.
 
 A 40-frame clip with an encode grid of 16 frames, so chunk sizes below the hotstart delay (15),
-above it, dividing and not dividing the frame count all cross grid segments and replays. The same
+above it, dividing and not dividing the frame count all cross grid parts and replays. The same
 holds for a run that starts part-way (start_frame: chunks and the grid count from there) with a
 detection threshold (carried in the tracker state).
 """
@@ -23,19 +23,28 @@ import pytest
 from pipeline.core.storage import LocalStorage
 from tests import ffprobe_util as fp
 from tests import media
-from workers.chunk_runner import ChunkJob, chunk_key, segment_chunk
-from workers.probe import probe
-from workers.segment import SegmentOptions, document_header, segment_video
+from pipeline.core.layout import WorkKeys
+from pipeline.core.specs import VideoOptions
+from workers.chunk_runner import ChunkInputs, run_chunk_inputs
 from workers.finalize import finalize_video
+from workers.probe import probe
+from workers.video_steps import document_header, segment_video
 from workers.state_codec import StateError
 
 N, SEG = 40, 16
 W, H = 426, 240
-START = 5  # off the grid: the late run's segments are [5, 21), [21, 37), [37, 40)
+START = 5  # off the grid: the late run's parts are [5, 21), [21, 37), [37, 40)
 
 
-def options(chunk_frames=None) -> SegmentOptions:
-    return SegmentOptions(prompts=["dog"], outputs=("overlay", "mask"), chunk_frames=chunk_frames, segment_frames=SEG)
+WORK = WorkKeys()  # the local driver's layout: chunk artifacts at the root of their storage
+
+
+def options(chunk_frames=None) -> VideoOptions:
+    return VideoOptions(outputs=["overlay", "mask"], chunk_frames=chunk_frames)
+
+
+def segment(source, loaded, opts: VideoOptions, storage):
+    return segment_video(source, loaded, opts, ["dog"], storage, part_frames=SEG)
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +58,7 @@ def clip(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def baseline(tiny, clip, tmp_path_factory):
     out = tmp_path_factory.mktemp("unchunked")
-    result = segment_video(clip, tiny, options(), LocalStorage(out))
+    result = segment(clip, tiny, options(), LocalStorage(out))
     assert result.num_chunks == 1
     return out
 
@@ -73,7 +82,7 @@ def test_baseline_is_not_vacuous(baseline):
 
 @pytest.mark.parametrize("chunk_frames", [7, 20])
 def test_chunked_equals_unchunked(chunk_frames, tiny, clip, baseline, tmp_path):
-    result = segment_video(clip, tiny, options(chunk_frames), LocalStorage(tmp_path))
+    result = segment(clip, tiny, options(chunk_frames), LocalStorage(tmp_path))
     assert result.num_chunks == math.ceil(N / chunk_frames)
     _same_outputs(tmp_path, baseline)
     durations = [float(s["duration"]) for s in fp.streams(tmp_path / "overlay.mp4")["streams"] if s["codec_type"] == "video"]
@@ -86,7 +95,7 @@ def test_cli_chunk_frames_equals_unchunked(tiny_model_dir, clip, baseline, tmp_p
                            "--model", str(tiny_model_dir), "--out", str(tmp_path), "--outputs", "overlay,mask",
                            "--chunk-frames", "17", "--device", "cpu"],
                           capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "SAM3V_SEGMENT_FRAMES": str(SEG)})
+                          env={**os.environ, "SAM3V_PART_FRAMES": str(SEG)})
     assert done.returncode == 0, done.stderr
     assert "3 chunk(s)" in done.stderr
     _same_outputs(tmp_path, baseline)
@@ -101,14 +110,14 @@ def threshold(baseline) -> float:
     return found[len(found) // 2]
 
 
-def late_options(chunk_frames, threshold: float) -> SegmentOptions:
-    return dataclasses.replace(options(chunk_frames), start_frame=START, detection_threshold=threshold)
+def late_options(chunk_frames, threshold: float) -> VideoOptions:
+    return options(chunk_frames).model_copy(update={"start_frame": START, "detection_threshold": threshold})
 
 
 @pytest.fixture(scope="module")
 def late_baseline(tiny, clip, threshold, tmp_path_factory):
     out = tmp_path_factory.mktemp("late-unchunked")
-    result = segment_video(clip, tiny, late_options(None, threshold), LocalStorage(out))
+    result = segment(clip, tiny, late_options(None, threshold), LocalStorage(out))
     assert result.num_chunks == 1
     doc = json.loads((out / "masks.json").read_text())
     assert [f["frame"] for f in doc["frames"]] == list(range(START, N))
@@ -120,7 +129,7 @@ def late_baseline(tiny, clip, threshold, tmp_path_factory):
 @pytest.mark.parametrize("chunk_frames", [7, 17])
 def test_chunked_equals_unchunked_from_a_start_frame_with_a_threshold(chunk_frames, tiny, clip, threshold,
                                                                       late_baseline, tmp_path):
-    result = segment_video(clip, tiny, late_options(chunk_frames, threshold), LocalStorage(tmp_path))
+    result = segment(clip, tiny, late_options(chunk_frames, threshold), LocalStorage(tmp_path))
     assert result.num_chunks == math.ceil((N - START) / chunk_frames)
     _same_outputs(tmp_path, late_baseline, N - START)
 
@@ -133,7 +142,7 @@ def _runner(tiny_model_dir, clip, artifacts, k, chunk_frames) -> list[str]:
 def _finalize(tiny, clip, artifacts, chunks, out) -> None:
     opts = options()
     model, params = document_header(tiny, opts, ["dog"])
-    finalize_video(probe(clip), LocalStorage(artifacts), "", chunks, ["overlay", "mask"], model, params, ["dog"],
+    finalize_video(probe(clip), LocalStorage(artifacts), WORK, chunks, ["overlay", "mask"], model, params, ["dog"],
                    LocalStorage(out), "", SEG)
 
 
@@ -150,8 +159,8 @@ def test_chunks_in_separate_processes_and_a_killed_chunk_rerun(tiny, tiny_model_
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL
     store = LocalStorage(artifacts)
-    assert not store.exists(chunk_key("", 1, "done.json")) and not store.exists(chunk_key("", 1, "frames.json"))
-    # Whatever a reader can see under a final name is complete: every visible segment decodes.
+    assert not store.exists(WORK.done(1)) and not store.exists(WORK.frames(1))
+    # Whatever a reader can see under a final name is complete: every visible part decodes.
     for path in artifacts.rglob("*.mp4"):
         if not path.name.startswith("."):
             assert int(fp.video_stream(path)["nb_read_frames"]) == SEG
@@ -166,22 +175,22 @@ def test_damaged_or_mismatched_state_is_a_clear_error(tiny, clip, tmp_path):
     from pipeline.core.planning import plan_chunks
 
     plan = plan_chunks(N, 20)
-    job = ChunkJob(probe(clip), plan[0], N, ["dog"], ["mask"], segment_frames=SEG)
-    segment_chunk(job, tiny, artifacts)
-    second = ChunkJob(probe(clip), plan[1], N, ["dog"], ["mask"], segment_frames=SEG)
+    job = ChunkInputs(probe(clip), plan[0], N, ["dog"], ["mask"], part_frames=SEG)
+    run_chunk_inputs(job, tiny, artifacts, WORK)
+    second = ChunkInputs(probe(clip), plan[1], N, ["dog"], ["mask"], part_frames=SEG)
 
-    tensors = tmp_path / chunk_key("", 0, "state/tracker_state.safetensors")
+    tensors = tmp_path / WORK.state(0, "tracker_state.safetensors")
     good = tensors.read_bytes()
     tensors.write_bytes(good[: len(good) // 2])
     with pytest.raises(StateError, match="tracker_state"):
-        segment_chunk(second, tiny, artifacts)
+        run_chunk_inputs(second, tiny, artifacts, WORK)
     tensors.write_bytes(good)
 
     with pytest.raises(StateError, match="detection threshold 0.5, but the state was written with None"):
-        segment_chunk(dataclasses.replace(second, detection_threshold=0.5), tiny, artifacts)
+        run_chunk_inputs(dataclasses.replace(second, detection_threshold=0.5), tiny, artifacts, WORK)
 
-    carry = tmp_path / chunk_key("", 0, "state/carry.json")
+    carry = tmp_path / WORK.state(0, "carry.json")
     doc = json.loads(carry.read_text())
     carry.write_text(json.dumps({**doc, "version": 99}))
     with pytest.raises(StateError, match="version 99"):
-        segment_chunk(second, tiny, artifacts)
+        run_chunk_inputs(second, tiny, artifacts, WORK)

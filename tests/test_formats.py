@@ -11,11 +11,12 @@ from pipeline.core.storage import LocalStorage
 from tests import ffprobe_util as fp
 from tests import media
 from workers import rle
-from workers.segment import SegmentOptions, segment_video
+from pipeline.core.specs import VideoOptions
+from workers.video_steps import segment_video
 
 
 def _segment(tiny, path, out, **kw):
-    result = segment_video(path, tiny, SegmentOptions(prompts=["thing"], outputs=("overlay", "mask"), **kw),
+    result = segment_video(path, tiny, VideoOptions(outputs=["overlay", "mask"], **kw), ["thing"],
                            LocalStorage(out))
     return result, json.loads((out / "masks.json").read_text())
 

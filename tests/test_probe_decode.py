@@ -256,12 +256,11 @@ def test_real_clip_with_audio(media_dir: Path) -> None:
     assert frames[1].pts == pytest.approx(1001 / 30000, abs=1e-4)
 
 
-def test_decoder_order_can_be_turned_round(media_dir: Path, monkeypatch) -> None:
-    monkeypatch.setenv("SAM3V_DECODER", "decord")
-    with open_reader(probe(media.plain(media_dir))) as reader:
+def test_decoder_order_can_be_turned_round(media_dir: Path) -> None:
+    with open_reader(probe(media.plain(media_dir)), first="decord") as reader:
         assert reader.backend == "decord" and len(list(reader)) == 20
     # decord's FFmpeg 4.1 has no AV1 decoder: PyAV takes over.
-    with open_reader(probe(media.av1(media_dir))) as reader:
+    with open_reader(probe(media.av1(media_dir)), first="decord") as reader:
         assert reader.backend == "pyav" and len(list(reader)) == 8
 
 

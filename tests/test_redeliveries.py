@@ -18,15 +18,16 @@ def running_video(monkeypatch, tmp_path):
     monkeypatch.delenv("SAM3V_BROKER_URL", raising=False)
     monkeypatch.delenv("SAM3V_REDIS_URL", raising=False)
     monkeypatch.setenv("SAM3V_STORAGE_URL", str(tmp_path))
-    from workers import tasks
+    from pipeline.core.settings import Settings
+    from workers import runtime, tasks
 
-    tasks.context.cache_clear()
-    ctx = tasks.context()
+    runtime.worker_app(Settings())
+    ctx = runtime.context()
     item = {"id": "v", "video": "x.mp4", "prompts": ["dog"], "line": 1}
     ctx.status.create_job("job1", "t", {}, [item], [])
     ctx.status.update_video("job1", "v", status="processing", source="x.mp4")
     yield tasks, ctx
-    tasks.context.cache_clear()
+    runtime.context.cache_clear()
 
 
 def test_chunk_past_the_redelivery_limit_fails_its_video(running_video, tmp_path):

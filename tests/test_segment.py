@@ -14,13 +14,14 @@ from tests import ffprobe_util as fp
 from tests import media
 from workers import rle
 from workers.palette import color_for
-from workers.segment import SegmentOptions, segment_video
+from pipeline.core.specs import VideoOptions
+from workers.video_steps import segment_video
 
 
 @pytest.fixture(scope="module")
 def dog_run(tiny, dog24, tmp_path_factory):
     out = tmp_path_factory.mktemp("dog")
-    result = segment_video(dog24, tiny, SegmentOptions(prompts=["dog"], outputs=("overlay", "mask", "rle")),
+    result = segment_video(dog24, tiny, VideoOptions(outputs=["overlay", "mask", "rle"]), ["dog"],
                            LocalStorage(out))
     doc = json.loads((out / "masks.json").read_text())
     return out, result, doc
@@ -112,7 +113,7 @@ def test_mask_video_white_pixels_match_rle_union(dog_run):
 
 def test_no_apply_mask_writes_mask_video_and_no_audio_when_source_has_none(tiny, media_dir, tmp_path):
     clip = media.clip(media_dir, 16, source=media.BEDROOM)
-    result = segment_video(clip, tiny, SegmentOptions(prompts=["child", "bed"], apply_mask=False),
+    result = segment_video(clip, tiny, VideoOptions(apply_mask=False), ["child", "bed"],
                            LocalStorage(tmp_path))
     assert set(result.outputs) == {"masks", "mask"}
     assert not (tmp_path / "overlay.mp4").exists()
@@ -124,7 +125,7 @@ def test_no_apply_mask_writes_mask_video_and_no_audio_when_source_has_none(tiny,
 
 
 def test_max_frames_limits_frames_and_audio(tiny, dog24, tmp_path):
-    result = segment_video(dog24, tiny, SegmentOptions(prompts=["dog"], max_frames=5), LocalStorage(tmp_path))
+    result = segment_video(dog24, tiny, VideoOptions(max_frames=5), ["dog"], LocalStorage(tmp_path))
     assert result.num_frames == 5
     got = fp.video_stream(tmp_path / "overlay.mp4")
     assert int(got["nb_read_frames"]) == 5

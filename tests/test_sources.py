@@ -20,7 +20,7 @@ from workers import sources
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("SAM3V_CACHE", str(tmp_path / "cache"))
-    return sources.cache_dir()
+    return sources.cache_dir(Settings())
 
 
 def _age(path, seconds: float) -> None:
@@ -89,7 +89,7 @@ def test_drop_cached_forgets_one_video_only(cache):
     mine, other = cache / "j__v1__source", cache / "j__v10__source"
     mine.write_bytes(b"a")
     other.write_bytes(b"b")
-    sources.drop_cached("j", "v1")
+    sources.drop_cached(Settings(), "j", "v1")
     assert not mine.exists() and other.exists()
 
 

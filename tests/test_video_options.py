@@ -18,7 +18,8 @@ from pipeline.core.errors import InputError
 from pipeline.core.storage import LocalStorage
 from tests import ffprobe_util as fp
 from tests import media
-from workers.segment import SegmentOptions, segment_video
+from pipeline.core.specs import VideoOptions, options_from_flags
+from workers.video_steps import segment_video
 from workers.tracker import detection_thresholds, model_thresholds
 
 N, W, H, FPS = 48, 320, 180, 30  # media.hue_beep
@@ -35,8 +36,12 @@ def audio_samples(path: Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.float32)
 
 
-def options(**kw) -> SegmentOptions:
-    return SegmentOptions(prompts=["dog"], **kw)
+def options(**kw) -> VideoOptions:
+    return VideoOptions(**kw)
+
+
+def segment(source, loaded, opts: VideoOptions, storage, **kw):
+    return segment_video(source, loaded, opts, ["dog"], storage, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +60,7 @@ def source_frames(source) -> np.ndarray:
 def late(tiny, source, tmp_path_factory):
     """From frame S to the end. Opacity 0: the overlay is the source re-encoded, frame for frame."""
     out = tmp_path_factory.mktemp("late")
-    result = segment_video(source, tiny, options(outputs=("overlay", "mask"), start_frame=S, mask_opacity=0.0),
+    result = segment(source, tiny, options(outputs=("overlay", "mask"), start_frame=S, mask_opacity=0.0),
                            LocalStorage(out))
     return out, result, json.loads((out / "masks.json").read_text())
 
@@ -105,7 +110,7 @@ def test_audio_stays_in_sync_when_the_source_clock_starts_late(tiny, media_dir, 
     source = media.hue_beep_ts(media_dir)
     streams = {s["codec_type"]: float(s["start_time"]) for s in fp.streams(source)["streams"]}
     assert streams["audio"] < streams["video"] - 0.015  # the case at hand: audio starts first
-    result = segment_video(source, tiny, options(outputs=("overlay",), mask_opacity=0.0), LocalStorage(tmp_path))
+    result = segment(source, tiny, options(outputs=("overlay",), mask_opacity=0.0), LocalStorage(tmp_path))
     assert result.audio == "copy"
     samples = audio_samples(tmp_path / "overlay.mp4")
     assert len(samples) / 48000 == pytest.approx(N / FPS, abs=0.005)
@@ -113,10 +118,9 @@ def test_audio_stays_in_sync_when_the_source_clock_starts_late(tiny, media_dir, 
     assert onset == pytest.approx(media.BEEP_AT, abs=0.003)  # was 21 ms late
 
 
-def test_max_frames_counts_from_start_frame_with_decord(tiny, source, source_frames, tmp_path, monkeypatch):
-    monkeypatch.setenv("SAM3V_DECODER", "decord")
-    result = segment_video(source, tiny, options(start_frame=30, max_frames=5, mask_opacity=0.0),
-                           LocalStorage(tmp_path))
+def test_max_frames_counts_from_start_frame_with_decord(tiny, source, source_frames, tmp_path):
+    result = segment(source, tiny, options(start_frame=30, max_frames=5, mask_opacity=0.0),
+                     LocalStorage(tmp_path), decoder="decord")
     assert result.decoder == "decord" and result.num_frames == 5
     video = fp.frames_rgb(tmp_path / "overlay.mp4", W, H)
     assert video.shape[0] == 5
@@ -128,7 +132,7 @@ def test_max_frames_counts_from_start_frame_with_decord(tiny, source, source_fra
 
 
 def test_start_frame_on_the_last_frame_gives_one_frame(tiny, source, source_frames, tmp_path):
-    result = segment_video(source, tiny, options(start_frame=N - 1, mask_opacity=0.0), LocalStorage(tmp_path))
+    result = segment(source, tiny, options(start_frame=N - 1, mask_opacity=0.0), LocalStorage(tmp_path))
     assert result.num_frames == 1
     video = fp.frames_rgb(tmp_path / "overlay.mp4", W, H)
     assert video.shape[0] == 1 and mean_diff(video[0], source_frames[N - 1]) < 4.0
@@ -138,7 +142,7 @@ def test_variable_frame_rate_keeps_its_rhythm_from_start_frame(tiny, media_dir, 
     clip = media.vfr(media_dir)  # 160x120, pts 0, 1, 2, 4, 5, 6, 8, ... (/30 s)
     source_pts = media.frame_pts_times(clip)
     start = 4
-    segment_video(clip, tiny, options(start_frame=start, outputs=("mask",)), LocalStorage(tmp_path))
+    segment(clip, tiny, options(start_frame=start, outputs=("mask",)), LocalStorage(tmp_path))
     got = media.frame_pts_times(tmp_path / "mask.mp4")
     assert got == pytest.approx([t - source_pts[start] for t in source_pts[start:]], abs=1e-3)
     doc = json.loads((tmp_path / "masks.json").read_text())
@@ -149,14 +153,14 @@ def test_variable_frame_rate_keeps_its_rhythm_from_start_frame(tiny, media_dir, 
 @pytest.mark.parametrize("start", [N, N + 100])
 def test_start_frame_past_the_end_is_an_input_error(start, tiny, source, tmp_path):
     with pytest.raises(InputError, match=f"start_frame {start} is past the end.*{N} frames"):
-        segment_video(source, tiny, options(start_frame=start), LocalStorage(tmp_path))
+        segment(source, tiny, options(start_frame=start), LocalStorage(tmp_path))
     assert not (tmp_path / "masks.json").exists()
 
 
 def test_start_frame_past_the_decodable_frames_of_a_truncated_file(tiny, media_dir, tmp_path):
     clip = media.truncated_mp4(media_dir)  # the header promises 30 frames; fewer decode
     with pytest.raises(InputError, match="start_frame 28 is past the end"):
-        segment_video(clip, tiny, options(start_frame=28), LocalStorage(tmp_path))
+        segment(clip, tiny, options(start_frame=28), LocalStorage(tmp_path))
 
 
 @pytest.mark.parametrize("bad, words", [(dict(start_frame=-1), "--start-frame -1"),
@@ -164,7 +168,7 @@ def test_start_frame_past_the_decodable_frames_of_a_truncated_file(tiny, media_d
                                         (dict(detection_threshold=float("nan")), "--detection-threshold nan")])
 def test_bad_values_are_refused(bad, words):
     with pytest.raises(InputError, match=words):
-        options(**bad).validate()
+        options_from_flags(**bad)
 
 
 # --- detection_threshold ------------------------------------------------------------------------
@@ -197,7 +201,7 @@ def dog(media_dir) -> Path:
 
 
 def rle_run(tiny, clip, out: Path, **kw) -> dict:
-    segment_video(clip, tiny, options(outputs=("rle",), **kw), LocalStorage(out))
+    segment(clip, tiny, options(outputs=("rle",), **kw), LocalStorage(out))
     return json.loads((out / "masks.json").read_text())
 
 

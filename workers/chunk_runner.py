@@ -1,9 +1,9 @@
-"""Segment one chunk of a video, carrying tracker memory in from the chunk before.
+"""Run one chunk of a video, carrying tracker memory in from the chunk before.
 
 A chunk runs the model on frames [start, stop). SAM 3 holds each frame's output back for
 ``hotstart_delay`` frames, so the chunk emits the frames whose window has closed; the open window
 (the hotstart buffer) travels in the tracker state to the next chunk, which decodes those few
-frames again to draw them. Emitted frames are encoded only in whole grid segments
+frames again to draw them. Emitted frames are encoded only in whole grid parts
 (``pipeline.core.planning``); frames emitted but not yet encoded travel as RLE entries and are replayed.
 
 A run may start at ``start_frame`` > 0: chunks, the carry and frame entries keep source frame
@@ -21,13 +21,14 @@ import dataclasses
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from pipeline.core.planning import SEGMENT_FRAMES, Chunk, encode_limit
 from pipeline.core.errors import InputError
+from pipeline.core.layout import WorkKeys
+from pipeline.core.planning import PART_FRAMES, Chunk, encode_limit
 from pipeline.core.storage import Storage
-from pipeline.core.storage.base import join_key
 from workers.decode import DecodeThread, Frame, open_reader, yuv_capable
 from workers.encode import EncoderSettings
 from workers.masks_document import FrameLog
@@ -73,7 +74,9 @@ class Carry:
 
 
 @dataclass(frozen=True)
-class ChunkJob:
+class ChunkInputs:
+    """Everything one chunk needs besides the model and the previous chunk's state."""
+
     info: VideoInfo
     chunk: Chunk
     num_frames: int | None  # planned frames from start_frame on (None: unknown until the stream ends)
@@ -81,9 +84,10 @@ class ChunkJob:
     videos: list[str]
     mask_opacity: float = 0.5
     encoder: EncoderSettings = field(default_factory=EncoderSettings)
-    segment_frames: int = SEGMENT_FRAMES
+    part_frames: int = PART_FRAMES
     start_frame: int = 0  # the video's first processed frame (chunk 0 starts there)
     detection_threshold: float | None = None  # None: the model's own
+    decoder: str = "pyav"  # the decoder tried first (SAM3V_DECODER)
 
 
 @dataclass
@@ -98,152 +102,180 @@ class ChunkResult:
     timings: dict[str, float]
 
 
-def chunk_key(prefix: str, k: int, name: str) -> str:
-    return join_key(prefix, f"chunks/{k:05d}/{name}")
-
-
-def segment_key(prefix: str, name: str, segment: int) -> str:
-    return join_key(prefix, f"segments/{name}-{segment:06d}.mp4")
-
-
-def _load_previous(job: ChunkJob, loaded: LoadedModel, artifacts: Storage, prefix: str,
-                   workdir: Path) -> tuple[VideoTracker, Carry]:
-    k = job.chunk.index
-    if k == 0:
-        origin = job.start_frame
-        tracker = VideoTracker(loaded, job.prompts, job.info.height, job.info.width,
-                               detection_threshold=job.detection_threshold)
-        return tracker, Carry(origin, origin, origin)
-    state_dir = workdir / "state-in"
-    state_dir.mkdir()
-    for name in (JSON_NAME, TENSORS_NAME, CARRY_NAME):
-        key = chunk_key(prefix, k - 1, f"state/{name}")
-        if not artifacts.exists(key):
-            raise StateError(f"{artifacts.uri(key)}: missing; chunk {k - 1} has not finished")
-        (state_dir / name).write_bytes(artifacts.get_bytes(key))
-    carry = Carry.from_json((state_dir / CARRY_NAME).read_bytes(), artifacts.uri(chunk_key(prefix, k - 1, "state")))
-    if carry.next_frame != job.chunk.start:
-        raise StateError(f"chunk {k} starts at frame {job.chunk.start} but the state continues at {carry.next_frame}")
-    tracker = load_state(state_dir, loaded)
-    if tracker.detection_threshold != job.detection_threshold:
-        raise StateError(f"chunk {k} asks for detection threshold {job.detection_threshold}, but the state was "
-                         f"written with {tracker.detection_threshold}: a video's chunks must share their options")
-    return tracker, carry
-
-
 def _to_source(found: FrameObjects, origin: int) -> FrameObjects:
     """The model numbers frames from 0 at the first processed frame; outputs use source indices."""
     return dataclasses.replace(found, frame_idx=found.frame_idx + origin) if origin else found
 
 
-def segment_chunk(job: ChunkJob, loaded: LoadedModel, artifacts: Storage, prefix: str = "",
-                  progress=None) -> ChunkResult:
-    chunk = job.chunk
-    timings = {"decode": 0.0, "model": 0.0, "render": 0.0, "state": 0.0}
-    with tempfile.TemporaryDirectory(prefix=f"sam3v-chunk{chunk.index}-") as tmp:
-        workdir = Path(tmp)
+class ChunkRunner:
+    """One chunk in four steps: ``load_state``, ``run`` (decode -> model -> render), ``flush`` (the
+    end of the video), ``publish`` (frames, the next chunk's state, then the done marker)."""
+
+    def __init__(self, inputs: ChunkInputs, loaded: LoadedModel, artifacts: Storage, work: WorkKeys,
+                 workdir: Path, progress: Callable[[int], None] | None = None):
+        self.inputs, self.loaded, self.artifacts, self.work = inputs, loaded, artifacts, work
+        self.workdir, self.progress = workdir, progress
+        self.timings = {"decode": 0.0, "model": 0.0, "render": 0.0, "state": 0.0}
+        self.log = FrameLog()
+        self.held: dict[int, Frame] = {}  # decoded frames waiting for their model output
+        self.undrawn: list[int] = []  # frames emitted past the encode limit (drawn later, or by the next chunk)
+
+    # --- load state ---------------------------------------------------------------------------
+    def load_state(self) -> None:
         started = time.perf_counter()
-        tracker, carry = _load_previous(job, loaded, artifacts, prefix, workdir)
-        timings["state"] += time.perf_counter() - started
-        delay = loaded.hotstart_delay
-        origin = job.start_frame
+        self.tracker, self.carry = self._previous()
+        self.timings["state"] += time.perf_counter() - started
+        job, chunk, origin = self.inputs, self.inputs.chunk, self.inputs.start_frame
         end = origin + job.num_frames if job.num_frames else chunk.stop
-        limit = encode_limit(chunk.stop, chunk.final, end, delay, job.segment_frames, origin)
-        limit = max(limit, carry.render_from)
+        limit = encode_limit(chunk.stop, chunk.final, end, self.loaded.hotstart_delay, job.part_frames, origin)
+        self.limit = max(limit, self.carry.render_from)
         spec = RenderSpec(job.info.width, job.info.height, job.info.fps_rational, job.mask_opacity, job.encoder,
-                          job.segment_frames, limit, yuv=yuv_capable(job.info), start_frame=origin)
-        log = FrameLog()
+                          job.part_frames, self.limit, yuv=yuv_capable(job.info), start_frame=origin)
+        self.render = RenderStage(self.workdir, job.videos, spec, self.log, self._publish_part)
+        self.pending = {entry["frame"]: entry for entry in self.carry.pending}
+        self.reader = open_reader(job.info, start=self.carry.render_from, count=chunk.stop - self.carry.render_from,
+                                  first=job.decoder)
+        self.decode = DecodeThread(self.reader)
+        self.seen = self.carry.render_from
 
-        def publish(name: str, segment: int, path: Path) -> None:
-            artifacts.put_file(path, segment_key(prefix, name, segment))
+    def _previous(self) -> tuple[VideoTracker, Carry]:
+        job, k = self.inputs, self.inputs.chunk.index
+        if k == 0:
+            origin = job.start_frame
+            tracker = VideoTracker(self.loaded, job.prompts, job.info.height, job.info.width,
+                                   detection_threshold=job.detection_threshold)
+            return tracker, Carry(origin, origin, origin)
+        state_dir = self.workdir / "state-in"
+        state_dir.mkdir()
+        for name in (JSON_NAME, TENSORS_NAME, CARRY_NAME):
+            key = self.work.state(k - 1, name)
+            if not self.artifacts.exists(key):
+                raise StateError(f"{self.artifacts.uri(key)}: missing; chunk {k - 1} has not finished")
+            (state_dir / name).write_bytes(self.artifacts.get_bytes(key))
+        carry = Carry.from_json((state_dir / CARRY_NAME).read_bytes(), self.artifacts.uri(self.work.state_dir(k - 1)))
+        if carry.next_frame != job.chunk.start:
+            raise StateError(f"chunk {k} starts at frame {job.chunk.start} but the state continues at {carry.next_frame}")
+        tracker = load_state(state_dir, self.loaded)
+        if tracker.detection_threshold != job.detection_threshold:
+            raise StateError(f"chunk {k} asks for detection threshold {job.detection_threshold}, but the state was "
+                             f"written with {tracker.detection_threshold}: a video's chunks must share their options")
+        return tracker, carry
 
-        render = RenderStage(workdir, job.videos, spec, log, publish)
-        pending = {entry["frame"]: entry for entry in carry.pending}
-        held: dict[int, Frame] = {}
-        reader = open_reader(job.info, start=carry.render_from, count=chunk.stop - carry.render_from)
-        decode = DecodeThread(reader)
-        seen = carry.render_from
-        undrawn: list[int] = []
+    def _publish_part(self, name: str, part: int, path: Path) -> None:
+        self.artifacts.put_file(path, self.work.part(name, part))
 
-        def emit(found: FrameObjects) -> None:
-            found = _to_source(found, origin)
-            frame = held.pop(found.frame_idx)
-            draw = found.frame_idx < render.spec.encode_limit
-            if not draw:
-                undrawn.append(found.frame_idx)
-            render.submit(found.frame_idx, frame if draw else None, found, frame.pts)
-
-        try:
-            for frame in decode:
-                i = frame.index
-                seen = i + 1
-                if i < carry.emitted_to:
-                    if i < limit:
-                        render.replay(i, frame, pending[i])
-                    continue
-                held[i] = frame
-                if i < chunk.start:
-                    continue  # already in the model's hotstart buffer; drawn once emitted
-                t0 = time.perf_counter()
-                finished = tracker.push(i - origin, frame.rgb)
-                prune(tracker, i - origin)
-                timings["model"] += time.perf_counter() - t0
-                for found in finished:
-                    emit(found)
-                if progress:
-                    progress(i + 1 - origin)  # frames processed so far
-            if chunk.index == 0 and origin > 0 and seen == origin:
-                raise InputError(f"{job.info.path}: start_frame {origin} is past the end of the video: no frame "
-                                 f"decodes from there ({reader.warning or 'the stream ends before it'})")
-            ended = seen < chunk.stop
-            if ended or chunk.final:
-                t0 = time.perf_counter()
-                finished = tracker.flush()
-                timings["model"] += time.perf_counter() - t0
-                # The stream may have ended before the planned end (a truncated file, an unknown
-                # length): then frames emitted undrawn must be drawn after all, from their RLE.
-                render.set_limit(seen)
-                _replay_undrawn(job.info, undrawn, log, render)
-                for found in finished:
-                    emit(found)
-            render.finish()
-        except BaseException:
-            decode.close()
-            render.abort()
-            raise
-        timings["decode"] = decode.busy_seconds
-        timings["render"] = render.busy_seconds
-        emitted_to = log.frames[-1]["frame"] + 1 if log.frames else carry.emitted_to
-        last = ended or chunk.final
-        if last and render.spec.encode_limit < emitted_to:
-            raise RuntimeError("internal: frames left unencoded at the end of the video")
-        warnings = [reader.warning] if reader.warning else []
-
-        # Publish: frames first, then the state for the next chunk, then the marker.
-        artifacts.put_bytes(log.to_json(), chunk_key(prefix, chunk.index, "frames.json"))
-        if not last:
+    # --- run ----------------------------------------------------------------------------------
+    def run(self) -> None:
+        chunk, origin = self.inputs.chunk, self.inputs.start_frame
+        for frame in self.decode:
+            i = frame.index
+            self.seen = i + 1
+            if i < self.carry.emitted_to:
+                if i < self.limit:
+                    self.render.replay(i, frame, self.pending[i])
+                continue
+            self.held[i] = frame
+            if i < chunk.start:
+                continue  # already in the model's hotstart buffer; drawn once emitted
             t0 = time.perf_counter()
-            state_dir = workdir / "state-out"
-            save_state(tracker, state_dir)
-            new_limit = render.spec.encode_limit
-            all_entries = {**pending, **{e["frame"]: e for e in log.frames}}
-            nxt = Carry(chunk.stop, new_limit, emitted_to,
-                        [all_entries[i] for i in range(new_limit, emitted_to)])
-            (state_dir / CARRY_NAME).write_bytes(nxt.to_json())
-            for name in (JSON_NAME, TENSORS_NAME, CARRY_NAME):
-                artifacts.put_file(state_dir / name, chunk_key(prefix, chunk.index, f"state/{name}"))
-            timings["state"] += time.perf_counter() - t0
-        result = ChunkResult(chunk.index, (carry.emitted_to, emitted_to), ended, seen if last else None,
-                             reader.backend, render.codec, warnings, timings)
-        artifacts.put_bytes(json.dumps(asdict(result)).encode(), chunk_key(prefix, chunk.index, "done.json"))
+            finished = self.tracker.push(i - origin, frame.rgb)
+            prune(self.tracker, i - origin)
+            self.timings["model"] += time.perf_counter() - t0
+            for found in finished:
+                self._emit(found)
+            if self.progress:
+                self.progress(i + 1 - origin)  # frames processed so far
+        if chunk.index == 0 and origin > 0 and self.seen == origin:
+            raise InputError(f"{self.inputs.info.path}: start_frame {origin} is past the end of the video: no frame "
+                             f"decodes from there ({self.reader.warning or 'the stream ends before it'})")
+
+    def _emit(self, found: FrameObjects) -> None:
+        found = _to_source(found, self.inputs.start_frame)
+        frame = self.held.pop(found.frame_idx)
+        draw = found.frame_idx < self.render.spec.encode_limit
+        if not draw:
+            self.undrawn.append(found.frame_idx)
+        self.render.submit(found.frame_idx, frame if draw else None, found, frame.pts)
+
+    # --- flush --------------------------------------------------------------------------------
+    @property
+    def ended(self) -> bool:
+        return self.seen < self.inputs.chunk.stop
+
+    @property
+    def last(self) -> bool:
+        """No chunk follows: the stream ended here, or this is the planned last chunk."""
+        return self.ended or self.inputs.chunk.final
+
+    def flush(self) -> None:
+        """At the end of the video: the hotstart buffer's frames, and frames left undrawn."""
+        if self.last:
+            t0 = time.perf_counter()
+            finished = self.tracker.flush()
+            self.timings["model"] += time.perf_counter() - t0
+            # The stream may have ended before the planned end (a truncated file, an unknown
+            # length): then frames emitted undrawn must be drawn after all, from their RLE.
+            self.render.set_limit(self.seen)
+            self._replay_undrawn()
+            for found in finished:
+                self._emit(found)
+        self.render.finish()
+
+    def _replay_undrawn(self) -> None:
+        if not self.undrawn:
+            return
+        entries = {entry["frame"]: entry for entry in self.log.frames}
+        first, last = self.undrawn[0], self.undrawn[-1]
+        with open_reader(self.inputs.info, start=first, count=last + 1 - first, first=self.inputs.decoder) as again:
+            for frame in again:
+                self.render.replay(frame.index, frame, entries[frame.index])
+        self.undrawn.clear()
+
+    def abort(self) -> None:
+        self.decode.close()
+        self.render.abort()
+
+    # --- publish ------------------------------------------------------------------------------
+    def publish(self) -> ChunkResult:
+        """Frames first, then the state for the next chunk, then the marker (written last)."""
+        self.timings["decode"] = self.decode.busy_seconds
+        self.timings["render"] = self.render.busy_seconds
+        emitted_to = self.log.frames[-1]["frame"] + 1 if self.log.frames else self.carry.emitted_to
+        if self.last and self.render.spec.encode_limit < emitted_to:
+            raise RuntimeError("internal: frames left unencoded at the end of the video")
+        k = self.inputs.chunk.index
+        self.artifacts.put_bytes(self.log.to_json(), self.work.frames(k))
+        if not self.last:
+            self._publish_state(emitted_to)
+        result = ChunkResult(k, (self.carry.emitted_to, emitted_to), self.ended, self.seen if self.last else None,
+                             self.reader.backend, self.render.codec,
+                             [self.reader.warning] if self.reader.warning else [], self.timings)
+        self.artifacts.put_bytes(json.dumps(asdict(result)).encode(), self.work.done(k))
         return result
 
+    def _publish_state(self, emitted_to: int) -> None:
+        t0 = time.perf_counter()
+        state_dir = self.workdir / "state-out"
+        save_state(self.tracker, state_dir)
+        new_limit = self.render.spec.encode_limit
+        entries = {**self.pending, **{e["frame"]: e for e in self.log.frames}}
+        nxt = Carry(self.inputs.chunk.stop, new_limit, emitted_to, [entries[i] for i in range(new_limit, emitted_to)])
+        (state_dir / CARRY_NAME).write_bytes(nxt.to_json())
+        for name in (JSON_NAME, TENSORS_NAME, CARRY_NAME):
+            self.artifacts.put_file(state_dir / name, self.work.state(self.inputs.chunk.index, name))
+        self.timings["state"] += time.perf_counter() - t0
 
-def _replay_undrawn(info: VideoInfo, undrawn: list[int], log: FrameLog, render: RenderStage) -> None:
-    if not undrawn:
-        return
-    entries = {entry["frame"]: entry for entry in log.frames}
-    with open_reader(info, start=undrawn[0], count=undrawn[-1] + 1 - undrawn[0]) as again:
-        for frame in again:
-            render.replay(frame.index, frame, entries[frame.index])
-    undrawn.clear()
+
+def run_chunk_inputs(inputs: ChunkInputs, loaded: LoadedModel, artifacts: Storage, work: WorkKeys,
+                     progress: Callable[[int], None] | None = None) -> ChunkResult:
+    """Run one chunk and publish its artifacts under ``work``."""
+    with tempfile.TemporaryDirectory(prefix=f"sam3v-chunk{inputs.chunk.index}-") as tmp:
+        runner = ChunkRunner(inputs, loaded, artifacts, work, Path(tmp), progress)
+        runner.load_state()
+        try:
+            runner.run()
+            runner.flush()
+        except BaseException:
+            runner.abort()
+            raise
+        return runner.publish()

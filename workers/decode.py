@@ -107,12 +107,12 @@ class FrameReader:
 
 
 def open_reader(info: VideoInfo, start: int = 0, count: int | None = None,
-                backend: Backend | None = None) -> FrameReader:
+                backend: Backend | None = None, first: Backend = "pyav") -> FrameReader:
     """Open ``info.path`` at frame ``start`` for ``count`` frames (None: to the end).
 
     ``backend`` forces one backend (tests, benchmarks). By default PyAV reads, and decord takes
-    over when PyAV cannot open the file or decode its first frame; ``SAM3V_DECODER=decord`` turns
-    the order round. PyAV comes first because decord 0.6 decodes ahead of a slow reader without
+    over when PyAV cannot open the file or decode its first frame; ``first="decord"``
+    (SAM3V_DECODER) turns the order round. PyAV comes first because decord 0.6 decodes ahead of a slow reader without
     bound (measured: +535 MB for a 3,000-frame 320x180 file, +874 MB for 300 frames of 720p,
     however few frames were asked for), and the model is always a slow reader; PyAV decodes on
     demand and reads at about the ffmpeg CLI's speed (README, performance).
@@ -125,7 +125,6 @@ def open_reader(info: VideoInfo, start: int = 0, count: int | None = None,
     stop = None if count is None else start + count
     if backend is not None:
         return _READERS[backend](info, start, stop)
-    first = os.environ.get("SAM3V_DECODER", "pyav")
     if first not in _READERS:
         raise InputError(f"SAM3V_DECODER={first!r}: expected pyav or decord")
     second = "decord" if first == "pyav" else "pyav"

@@ -1,6 +1,6 @@
 """Finalize a video: join chunk outputs into one masks.json and one file per output video.
 
-Segments are joined without re-encoding (ffmpeg's concat demuxer), given the source's timestamps
+Encoded parts are joined without re-encoding (ffmpeg's concat demuxer), given the source's timestamps
 when it is variable-rate, and the original audio is muxed once, cut to the processed frames' span.
 """
 
@@ -12,15 +12,14 @@ import tempfile
 from pathlib import Path
 
 from pipeline.core.errors import ProcessingError
-from pipeline.core.storage import Storage
-from pipeline.core.storage.base import join_key
-from workers.chunk_runner import chunk_key, segment_key
+from pipeline.core.layout import OUTPUT_FILES, WorkKeys
+from pipeline.core.storage import Storage, join_key
 from workers.masks_document import FrameLog, build_document, document_json
 from workers.mux import add_audio, is_constant_rate, retime
 from workers.probe import VideoInfo
 
 
-def concat_segments(parts: list[Path], out: Path) -> None:
+def concat_parts(parts: list[Path], out: Path) -> None:
     listing = out.with_suffix(".txt")
     # The concat demuxer's own quoting: paths are ours (temp dir), never user text.
     listing.write_text("".join(f"file '{p.as_posix()}'\n" for p in parts))
@@ -30,14 +29,14 @@ def concat_segments(parts: list[Path], out: Path) -> None:
         capture_output=True, text=True,
     )
     if done.returncode != 0:
-        raise ProcessingError(f"could not join {len(parts)} video segments: {done.stderr.strip()[-300:]}")
+        raise ProcessingError(f"could not join {len(parts)} encoded parts: {done.stderr.strip()[-300:]}")
 
 
-def finalize_video(info: VideoInfo, artifacts: Storage, prefix: str, num_chunks: int, videos: list[str],
+def finalize_video(info: VideoInfo, artifacts: Storage, work: WorkKeys, num_chunks: int, videos: list[str],
                    model: dict, params: dict, prompts: list[str], out: Storage, out_prefix: str,
-                   segment_frames: int) -> tuple[dict, dict[str, str], str | None]:
+                   part_frames: int) -> tuple[dict, dict[str, str], str | None]:
     """Returns (masks.json document, {output name: URI}, audio handling)."""
-    logs = [FrameLog.from_json(artifacts.get_bytes(chunk_key(prefix, k, "frames.json"))) for k in range(num_chunks)]
+    logs = [FrameLog.from_json(artifacts.get_bytes(work.frames(k))) for k in range(num_chunks)]
     frames = [entry for log in logs for entry in log.frames]
     if not frames:
         raise ProcessingError(f"{info.path}: no frame was processed")
@@ -60,25 +59,25 @@ def finalize_video(info: VideoInfo, artifacts: Storage, prefix: str, num_chunks:
     uris: dict[str, str] = {}
     audio = None
     with tempfile.TemporaryDirectory(prefix="sam3v-final-") as tmp:
-        work = Path(tmp)
+        scratch = Path(tmp)
         for name in videos:
             parts = []
-            for g in range(math.ceil(len(frames) / segment_frames)):
-                part = work / f"{name}-{g:06d}.mp4"
-                part.write_bytes(artifacts.get_bytes(segment_key(prefix, name, g)))
+            for g in range(math.ceil(len(frames) / part_frames)):
+                part = scratch / f"{name}-{g:06d}.mp4"
+                part.write_bytes(artifacts.get_bytes(work.part(name, g)))
                 parts.append(part)
-            path = work / f"{name}.joined.mp4"
-            concat_segments(parts, path)
+            path = scratch / f"{name}.joined.mp4"
+            concat_parts(parts, path)
             if vfr:
-                timed = work / f"{name}.timed.mp4"
+                timed = scratch / f"{name}.timed.mp4"
                 retime(path, pts, timed)
                 path = timed
             if info.has_audio:
-                with_audio = work / f"{name}.mp4"
+                with_audio = scratch / f"{name}.mp4"
                 audio = add_audio(path, Path(info.path), with_audio,
                                   duration if limited or audio_from is not None else None, audio_from)
                 path = with_audio
-            uris[name] = out.put_file(path, join_key(out_prefix, f"{name}.mp4"))
+            uris[name] = out.put_file(path, join_key(out_prefix, OUTPUT_FILES[name]))
         # masks.json last: when it is there, the videos are too.
-        uris = {"masks": out.put_bytes(document_json(document), join_key(out_prefix, "masks.json")), **uris}
+        uris = {"masks": out.put_bytes(document_json(document), join_key(out_prefix, OUTPUT_FILES["masks"])), **uris}
     return document, uris, audio

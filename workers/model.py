@@ -109,14 +109,14 @@ def _load_hub(repo_id: str) -> tuple[Sam3VideoModel, object, str]:
     return model, tokenizer, revision
 
 
-def load_model(source: str = DEFAULT_MODEL, device: str = "auto") -> LoadedModel:
-    """Load the model before any video is read, so a missing model fails first and clearly."""
+def load_model(source: str = DEFAULT_MODEL, device: str = "auto", threads: int | None = None) -> LoadedModel:
+    """Load the model before any video is read, so a missing model fails first and clearly.
+    ``threads``: torch's CPU threads (SAM3V_TORCH_THREADS); None leaves torch's default."""
     torch_device = resolve_device(device)
-    threads = os.environ.get("SAM3V_TORCH_THREADS")
     if threads:
         # CPU results depend on torch's thread count: every chunk of one video (any worker) and any
         # run they are compared with must use the same count.
-        torch.set_num_threads(int(threads))
+        torch.set_num_threads(threads)
     # transformers warns on every frame once max_num_objects is reached, and about optional CUDA
     # kernels; neither is actionable for a user of this tool.
     transformers.logging.set_verbosity_error()

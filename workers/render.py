@@ -1,8 +1,8 @@
-"""The output stage: finished frames become RLE entries and composited, encoded video segments.
+"""The output stage: finished frames become RLE entries and composited, encoded video parts.
 
 It runs in its own thread so compositing and feeding ffmpeg overlap with the model. Video is
-written as segments on a fixed grid of frames (``pipeline.core.planning.SEGMENT_FRAMES``), one encoder
-run per segment, so where a video is cut into chunks never changes the encoded bytes.
+written as parts on a fixed grid of frames (``pipeline.core.planning.PART_FRAMES``), one encoder
+run per part, so where a video is cut into chunks never changes the encoded bytes.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.core.specs import VIDEO_OUTPUTS
 from workers import rle
 from workers.decode import Frame
 from workers.composite import mask_frame, overlay, overlay_yuv
@@ -24,10 +25,9 @@ from workers.encode import EncoderSettings, FrameEncoder
 from workers.masks_document import FrameLog
 from workers.tracker import FrameObjects
 
-VIDEO_OUTPUTS = ("overlay", "mask")
 _STOP = object()
 
-Publish = Callable[[str, int, Path], None]  # (output name, segment number, finished file)
+Publish = Callable[[str, int, Path], None]  # (output name, part number, finished file)
 
 
 @dataclass(frozen=True)
@@ -37,38 +37,38 @@ class RenderSpec:
     fps_rational: str
     opacity: float
     encoder: EncoderSettings
-    segment_frames: int
-    encode_limit: int  # frames below this index are encoded here; the last segment ends there
+    part_frames: int
+    encode_limit: int  # frames below this index are encoded here; the last part ends there
     yuv: bool = False  # draw the overlay on the decoder's yuv420p planes (decode.yuv_capable)
-    start_frame: int = 0  # the first processed frame: the segment grid counts from it
+    start_frame: int = 0  # the first processed frame: the part grid counts from it
 
-    def segment_of(self, index: int) -> int:
-        return (index - self.start_frame) // self.segment_frames
+    def part_of(self, index: int) -> int:
+        return (index - self.start_frame) // self.part_frames
 
-    def segment_start(self, segment: int) -> int:
-        return self.start_frame + segment * self.segment_frames
+    def part_start(self, part: int) -> int:
+        return self.start_frame + part * self.part_frames
 
 
-class _SegmentWriter:
-    """One output (overlay or mask): opens an encoder per grid segment, publishes it when complete."""
+class _PartWriter:
+    """One output (overlay or mask): opens an encoder per grid part, publishes it when complete."""
 
     def __init__(self, name: str, spec: RenderSpec, workdir: Path, publish: Publish):
         self.name, self.spec, self.workdir, self.publish = name, spec, workdir, publish
         self.encoder: FrameEncoder | None = None
-        self.segment = -1
+        self.part = -1
         self.last_index = -1
         self.codec = "none"
         self._closing: list[threading.Thread] = []
         self._close_errors: list[BaseException] = []
 
     def write(self, index: int, image: np.ndarray) -> None:
-        segment = self.spec.segment_of(index)
+        part = self.spec.part_of(index)
         if self.encoder is None:
-            if index != self.spec.segment_start(segment):
-                raise RuntimeError(f"{self.name}: segment {segment} must start at its first frame, not {index}")
-            self.segment = segment
+            if index != self.spec.part_start(part):
+                raise RuntimeError(f"{self.name}: part {part} must start at its first frame, not {index}")
+            self.part = part
             self.encoder = FrameEncoder(
-                self.workdir / f"{self.name}-{segment:06d}.mp4", self.spec.width, self.spec.height,
+                self.workdir / f"{self.name}-{part:06d}.mp4", self.spec.width, self.spec.height,
                 self.spec.fps_rational, self.spec.encoder,
                 # No B-frames: packets stay in display order, so VFR timestamps map one to one.
                 no_bframes=True, pix_fmt=self._pix_fmt(),
@@ -86,18 +86,18 @@ class _SegmentWriter:
     def close_if_complete(self) -> None:
         if self.encoder is None:
             return
-        end = min(self.spec.segment_start(self.segment + 1), self.spec.encode_limit)
+        end = min(self.spec.part_start(self.part + 1), self.spec.encode_limit)
         if self.last_index + 1 == end:
-            # ffmpeg still has to drain its lookahead: let it finish while the next segment starts.
-            closer = threading.Thread(target=self._close, args=(self.encoder, self.segment), daemon=True)
+            # ffmpeg still has to drain its lookahead: let it finish while the next part starts.
+            closer = threading.Thread(target=self._close, args=(self.encoder, self.part), daemon=True)
             closer.start()
             self._closing.append(closer)
             self.encoder = None
 
-    def _close(self, encoder: FrameEncoder, segment: int) -> None:
+    def _close(self, encoder: FrameEncoder, part: int) -> None:
         try:
             encoder.close()
-            self.publish(self.name, segment, encoder.path)
+            self.publish(self.name, part, encoder.path)
         except BaseException as err:  # reported by wait()
             self._close_errors.append(err)
         finally:
@@ -119,7 +119,7 @@ class _SegmentWriter:
 
     def check_closed(self) -> None:
         if self.encoder is not None:
-            raise RuntimeError(f"{self.name}: segment {self.segment} was left incomplete")
+            raise RuntimeError(f"{self.name}: part {self.part} was left incomplete")
 
 
 class RenderStage:
@@ -129,7 +129,7 @@ class RenderStage:
                  max_queue: int = 8):
         self.spec = spec
         self.log = log
-        self.writers = [_SegmentWriter(name, spec, workdir, publish) for name in videos]
+        self.writers = [_PartWriter(name, spec, workdir, publish) for name in videos]
         self.busy_seconds = 0.0
         self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
         self._error: BaseException | None = None
@@ -213,7 +213,7 @@ class RenderStage:
             raise self._error
 
     def set_limit(self, encode_limit: int) -> None:
-        """The video ended at ``encode_limit``: everything below it is drawn, the last segment ends there."""
+        """The video ended at ``encode_limit``: everything below it is drawn, the last part ends there."""
         self.drain()
         self.spec = dataclasses.replace(self.spec, encode_limit=encode_limit)
         for writer in self.writers:

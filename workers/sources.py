@@ -1,7 +1,7 @@
 """Where a worker reads a video from, and the host-local copies of sources.
 
 A source is fetched once per worker host and reused by that host's later chunks of the video
-(``$SAM3V_CACHE/sources``). A copy goes when its video ends on this host, when a task of this host
+(``SAM3V_CACHE/sources``). A copy goes when its video ends on this host, when a task of this host
 finds its video cancelled, or when no task on this host has used it for SAM3V_CACHE_MAX_AGE: the
 other hosts that ran a chunk of a video never see it end, and a nightly batch would otherwise fill
 their disks. Evicting too early costs a download, never a result: a copy is touched at every use.
@@ -14,26 +14,27 @@ import time
 from pathlib import Path
 
 from pipeline.core.errors import InputError
+from pipeline.core.layout import VideoKeys
 from pipeline.core.settings import Settings
-from pipeline.core.storage import MissingKey, Storage
+from pipeline.core.storage import MissingKey, Storage, open_storage
 from pipeline.core.urls import fetch_url
 
 STORAGE = "storage:"
 
 
-def cache_dir() -> Path:
-    path = Path(os.environ.get("SAM3V_CACHE", Path.home() / ".cache" / "sam3v")) / "sources"
+def cache_dir(settings: Settings) -> Path:
+    path = Path(settings.cache).expanduser() / "sources"
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
-def cached_path(job_id: str, video_id: str, name: str) -> Path:
-    return cache_dir() / f"{job_id}__{video_id}__{name.replace('/', '__')}"
+def cached_path(settings: Settings, job_id: str, video_id: str, name: str) -> Path:
+    return cache_dir(settings) / f"{job_id}__{video_id}__{name.replace('/', '__')}"
 
 
-def drop_cached(job_id: str, video_id: str) -> None:
+def drop_cached(settings: Settings, job_id: str, video_id: str) -> None:
     """Forget this video's local copies (it ended; a retry must read the source afresh)."""
-    for stale in cache_dir().glob(f"{job_id}__{video_id}__*"):
+    for stale in cache_dir(settings).glob(f"{job_id}__{video_id}__*"):
         stale.unlink(missing_ok=True)
 
 
@@ -43,11 +44,11 @@ def eviction_age(settings: Settings) -> float:
     return max(settings.cache_max_age, float(settings.task_time_limit))
 
 
-def evict_stale(max_age: float, now: float | None = None) -> int:
-    """Delete copies (and partial downloads of dead processes) unused for ``max_age`` seconds."""
-    cutoff = (time.time() if now is None else now) - max_age
+def evict_stale(settings: Settings, now: float | None = None) -> int:
+    """Delete copies (and partial downloads of dead processes) unused for ``eviction_age``."""
+    cutoff = (time.time() if now is None else now) - eviction_age(settings)
     evicted = 0
-    for path in cache_dir().iterdir():
+    for path in cache_dir(settings).iterdir():
         try:
             if path.is_file() and path.stat().st_mtime < cutoff:
                 path.unlink()
@@ -62,15 +63,15 @@ def stage_source(storage: Storage, settings: Settings, job_id: str, video_id: st
     there, so every chunk reads the same bytes), an s3:// URI, or a local path."""
     video = item["video"]
     if video.startswith(("http://", "https://")):
-        key = f"{job_id}/{video_id}/source"
+        key = VideoKeys(job_id, video_id).source
         if not storage.exists(key):
-            evict_stale(eviction_age(settings))
-            tmp = cached_path(job_id, video_id, "download")
+            evict_stale(settings)
+            tmp = cached_path(settings, job_id, video_id, "download")
             try:
                 fetch_url(video, tmp, settings.url_allowlist, settings.url_max_bytes, settings.url_timeout)
                 storage.put_file(tmp, key)
                 # This host's copy of the staged key: the probe reads it next, not storage again.
-                os.replace(tmp, cached_path(job_id, video_id, key))
+                os.replace(tmp, cached_path(settings, job_id, video_id, key))
             finally:
                 tmp.unlink(missing_ok=True)
         return STORAGE + key
@@ -81,22 +82,20 @@ def local_source(storage: Storage, settings: Settings, source: str, job_id: str,
     """A local file for ``source``: this host's copy, fetched on first use."""
     if not source.startswith((STORAGE, "s3://")):
         return Path(source)
-    target = cached_path(job_id, video_id, source.removeprefix(STORAGE).removeprefix("s3://"))
+    target = cached_path(settings, job_id, video_id, source.removeprefix(STORAGE).removeprefix("s3://"))
     if target.exists():
         os.utime(target)  # in use: not stale
         return target
-    evict_stale(eviction_age(settings))
+    evict_stale(settings)
     if source.startswith(STORAGE):
         try:
             storage.get_file(source.removeprefix(STORAGE), target)
         except MissingKey as err:  # an upload past its TTL, a staged copy cleaned up
             raise InputError(f"the input is no longer in storage: {err}") from None
         return target
-    from pipeline.core.storage.s3 import S3Storage
-
     bucket, key = source.removeprefix("s3://").split("/", 1)
     try:
-        S3Storage(bucket).get_file(key, target)
+        open_storage(f"s3://{bucket}").get_file(key, target)
     except MissingKey as err:
         raise InputError(str(err)) from None
     except Exception as err:

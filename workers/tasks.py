@@ -1,4 +1,8 @@
-"""Celery task bodies: probe (cpu) -> segment_chunk x N (gpu) -> finalize (cpu), per video.
+"""Celery tasks: probe (cpu) -> segment_chunk x N (gpu) -> finalize (cpu), per video.
+
+Each task calls exactly one step of ``workers.video_steps`` and records its outcome in the status
+store. Tasks are registered with ``shared_task``: no Celery app is built when this module is
+imported; the entry point builds one from its settings (``workers.runtime.worker_app``).
 
 Each task is idempotent: the same inputs give the same storage keys, and a redelivered task that
 finds its work done returns. A chunk that keeps killing its worker fails its video after
@@ -8,77 +12,27 @@ video runs under a new attempt number; tasks of an earlier attempt stop at their
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import subprocess
 import time
-from dataclasses import dataclass
-from functools import lru_cache
-from pathlib import Path
+from collections.abc import Callable
 
-from celery import chain
+from celery import Task, chain, shared_task
 from celery.exceptions import Ignore, SoftTimeLimitExceeded
-from celery.signals import worker_process_init
 
-from pipeline.core.celery_app import FINALIZE, PROBE, SEGMENT_CHUNK, make_app, queue_for
-from pipeline.core.planning import SEGMENT_FRAMES, Chunk, default_chunk_frames, frames_to_process, plan_chunks
-from pipeline.core.errors import InputError, Sam3vError
 from pipeline.control import schedules
-from pipeline.core.redis_conn import connect
-from pipeline.core.settings import Settings, get_settings
-from pipeline.core.status import TERMINAL, StatusStore
-from pipeline.core.storage import Storage, open_storage
-from workers.probe import VideoInfo, probe
-from workers.sources import drop_cached, local_source, stage_source
+from pipeline.core.celery_app import FINALIZE, PROBE, SEGMENT_CHUNK, queue_for
+from pipeline.core.errors import Sam3vError
+from pipeline.core.layout import VideoKeys
+from pipeline.core.planning import PART_FRAMES, Chunk
+from pipeline.core.specs import VideoSpec
+from workers.runtime import Context, context, model
+from workers.sources import local_source, stage_source
+from workers.video_state import attempt_of, fail_video, finish_video, stop_if_not_wanted
 
 log = logging.getLogger(__name__)
-settings = get_settings()
-app = make_app(settings)
-if settings.effective_redis_url:
-    schedules.configure(app, settings.effective_redis_url)
 
 
-@dataclass
-class Context:
-    settings: Settings
-    status: StatusStore
-    storage: Storage
-
-
-@lru_cache(maxsize=1)
-def context() -> Context:
-    s = get_settings()
-    return Context(s, StatusStore(connect(s)), open_storage(s.storage_url))
-
-
-@lru_cache(maxsize=1)
-def model():
-    """Loaded once per worker process (see worker_process_init), never in the parent."""
-    from workers.model import load_model
-
-    s = context().settings
-    return load_model(s.model, s.device)
-
-
-@worker_process_init.connect
-def _warm_up_child(**_kwargs) -> None:
-    # First imports (transformers, scipy) and the storage client's first build (boto3 reads its
-    # service models from disk) count against no task's time limit this way: on a busy host they
-    # took longer than a finalize's soft limit, before the task could fail its video cleanly.
-    import workers.chunk_runner  # noqa: F401
-    import workers.segment  # noqa: F401
-    import workers.finalize  # noqa: F401
-
-    try:
-        context()
-    except Exception as err:  # not reachable yet: the first task builds it (and retries if it must)
-        log.warning("worker context: %s", err)
-    if os.environ.get("SAM3V_PRELOAD_MODEL") == "1":
-        model()
-
-
-def task_context(task) -> Context:
+def task_context(task: Task) -> Context:
     """``context()`` inside a task; if Redis or storage cannot be reached the video is not at fault:
     the task runs again later instead of leaving its video unfinished."""
     try:
@@ -88,65 +42,7 @@ def task_context(task) -> Context:
         raise task.retry(exc=err, countdown=5, max_retries=10) from None
 
 
-def video_prefix(job_id: str, video_id: str) -> str:
-    return f"{job_id}/{video_id}"
-
-
-def work_prefix(job_id: str, video_id: str) -> str:
-    return f"{job_id}/{video_id}/work"
-
-
-# --- frames --------------------------------------------------------------------------------------
-
-def count_frames(path: Path) -> int:
-    out = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-count_packets",
-                          "-show_entries", "stream=nb_read_packets", "-of", "csv=p=0", f"file:{path}"],
-                         capture_output=True, text=True, timeout=600)
-    try:
-        return int(out.stdout.strip().split(",")[0])
-    except ValueError:
-        raise InputError(f"{path.name}: cannot count its frames") from None
-
-
-# --- state changes ----------------------------------------------------------------------------
-
-def finish_video(ctx: Context, job_id: str, video_id: str, **fields) -> None:
-    fields.setdefault("finished", time.time())
-    drop_cached(job_id, video_id)
-    if ctx.status.update_video(job_id, video_id, **fields):
-        write_results(ctx, job_id)
-
-
-def fail_video(ctx: Context, job_id: str, video_id: str, message: str) -> None:
-    log.warning("job %s video %s failed: %s", job_id, video_id, message)
-    finish_video(ctx, job_id, video_id, status="failed", error=message)
-
-
-def write_results(ctx: Context, job_id: str) -> None:
-    """The job's results.jsonl: one line a video, written once, when the last video ends."""
-    doc = ctx.status.status_document(job_id)
-    lines = [json.dumps({"id": v["id"], "state": v["status"], "error": v.get("error"),
-                         "outputs": v.get("outputs") or {}}) for v in doc["videos"]]
-    ctx.storage.put_bytes(("\n".join(lines) + "\n").encode(), f"{job_id}/results.jsonl")
-    ctx.status.event(job_id, "job_completed", {"status": doc["status"], "counts": doc["counts"]})
-
-
-def _attempt(entry: dict) -> int:
-    return int(entry.get("attempt") or 0)
-
-
-def _stop_if_not_wanted(ctx: Context, job_id: str, video_id: str, attempt: int) -> None:
-    entry = ctx.status.video(job_id, video_id)
-    if _attempt(entry) != attempt:
-        raise Ignore()  # a task of an earlier attempt: the video was retried since
-    if ctx.status.is_cancelled(job_id) or entry.get("status") in TERMINAL:
-        drop_cached(job_id, video_id)  # cancelled or ended: nothing on this host will read it again
-        raise Ignore()
-
-
-# --- tasks ------------------------------------------------------------------------------------
-
-class VideoTask(app.Task):
+class VideoTask(Task):
     """A task about one video (args: job_id, video_id, ...). Whatever escapes its body (a time
     limit hit outside its own handlers, a bug) fails that video with the reason, so no video is
     left unfinished and its job open forever."""
@@ -155,151 +51,133 @@ class VideoTask(app.Task):
         job_id, video_id = args[0], args[1]
         try:
             ctx = context()
-            if _attempt(ctx.status.video(job_id, video_id)) != (kwargs or {}).get("attempt", 0):
+            if attempt_of(ctx.status.video(job_id, video_id)) != (kwargs or {}).get("attempt", 0):
                 return  # an earlier attempt's task: the video was retried since, and is not this task's
             fail_video(ctx, job_id, video_id, f"internal error in {self.name}: {type(exc).__name__}: {exc}")
         except Exception:
             log.exception("%s: could not record the failure of %s/%s", self.name, job_id, video_id)
 
 
-@app.task(name=PROBE, bind=True, base=VideoTask)
-def probe_task(self, job_id: str, video_id: str, attempt: int = 0) -> None:
-    ctx = task_context(self)
-    _stop_if_not_wanted(ctx, job_id, video_id, attempt)
-    item = ctx.status.item(job_id, video_id)
-    ctx.status.update_video(job_id, video_id, status="processing", started=time.time())
+def _guarded(ctx: Context, job_id: str, video_id: str, what: str, step: Callable):
+    """Run ``step``; an error fails this video (with a message for the user) and keeps the worker."""
     try:
-        source = stage_source(ctx.storage, ctx.settings, job_id, video_id, item)
-        info = probe(local_source(ctx.storage, ctx.settings, source, job_id, video_id))
-        expected = info.frames_expected or count_frames(Path(info.path))
-        if expected < 1:
-            raise InputError(f"{item['video']}: no video frames")
-        start_frame = item.get("start_frame") or 0
-        num_frames = frames_to_process(expected, start_frame, item.get("max_frames"), item["video"])
-        size = item.get("chunk_frames") or default_chunk_frames(info.fps, ctx.settings.chunk_seconds)
-        chunks = plan_chunks(num_frames, size, start_frame)
+        return step()
+    except SoftTimeLimitExceeded:
+        fail_video(ctx, job_id, video_id, f"{what} ran past the task time limit ({ctx.settings.task_time_limit} s)")
     except Sam3vError as err:
         fail_video(ctx, job_id, video_id, str(err))
-        raise Ignore() from None
-    ctx.status.update_video(job_id, video_id, source=source, frames_total=num_frames, frames_done=0,
-                            chunks_total=len(chunks), chunks_done=0)
-    lane = ctx.status.job_spec(job_id).get("lane", "batch")
-    gpu, cpu = queue_for("gpu", lane), queue_for("cpu", lane)
-    steps = [segment_chunk_task.si(job_id, video_id, c.index, c.start, c.stop, c.final, num_frames,
-                                   attempt=attempt).set(queue=gpu) for c in chunks]
-    chain(*steps, finalize_task.si(job_id, video_id, len(chunks), attempt=attempt).set(queue=cpu)).apply_async()
+    except Exception as err:  # a bug or an environment fault: fail this video, keep the worker
+        log.exception("%s of %s/%s failed", what, job_id, video_id)
+        fail_video(ctx, job_id, video_id, f"internal error in {what}: {type(err).__name__}: {err}")
+    raise Ignore()
 
 
-def _item_options(item: dict):
-    from workers.segment import SegmentOptions
-
-    return SegmentOptions(prompts=item["prompts"], apply_mask=item.get("apply_mask", True),
-                          outputs=tuple(item["outputs"]) if item.get("outputs") else None,
-                          max_frames=item.get("max_frames"), chunk_frames=item.get("chunk_frames"),
-                          mask_opacity=item.get("mask_opacity", 0.5), start_frame=item.get("start_frame") or 0,
-                          detection_threshold=item.get("detection_threshold"))
+def _spec(ctx: Context, job_id: str, video_id: str) -> VideoSpec:
+    return VideoSpec.model_validate(ctx.status.item(job_id, video_id))
 
 
-@app.task(name=SEGMENT_CHUNK, bind=True, base=VideoTask)
-def segment_chunk_task(self, job_id: str, video_id: str, k: int, start: int, stop: int, final: bool,
-                       num_frames: int, attempt: int = 0) -> None:
-    from workers.chunk_runner import ChunkJob, chunk_key, segment_chunk
-    from workers.segment import document_header
-    from workers.tracker import check_prompts
+@shared_task(name=PROBE, bind=True, base=VideoTask)
+def probe_task(self, job_id: str, video_id: str, attempt: int = 0) -> None:
+    """Step 1, prepare: stage and probe the source, plan the chunks, start the video's chain."""
+    from workers.video_steps import prepare
 
     ctx = task_context(self)
-    _stop_if_not_wanted(ctx, job_id, video_id, attempt)
+    stop_if_not_wanted(ctx, job_id, video_id, attempt)
+    spec = _spec(ctx, job_id, video_id)
+    ctx.status.update_video(job_id, video_id, status="processing", started=time.time())
+
+    def step():
+        source = stage_source(ctx.storage, ctx.settings, job_id, video_id, {"video": spec.video})
+        path = local_source(ctx.storage, ctx.settings, source, job_id, video_id)
+        return source, prepare(path, spec, spec.video, ctx.settings.chunk_seconds)
+
+    source, plan = _guarded(ctx, job_id, video_id, "probe", step)
+    ctx.status.update_video(job_id, video_id, source=source, frames_total=plan.num_frames, frames_done=0,
+                            chunks_total=len(plan.chunks), chunks_done=0, part_frames=ctx.settings.part_frames)
+    lane = ctx.status.job_spec(job_id).get("lane", "batch")
+    gpu, cpu = queue_for("gpu", lane), queue_for("cpu", lane)
+    steps = [segment_chunk_task.si(job_id, video_id, c.index, c.start, c.stop, c.final, plan.num_frames,
+                                   attempt=attempt).set(queue=gpu) for c in plan.chunks]
+    chain(*steps, finalize_task.si(job_id, video_id, len(plan.chunks), attempt=attempt).set(queue=cpu)).apply_async()
+
+
+def _progress(ctx: Context, job_id: str, video_id: str) -> Callable[[int], None]:
+    """Frames done, written at most every 2 s."""
+    last_report = [0.0]
+
+    def report(done: int) -> None:
+        if time.monotonic() - last_report[0] > 2.0:
+            last_report[0] = time.monotonic()
+            ctx.status.update_video(job_id, video_id, frames_done=done)
+
+    return report
+
+
+@shared_task(name=SEGMENT_CHUNK, bind=True, base=VideoTask)
+def segment_chunk_task(self, job_id: str, video_id: str, k: int, start: int, stop: int, final: bool,
+                       num_frames: int, attempt: int = 0) -> None:
+    """Step 2, run chunk k: frames [start, stop), tracker memory carried in from chunk k-1."""
+    from workers.probe import probe
+    from workers.tracker import check_prompts
+    from workers.video_steps import VideoRun, chunk_needed, document_header, run_chunk
+
+    ctx = task_context(self)
+    stop_if_not_wanted(ctx, job_id, video_id, attempt)
     deliveries = ctx.status.count_delivery(job_id, video_id, k)
     if deliveries > ctx.settings.max_redeliveries:
         fail_video(ctx, job_id, video_id, f"chunk {k} (frames {start}-{stop - 1}) was started {deliveries - 1} "
                                           "times and never finished: it kills its worker (out of memory?)")
         raise Ignore()
-    work = work_prefix(job_id, video_id)
-    if ctx.storage.exists(chunk_key(work, k, "done.json")):
-        return  # redelivered after it finished: the outputs are there already
-    if k > 0 and json.loads(ctx.storage.get_bytes(chunk_key(work, k - 1, "done.json"))).get("ended"):
-        return  # the stream ended early (truncated file): nothing left for this chunk
+    work = VideoKeys(job_id, video_id).work
+    if not chunk_needed(ctx.storage, work, k):
+        return
     entry = ctx.status.video(job_id, video_id)
-    item = ctx.status.item(job_id, video_id)
-    try:
+    spec = _spec(ctx, job_id, video_id)
+
+    def step():
         loaded = model()
-        opts = _item_options(item)
-        opts.validate()
-        prompts = check_prompts(loaded.tokenizer, opts.prompts)
+        prompts = check_prompts(loaded.tokenizer, spec.prompts)
         info = probe(local_source(ctx.storage, ctx.settings, entry["source"], job_id, video_id))
-        job = ChunkJob(info, Chunk(k, start, stop, final), num_frames, prompts, opts.video_outputs(),
-                       opts.mask_opacity, opts.encoder, SEGMENT_FRAMES, opts.start_frame, opts.detection_threshold)
         if k == 0:
-            header_model, params = document_header(loaded, opts, prompts)
+            header_model, params = document_header(loaded, spec, prompts)
             ctx.status.update_video(job_id, video_id, header={"model": header_model, "params": params,
                                                               "prompts": prompts})
-        last_report = [0.0]
+        video = VideoRun(info, spec, prompts, num_frames, entry.get("part_frames") or PART_FRAMES,
+                         ctx.settings.decoder)
+        return run_chunk(video, Chunk(k, start, stop, final), loaded, ctx.storage, work,
+                         _progress(ctx, job_id, video_id))
 
-        def progress(done: int) -> None:
-            if time.monotonic() - last_report[0] > 2.0:
-                last_report[0] = time.monotonic()
-                ctx.status.update_video(job_id, video_id, frames_done=done)
-
-        result = segment_chunk(job, loaded, ctx.storage, work, progress=progress)
-    except SoftTimeLimitExceeded:
-        fail_video(ctx, job_id, video_id, f"chunk {k} ran past the task time limit ({ctx.settings.task_time_limit} s)")
-        raise Ignore() from None
-    except Sam3vError as err:
-        fail_video(ctx, job_id, video_id, str(err))
-        raise Ignore() from None
-    except Exception as err:  # a bug or an environment fault: fail this video, keep the worker
-        log.exception("chunk %s of %s/%s failed", k, job_id, video_id)
-        fail_video(ctx, job_id, video_id, f"internal error in chunk {k}: {type(err).__name__}: {err}")
-        raise Ignore() from None
-    ctx.status.update_video(job_id, video_id, frames_done=min(stop - opts.start_frame, num_frames), chunks_done=k + 1,
-                            warnings=(entry.get("warnings") or []) + result.warnings)
+    result = _guarded(ctx, job_id, video_id, f"chunk {k}", step)
+    warnings = result.warnings if result else []
+    ctx.status.update_video(job_id, video_id, frames_done=min(stop - spec.start_frame, num_frames),
+                            chunks_done=k + 1, warnings=(entry.get("warnings") or []) + warnings)
 
 
-@app.task(name=FINALIZE, bind=True, base=VideoTask)
+@shared_task(name=FINALIZE, bind=True, base=VideoTask)
 def finalize_task(self, job_id: str, video_id: str, planned_chunks: int, attempt: int = 0) -> None:
-    from workers.chunk_runner import chunk_key
-    from workers.finalize import finalize_video
+    """Step 3, finalize: join the chunks' outputs, mux the audio, record the video's outputs."""
+    from workers.probe import probe
+    from workers.video_steps import finalize
 
     ctx = task_context(self)
-    _stop_if_not_wanted(ctx, job_id, video_id, attempt)
+    stop_if_not_wanted(ctx, job_id, video_id, attempt)
     entry = ctx.status.video(job_id, video_id)
-    work = work_prefix(job_id, video_id)
-    try:
-        chunks = 0
-        for k in range(planned_chunks):
-            chunks = k + 1
-            if json.loads(ctx.storage.get_bytes(chunk_key(work, k, "done.json"))).get("ended"):
-                break
-        info: VideoInfo = probe(local_source(ctx.storage, ctx.settings, entry["source"], job_id, video_id))
-        header = entry["header"]
-        videos = [o for o in header["params"]["outputs"] if o != "rle"]
-        document, uris, _audio = finalize_video(info, ctx.storage, work, chunks, videos, header["model"],
-                                                header["params"], header["prompts"], ctx.storage,
-                                                video_prefix(job_id, video_id), SEGMENT_FRAMES)
-    except Sam3vError as err:
-        fail_video(ctx, job_id, video_id, str(err))
-        raise Ignore() from None
-    except Exception as err:
-        log.exception("finalize of %s/%s failed", job_id, video_id)
-        fail_video(ctx, job_id, video_id, f"internal error while finalizing: {type(err).__name__}: {err}")
-        raise Ignore() from None
+    keys = VideoKeys(job_id, video_id)
+
+    def step():
+        info = probe(local_source(ctx.storage, ctx.settings, entry["source"], job_id, video_id))
+        return finalize(info, entry["header"], ctx.storage, keys.work, planned_chunks, ctx.storage, keys.prefix,
+                        entry.get("part_frames") or PART_FRAMES)
+
+    final = _guarded(ctx, job_id, video_id, "finalize", step)
     if not ctx.settings.keep_chunks:
-        ctx.storage.delete_prefix(work)
-    keys = {name: uri for name, uri in uris.items()}
-    finish_video(ctx, job_id, video_id, status="succeeded", outputs=keys,
-                 num_frames=document["video"]["num_frames"], num_objects=len(document["objects"]),
-                 frames_done=document["video"]["num_frames"])
+        ctx.storage.delete_prefix(keys.work_prefix)
+    finish_video(ctx, job_id, video_id, status="succeeded", outputs=final.outputs, num_frames=final.num_frames,
+                 num_objects=final.num_objects, frames_done=final.num_frames)
 
 
-@app.task(name=schedules.SCHEDULED_SUBMIT, bind=True)
+@shared_task(name=schedules.SCHEDULED_SUBMIT, bind=True)
 def scheduled_submit_task(self, name: str, manifest: str, prompt: str | None, cron: str | None,
                           every: float | None) -> str:
     """One firing of a schedule: one job, whichever beat or redelivery sent it."""
-    from pipeline.control.manifest import load_manifest_bytes
-    from pipeline.control.producer import submit_manifest
-
-    ctx = context()
-    key = f"schedule:{name}:{schedules.slot(cron, every)}"
-    done = submit_manifest(app, ctx.status, load_manifest_bytes(manifest), manifest, name=f"{name} (scheduled)",
-                           default_prompt=prompt, idempotency_key=key)
-    return done.job_id
+    return schedules.fire(self.app, context().status, name, manifest, prompt, cron, every)

@@ -15,69 +15,14 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
-from pydantic import BaseModel, ValidationError, field_validator
+from pydantic import BaseModel, ValidationError
 
 from pipeline.core.errors import InputError
+from pipeline.core.specs import OPTION_FIELDS, VideoSpec, first_error
 
-# The per-video options a line may set, besides its id, video and prompts.
-OPTIONS = ("apply_mask", "outputs", "max_frames", "chunk_frames", "mask_opacity", "start_frame", "detection_threshold")
-FIELDS = {"id", "video", "input_video", "prompt", "prompts", *OPTIONS}
-OUTPUTS = ("overlay", "mask", "rle")
+FIELDS = {"id", "video", "input_video", "prompt", "prompts", *OPTION_FIELDS}
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _SLUG = re.compile(r"[^A-Za-z0-9._-]+")
-
-
-class VideoItem(BaseModel):
-    id: str
-    video: str
-    prompts: list[str]
-    apply_mask: bool = True
-    outputs: list[str] | None = None
-    max_frames: int | None = None
-    chunk_frames: int | None = None
-    mask_opacity: float = 0.5
-    start_frame: int = 0  # first source frame processed; max_frames counts from it
-    detection_threshold: float | None = None  # None: the model's own
-    line: int
-
-    @field_validator("max_frames", "chunk_frames")
-    @classmethod
-    def _positive(cls, value):
-        if value is not None and value < 1:
-            raise ValueError("must be at least 1")
-        return value
-
-    @field_validator("start_frame", "detection_threshold", mode="before")
-    @classmethod
-    def _not_a_flag(cls, value):
-        # pydantic would read true as 1: a frame index or a threshold given as a flag is a mistake.
-        if isinstance(value, bool):
-            raise ValueError("must be a number, not true or false")
-        return value
-
-    @field_validator("start_frame")
-    @classmethod
-    def _frame_index(cls, value):
-        if value < 0:
-            raise ValueError("must be a frame index, 0 or more")
-        return value
-
-    @field_validator("mask_opacity", "detection_threshold")
-    @classmethod
-    def _unit(cls, value):
-        # `not 0 <= v <= 1` also refuses NaN.
-        if value is not None and not 0.0 <= value <= 1.0:
-            raise ValueError("must be between 0 and 1")
-        return value
-
-    @field_validator("outputs")
-    @classmethod
-    def _outputs(cls, value):
-        if value is not None:
-            bad = [o for o in value if o not in OUTPUTS]
-            if bad or not value:
-                raise ValueError(f"unknown output {bad[0]!r} (choose from overlay, mask, rle)" if bad else "empty")
-        return value
 
 
 class Rejected(BaseModel):
@@ -86,7 +31,7 @@ class Rejected(BaseModel):
 
 
 class ManifestResult(BaseModel):
-    items: list[VideoItem]
+    items: list[VideoSpec]
     rejected: list[Rejected]
 
 
@@ -152,7 +97,7 @@ def _prompts(raw: dict, default_prompt: str | None) -> list[str]:
     return prompts
 
 
-def _item(raw: dict, line: int, default_prompt: str | None, allow_local: bool) -> VideoItem:
+def _item(raw: dict, line: int, default_prompt: str | None, allow_local: bool) -> VideoSpec:
     unknown = sorted(set(raw) - FIELDS)
     if unknown:
         raise ValueError(f"unknown field {unknown[0]!r}")
@@ -167,15 +112,14 @@ def _item(raw: dict, line: int, default_prompt: str | None, allow_local: bool) -
         raise ValueError(f"id: must be a string, not {type(vid).__name__}")
     elif not _ID.match(vid) or vid in (".", ".."):
         raise ValueError(f"id: {vid!r} is not safe as a storage key (letters, digits, '.', '_', '-'; at most 128)")
-    fields = {k: v for k, v in raw.items() if k in OPTIONS}
+    fields = {k: v for k, v in raw.items() if k in OPTION_FIELDS}
     if isinstance(fields.get("outputs"), str):
         fields["outputs"] = [o.strip() for o in re.split(r"[,|]", fields["outputs"]) if o.strip()]
     try:
-        return VideoItem(id=vid, video=video, prompts=_prompts(raw, default_prompt), line=line, **fields)
+        return VideoSpec(id=vid, video=video, prompts=_prompts(raw, default_prompt), line=line, **fields)
     except ValidationError as err:
-        first = err.errors()[0]
-        field = ".".join(str(p) for p in first["loc"])
-        raise ValueError(f"{field}: {first['msg']}") from None
+        field, message = first_error(err)
+        raise ValueError(f"{field}: {message}") from None
 
 
 def _jsonl_rows(text: str):
@@ -235,7 +179,7 @@ def parse_manifest(data: bytes, name: str, default_prompt: str | None = None, al
     stripped = text.lstrip()
     is_csv = name.lower().endswith(".csv") or (stripped[:1] not in ("{", "") and not name.lower().endswith((".jsonl", ".json")))
     rows = _csv_rows(text) if is_csv else _jsonl_rows(text)
-    items: list[VideoItem] = []
+    items: list[VideoSpec] = []
     rejected: list[Rejected] = []
     seen: dict[str, int] = {}
     for number, row, problem in rows:
@@ -256,15 +200,16 @@ def parse_manifest(data: bytes, name: str, default_prompt: str | None = None, al
 
 def load_manifest_bytes(location: str, storage_factory=None) -> bytes:
     """A manifest from a local path or ``s3://bucket/key``. ``storage_factory(bucket)`` gives the
-    S3 storage to read it with (default: ``S3Storage(bucket)``, boto3's standard chain)."""
+    S3 storage to read it with (default: ``open_storage("s3://bucket")``, boto3's standard chain)."""
     if location.startswith("s3://"):
         bucket, _, key = location.removeprefix("s3://").partition("/")
         if not bucket or not key:
             raise InputError(f"manifest {location}: not s3://bucket/key")
         if storage_factory is None:
-            from pipeline.core.storage.s3 import S3Storage
+            from pipeline.core.storage import open_storage
 
-            storage_factory = S3Storage
+            def storage_factory(name: str):
+                return open_storage(f"s3://{name}")
         try:
             return storage_factory(bucket).get_bytes(key)
         except Exception as err:

@@ -14,7 +14,10 @@ from celery.schedules import crontab, schedule
 from redbeat import RedBeatSchedulerEntry
 from redbeat.schedulers import RedBeatConfig
 
+from pipeline.control.manifest import load_manifest_bytes
+from pipeline.control.producer import submit_manifest
 from pipeline.core.errors import InputError
+from pipeline.core.status import StatusStore
 
 SCHEDULED_SUBMIT = "sam3v.scheduled_submit"
 PREFIX = "sam3v:redbeat:"
@@ -43,6 +46,14 @@ def slot(cron: str | None, every: float | None, now: float | None = None) -> str
     if every:
         return str(int(math.floor(now / every) * every))
     return time.strftime("%Y-%m-%dT%H:%MZ", time.gmtime(now))
+
+
+def fire(app: Celery, store: StatusStore, name: str, manifest: str, prompt: str | None, cron: str | None,
+         every: float | None) -> str:
+    """One firing: submit the manifest, keyed by the firing's slot; returns the job id."""
+    done = submit_manifest(app, store, load_manifest_bytes(manifest), manifest, name=f"{name} (scheduled)",
+                           default_prompt=prompt, idempotency_key=f"schedule:{name}:{slot(cron, every)}")
+    return done.job_id
 
 
 def add(app: Celery, name: str, manifest: str, prompt: str | None, cron: str | None, every: float | None) -> None:

@@ -1,10 +1,10 @@
-"""Plan a video as chunks of frames, and the fixed grid its encoded segments follow.
+"""Plan a video as chunks of frames, and the fixed grid its encoded parts follow.
 
 Pure arithmetic, no torch: the producer plans chunks without loading the data plane.
 
-The encoded video is cut on a grid of ``SEGMENT_FRAMES`` frames that does not depend on the
-chunk size. Each grid segment is encoded by one encoder run, so a chunked run and an unchunked one
-produce the very same segment files, and the stitched videos are frame-identical.
+The encoded video is cut on a grid of ``PART_FRAMES`` frames that does not depend on the
+chunk size. Each grid part is encoded by one encoder run, so a chunked run and an unchunked one
+produce the very same part files, and the joined videos are frame-identical.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from pipeline.core.errors import InputError
 
-SEGMENT_FRAMES = 64  # frames per encoded segment (a keyframe at least this often)
+PART_FRAMES = 64  # frames per encoded part (a keyframe at least this often)
 DEFAULT_CHUNK_SECONDS = 10.0
 
 
@@ -60,16 +60,16 @@ def default_chunk_frames(fps: float, seconds: float = DEFAULT_CHUNK_SECONDS) -> 
 
 
 def encode_limit(stop: int, final: bool, end: int, hotstart_delay: int,
-                 segment_frames: int = SEGMENT_FRAMES, start_frame: int = 0) -> int:
+                 part_frames: int = PART_FRAMES, start_frame: int = 0) -> int:
     """Frames below this index are composited and encoded by the chunk that ends at ``stop``.
 
     A chunk emits frames whose hotstart window has closed, [.., stop - (delay - 1)); of those it
-    encodes only whole grid segments. The rest are replayed (decoded again, drawn from their RLE)
+    encodes only whole grid parts. The rest are replayed (decoded again, drawn from their RLE)
     by the next chunk. The final chunk encodes everything, up to ``end`` (one past the last frame).
-    The grid counts from ``start_frame``, the first processed frame: segment g holds frames
-    [start_frame + g * segment_frames, ...), whatever the chunk size.
+    The grid counts from ``start_frame``, the first processed frame: part g holds frames
+    [start_frame + g * part_frames, ...), whatever the chunk size.
     """
     if final:
         return end
     emitted = max(0, stop - max(0, hotstart_delay - 1) - start_frame)
-    return start_frame + (emitted // segment_frames) * segment_frames
+    return start_frame + (emitted // part_frames) * part_frames

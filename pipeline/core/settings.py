@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from pipeline.core.planning import PART_FRAMES
 
 
 class Settings(BaseSettings):
@@ -27,6 +30,10 @@ class Settings(BaseSettings):
     url_timeout: float = Field(600.0, gt=0, description="Time limit to download a URL input, seconds")
     cache_max_age: float = Field(7200.0, gt=0, description="Worker-local source copies unused this long are deleted, seconds (never less than the task time limit)")
     torch_threads: int | None = Field(None, ge=1, description="torch CPU threads (same on every worker: CPU results depend on it)")
+    decoder: Literal["pyav", "decord"] = Field("pyav", description="Decoder tried first (the other takes over when it cannot read a file)")
+    cache: Path = Field(default_factory=lambda: Path.home() / ".cache" / "sam3v",
+                        description="Worker-local cache directory (host copies of sources under sources/)")
+    part_frames: int = Field(PART_FRAMES, ge=1, description="Frames per encoded part (a keyframe at least this often); recorded per video when it is planned")
     # --- HTTP API (sam3v api) ---------------------------------------------------------------------
     api_sync_timeout: float = Field(600.0, gt=0, description="POST /api/ai/videos/generate answers 504 after this, seconds")
     api_sse_ping: float = Field(15.0, gt=0, description="Seconds between SSE heartbeat comments")

@@ -1,6 +1,6 @@
 """Where results go. One small interface (``Storage``), interchangeable backends."""
 
-from pipeline.core.storage.base import MissingKey, Storage
+from pipeline.core.storage.base import MissingKey, Storage, join_key
 from pipeline.core.storage.local import LocalStorage
 
 
@@ -18,4 +18,4 @@ def open_storage(url: str) -> Storage:
     return LocalStorage(url.removeprefix("file://"))
 
 
-__all__ = ["MissingKey", "Storage", "LocalStorage", "open_storage"]
+__all__ = ["MissingKey", "Storage", "LocalStorage", "join_key", "open_storage"]

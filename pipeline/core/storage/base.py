@@ -19,6 +19,10 @@ class MissingKey(FileNotFoundError):
 
 
 class Storage(ABC):
+    #: True when ``url`` hands out links a client can fetch directly (presigned S3 URLs); False when
+    #: a server must stream the key itself (a local directory).
+    presigns: bool = False
+
     @abstractmethod
     def put_file(self, local_path: Path, key: str) -> str:
         """Store a finished local file under ``key``; returns its URI."""

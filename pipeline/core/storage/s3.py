@@ -24,6 +24,8 @@ def _not_found(err: ClientError) -> bool:
 
 
 class S3Storage(Storage):
+    presigns = True
+
     def __init__(self, bucket: str, prefix: str = "", client=None, endpoint_url: str | None = None,
                  transfer: TransferConfig | None = None):
         self.bucket = bucket

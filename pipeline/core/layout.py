@@ -1,0 +1,108 @@
+"""Every storage key of a job and of its videos, in one place.
+
+::
+
+    {job}/results.jsonl                      the job's index, one line a video
+    {job}/{video}/source                     a URL input, fetched once and staged for every worker
+    {job}/{video}/masks.json                 outputs (OUTPUT_FILES)
+    {job}/{video}/overlay.mp4, mask.mp4
+    {job}/{video}/work/chunks/{k:05d}/...    a chunk's frames.json, done.json and state/ (the tracker
+    {job}/{video}/work/segments/{out}-{g:06d}.mp4   carried to chunk k+1); encoded parts on the grid
+    uploads/{id}/{name}                      HTTP API uploads (``upload://{id}``)
+
+Keys under ``work/`` keep the names earlier releases wrote ("segments" for encoded parts), so a job
+in flight across an upgrade finds what its earlier chunks published.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipeline.core.storage import join_key
+
+# What a video's outputs are called (API and results) and the file each is stored as.
+OUTPUT_FILES = {"masks": "masks.json", "overlay": "overlay.mp4", "mask": "mask.mp4"}
+RESULTS_NAME = "results.jsonl"
+UPLOADS = "uploads"
+WORK = "work"
+# Names a video id may not take: they are the job folder's own entries.
+RESERVED_VIDEO_IDS = frozenset({RESULTS_NAME, UPLOADS})
+
+
+@dataclass(frozen=True)
+class WorkKeys:
+    """A video's intermediate artifacts (chunk states, frame logs, encoded parts) under ``prefix``."""
+
+    prefix: str = ""
+
+    def chunk(self, k: int, name: str) -> str:
+        return join_key(self.prefix, f"chunks/{k:05d}/{name}")
+
+    def state(self, k: int, name: str) -> str:
+        """A file of the tracker state chunk ``k`` hands to chunk ``k + 1``."""
+        return self.chunk(k, f"state/{name}")
+
+    def state_dir(self, k: int) -> str:
+        return self.chunk(k, "state")
+
+    def done(self, k: int) -> str:
+        """Written last by chunk ``k``: its presence means the chunk finished."""
+        return self.chunk(k, "done.json")
+
+    def frames(self, k: int) -> str:
+        return self.chunk(k, "frames.json")
+
+    def part(self, output: str, g: int) -> str:
+        """Encoded part ``g`` (of the fixed grid) of output video ``output``."""
+        return join_key(self.prefix, f"segments/{output}-{g:06d}.mp4")
+
+
+@dataclass(frozen=True)
+class VideoKeys:
+    job_id: str
+    video_id: str
+
+    @property
+    def prefix(self) -> str:
+        return f"{self.job_id}/{self.video_id}"
+
+    @property
+    def work(self) -> WorkKeys:
+        return WorkKeys(join_key(self.prefix, WORK))
+
+    @property
+    def work_prefix(self) -> str:
+        return self.work.prefix
+
+    @property
+    def source(self) -> str:
+        return join_key(self.prefix, "source")
+
+    def output(self, name: str) -> str:
+        """``name`` is an output name (masks, overlay, mask) or its file name."""
+        return join_key(self.prefix, OUTPUT_FILES.get(name, name))
+
+
+@dataclass(frozen=True)
+class JobKeys:
+    job_id: str
+
+    @property
+    def results(self) -> str:
+        return f"{self.job_id}/{RESULTS_NAME}"
+
+    def video(self, video_id: str) -> VideoKeys:
+        return VideoKeys(self.job_id, video_id)
+
+
+def upload_prefix(upload_id: str) -> str:
+    return f"{UPLOADS}/{upload_id}"
+
+
+def upload_key(upload_id: str, filename: str) -> str:
+    return f"{upload_prefix(upload_id)}/{filename}"
+
+
+def output_name(file_or_name: str) -> str:
+    """``masks.json`` -> ``masks``; an output name stays as it is."""
+    return {v: k for k, v in OUTPUT_FILES.items()}.get(file_or_name, file_or_name)

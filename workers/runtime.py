@@ -1,0 +1,97 @@
+"""A worker process's context: its settings, status store, storage and model, each built once.
+
+Entry points hand the settings over with ``configure`` (or ``worker_app``) instead of editing the
+environment; without that, the environment's settings apply. A prefork child builds its context
+in ``worker_process_init``, after it has reported up to its parent (see ``_warm_up_child``), and
+loads the model there too when the worker consumes a GPU queue.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from functools import lru_cache
+
+from celery import Celery
+from celery.signals import worker_process_init
+
+from pipeline.core.celery_app import make_app
+from pipeline.core.redis_conn import connect
+from pipeline.core.settings import Settings, get_settings
+from pipeline.core.status import StatusStore
+from pipeline.core.storage import Storage, open_storage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Configured:
+    settings: Settings | None = None
+    preload_model: bool = False
+
+
+_configured = Configured()
+
+
+@dataclass
+class Context:
+    settings: Settings
+    status: StatusStore
+    storage: Storage
+
+
+def configure(settings: Settings, preload_model: bool = False) -> None:
+    """Use ``settings`` in this process (and the children it forks) from now on."""
+    global _configured
+    _configured = Configured(settings, preload_model)
+    context.cache_clear()
+    model.cache_clear()
+
+
+def settings() -> Settings:
+    return _configured.settings or get_settings()
+
+
+@lru_cache(maxsize=1)
+def context() -> Context:
+    s = settings()
+    return Context(s, StatusStore(connect(s)), open_storage(s.storage_url))
+
+
+@lru_cache(maxsize=1)
+def model():
+    """Loaded once per worker process, never in a prefork parent (CUDA cannot survive a fork)."""
+    from workers.model import load_model
+
+    s = settings()
+    return load_model(s.model, s.device, s.torch_threads)
+
+
+def worker_app(settings: Settings, preload_model: bool = False) -> Celery:
+    """The Celery app with this package's task bodies registered, for ``settings``."""
+    configure(settings, preload_model)
+    app = make_app(settings)
+    if settings.effective_redis_url:
+        from pipeline.control import schedules
+
+        schedules.configure(app, settings.effective_redis_url)
+    import workers.tasks  # noqa: F401  (registers the task bodies on every app, this one included)
+
+    return app
+
+
+@worker_process_init.connect
+def _warm_up_child(**_kwargs) -> None:
+    # First imports (transformers, scipy) and the storage client's first build (boto3 reads its
+    # service models from disk) count against no task's time limit this way: on a busy host they
+    # took longer than a finalize's soft limit, before the task could fail its video cleanly.
+    import workers.chunk_runner  # noqa: F401
+    import workers.finalize  # noqa: F401
+    import workers.video_steps  # noqa: F401
+
+    try:
+        context()
+    except Exception as err:  # not reachable yet: the first task builds it (and retries if it must)
+        log.warning("worker context: %s", err)
+    if _configured.preload_model:
+        model()

@@ -1,0 +1,56 @@
+"""What a worker records about a video's outcome, and when a task must not run at all.
+
+A video ends once (``finish_video``); the transition that ends the job's last video writes the
+job's ``results.jsonl``. A task of an earlier attempt (the video was retried since), of a cancelled
+job or of a video already ended stops before it does anything.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from celery.exceptions import Ignore
+
+from pipeline.core.layout import JobKeys
+from pipeline.core.status import TERMINAL
+from workers.runtime import Context
+from workers.sources import drop_cached
+
+log = logging.getLogger(__name__)
+
+
+def finish_video(ctx: Context, job_id: str, video_id: str, **fields) -> None:
+    fields.setdefault("finished", time.time())
+    drop_cached(ctx.settings, job_id, video_id)
+    if ctx.status.update_video(job_id, video_id, **fields):
+        write_results(ctx, job_id)
+
+
+def fail_video(ctx: Context, job_id: str, video_id: str, message: str) -> None:
+    log.warning("job %s video %s failed: %s", job_id, video_id, message)
+    finish_video(ctx, job_id, video_id, status="failed", error=message)
+
+
+def write_results(ctx: Context, job_id: str) -> None:
+    """The job's results.jsonl: one line a video, written once, when the last video ends."""
+    doc = ctx.status.status_document(job_id)
+    lines = [json.dumps({"id": v["id"], "state": v["status"], "error": v.get("error"),
+                         "outputs": v.get("outputs") or {}}) for v in doc["videos"]]
+    ctx.storage.put_bytes(("\n".join(lines) + "\n").encode(), JobKeys(job_id).results)
+    ctx.status.event(job_id, "job_completed", {"status": doc["status"], "counts": doc["counts"]})
+
+
+def attempt_of(entry: dict) -> int:
+    return int(entry.get("attempt") or 0)
+
+
+def stop_if_not_wanted(ctx: Context, job_id: str, video_id: str, attempt: int) -> None:
+    """Raise Ignore when this task's work is no longer wanted."""
+    entry = ctx.status.video(job_id, video_id)
+    if attempt_of(entry) != attempt:
+        raise Ignore()  # a task of an earlier attempt: the video was retried since
+    if ctx.status.is_cancelled(job_id) or entry.get("status") in TERMINAL:
+        drop_cached(ctx.settings, job_id, video_id)  # cancelled or ended: nothing on this host reads it again
+        raise Ignore()

@@ -1,0 +1,217 @@
+"""One video's steps, owned here and nowhere else: prepare (probe + plan), run chunk k, finalize.
+
+Two drivers run them. ``segment_video`` below runs them in order in this process (``sam3v
+segment``); the Celery tasks (``workers.tasks``) call exactly one step each, chained per video
+(the embedded ``sam3v run`` and the HTTP API's embedded mode use those tasks on the in-process
+broker). Both plan with ``pipeline.core.planning.plan_chunks``, so a chunked run and an unchunked
+one cut the video the same way and give the same outputs.
+
+A video whose container does not say how many frames it has is counted (ffprobe counts packets,
+demuxing only) before it is planned, on both paths: a plan needs its chunk list up front to chain
+the chunks across workers, and progress and ETA need a total. A file that decodes fewer frames than
+planned (truncated, damaged) ends early: its last chunk says so and the chunks after it return.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.core.errors import InputError
+from pipeline.core.layout import WorkKeys
+from pipeline.core.planning import PART_FRAMES, Chunk, default_chunk_frames, frames_to_process, plan_chunks
+from pipeline.core.specs import VideoOptions
+from pipeline.core.storage import LocalStorage, Storage
+from workers.chunk_runner import ChunkInputs, ChunkResult, run_chunk_inputs
+from workers.encode import EncoderSettings
+from workers.finalize import finalize_video
+from workers.model import LoadedModel
+from workers.probe import VideoInfo, probe
+from workers.tracker import check_prompts
+
+Progress = Callable[[int, int | None], None]
+
+
+@dataclass(frozen=True)
+class VideoPlan:
+    info: VideoInfo
+    num_frames: int  # frames processed, from start_frame on
+    chunks: list[Chunk]
+
+
+@dataclass(frozen=True)
+class Finalized:
+    outputs: dict[str, str]  # output name -> URI (masks, overlay, mask)
+    num_frames: int
+    num_objects: int
+    num_chunks: int
+    audio: str | None
+
+
+@dataclass
+class SegmentResult:
+    outputs: dict[str, str]  # name -> URI (masks, overlay, mask)
+    num_frames: int
+    num_objects: int
+    num_chunks: int
+    warnings: list[str]
+    timings: dict[str, float]
+    decoder: str
+    encoder: str
+    audio: str | None
+
+
+# --- step 1: prepare -----------------------------------------------------------------------------
+
+def count_frames(path: Path, name: str) -> int:
+    out = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-count_packets",
+                          "-show_entries", "stream=nb_read_packets", "-of", "csv=p=0", f"file:{path}"],
+                         capture_output=True, text=True, timeout=600)
+    # MPEG-TS lists the stream once per program section as well: the first value is the count.
+    values = [line.split(",")[0] for line in out.stdout.splitlines() if line.strip()]
+    try:
+        return int(values[0])
+    except (IndexError, ValueError):
+        raise InputError(f"{name}: cannot count its frames") from None
+
+
+def prepare(path: Path, opts: VideoOptions, name: str, chunk_seconds: float | None) -> VideoPlan:
+    """Probe the video at ``path`` (``name``: what the user called it) and plan its chunks:
+    ``opts.chunk_frames``, else ``chunk_seconds`` of video, else (None) one chunk."""
+    info = probe(path)
+    expected = info.frames_expected or count_frames(path, name)
+    if expected < 1:
+        raise InputError(f"{name}: no video frames")
+    num_frames = frames_to_process(expected, opts.start_frame, opts.max_frames, name)
+    size = opts.chunk_frames or (default_chunk_frames(info.fps, chunk_seconds) if chunk_seconds else None)
+    return VideoPlan(info, num_frames, plan_chunks(num_frames, size, opts.start_frame))
+
+
+def document_header(loaded: LoadedModel, opts: VideoOptions, prompts: list[str]) -> tuple[dict, dict]:
+    """masks.json's "model" and "params". Chunking is left out: it never changes results."""
+    model = {"id": loaded.source, "revision": loaded.revision, "tiny_random": loaded.is_tiny}
+    params = {"prompts": prompts, "apply_mask": opts.apply_mask, "outputs": opts.video_outputs() + ["rle"],
+              "start_frame": opts.start_frame, "max_frames": opts.max_frames, "mask_opacity": opts.mask_opacity,
+              "detection_threshold": opts.detection_threshold,
+              "device": loaded.device.type, "hotstart_delay": loaded.hotstart_delay}
+    return model, params
+
+
+# --- step 2: run chunk k -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class VideoRun:
+    """What every chunk of one video shares."""
+
+    info: VideoInfo
+    opts: VideoOptions
+    prompts: list[str]  # checked against the model's tokenizer
+    num_frames: int  # planned frames from start_frame on
+    part_frames: int = PART_FRAMES
+    decoder: str = "pyav"
+
+    def inputs(self, chunk: Chunk) -> ChunkInputs:
+        o = self.opts
+        return ChunkInputs(self.info, chunk, self.num_frames, self.prompts, o.video_outputs(), o.mask_opacity,
+                           EncoderSettings(), self.part_frames, o.start_frame, o.detection_threshold, self.decoder)
+
+
+def chunk_done(artifacts: Storage, work: WorkKeys, k: int) -> dict | None:
+    """Chunk k's done.json, if it finished."""
+    key = work.done(k)
+    return json.loads(artifacts.get_bytes(key)) if artifacts.exists(key) else None
+
+
+def chunk_needed(artifacts: Storage, work: WorkKeys, k: int) -> bool:
+    """False when chunk k finished before (a redelivery) or the stream ended in an earlier chunk."""
+    if artifacts.exists(work.done(k)):
+        return False
+    return not (k > 0 and (chunk_done(artifacts, work, k - 1) or {}).get("ended"))
+
+
+def run_chunk(video: VideoRun, chunk: Chunk, loaded: LoadedModel, artifacts: Storage, work: WorkKeys,
+              progress: Callable[[int], None] | None = None) -> ChunkResult | None:
+    """Run ``chunk``, carrying the tracker in from chunk k-1's state; None when not needed."""
+    if not chunk_needed(artifacts, work, chunk.index):
+        return None
+    return run_chunk_inputs(video.inputs(chunk), loaded, artifacts, work, progress)
+
+
+# --- step 3: finalize ----------------------------------------------------------------------------
+
+def chunks_run(artifacts: Storage, work: WorkKeys, planned: int) -> int:
+    """How many chunks produced output: all planned ones, or up to the one where the stream ended."""
+    for k in range(planned):
+        if json.loads(artifacts.get_bytes(work.done(k))).get("ended"):
+            return k + 1
+    return planned
+
+
+def finalize(info: VideoInfo, header: dict, artifacts: Storage, work: WorkKeys, planned_chunks: int,
+             out: Storage, out_prefix: str, part_frames: int) -> Finalized:
+    """Join the chunks' outputs into masks.json and the output videos under ``out_prefix``."""
+    chunks = chunks_run(artifacts, work, planned_chunks)
+    videos = [o for o in header["params"]["outputs"] if o != "rle"]
+    document, uris, audio = finalize_video(info, artifacts, work, chunks, videos, header["model"], header["params"],
+                                           header["prompts"], out, out_prefix, part_frames)
+    return Finalized(uris, document["video"]["num_frames"], len(document["objects"]), chunks, audio)
+
+
+# --- the local driver ----------------------------------------------------------------------------
+
+@dataclass
+class _Tally:
+    timings: dict[str, float] = field(default_factory=lambda: {"decode": 0.0, "model": 0.0, "render": 0.0,
+                                                               "state": 0.0})
+    warnings: list[str] = field(default_factory=list)
+    decoders: list[str] = field(default_factory=list)
+    encoder: str = "none"
+
+    def add(self, done: ChunkResult) -> None:
+        for key, value in done.timings.items():
+            self.timings[key] += value
+        self.warnings += done.warnings
+        self.decoders.append(done.decoder)
+        self.encoder = done.encoder if done.encoder != "none" else self.encoder
+
+
+def segment_video(source: str | Path, loaded: LoadedModel, opts: VideoOptions, prompts: list[str],
+                  storage: Storage, prefix: str = "", progress: Progress | None = None,
+                  part_frames: int = PART_FRAMES, decoder: str = "pyav") -> SegmentResult:
+    """Run every step of one video here: masks.json and the requested videos under ``prefix``.
+
+    Chunk artifacts go to a temporary directory; every chunk boundary goes through the tracker
+    state codec (written, then read back), exactly as when chunks run on different workers."""
+    wall = time.perf_counter()
+    prompts = check_prompts(loaded.tokenizer, prompts)
+    name = Path(source).name
+    plan = prepare(Path(source), opts, name, chunk_seconds=None)
+    video = VideoRun(plan.info, opts, prompts, plan.num_frames, part_frames, decoder)
+    tally = _Tally()
+    work = WorkKeys()
+    with tempfile.TemporaryDirectory(prefix="sam3v-chunks-") as tmp:
+        artifacts = LocalStorage(tmp)
+        for chunk in plan.chunks:
+            done = run_chunk(video, chunk, loaded, artifacts, work,
+                             (lambda n: progress(n, plan.num_frames)) if progress else None)
+            if done is None:
+                break  # the stream ended in the chunk before
+            tally.add(done)
+        t0 = time.perf_counter()
+        model, params = document_header(loaded, opts, prompts)
+        final = finalize(plan.info, {"model": model, "params": params, "prompts": prompts}, artifacts, work,
+                         len(plan.chunks), storage, prefix, part_frames)
+        tally.timings["mux"] = time.perf_counter() - t0
+    if final.num_frames < plan.num_frames:
+        tally.warnings.insert(0, f"{name}: the header promises {plan.info.frames_expected or opts.start_frame + plan.num_frames} "
+                                 f"frames but only "
+                                 f"{opts.start_frame + final.num_frames} decoded (truncated or damaged file); "
+                                 "processed those")
+    tally.timings["wall"] = time.perf_counter() - wall
+    return SegmentResult(final.outputs, final.num_frames, final.num_objects, final.num_chunks, tally.warnings,
+                         tally.timings, "/".join(dict.fromkeys(tally.decoders)), tally.encoder, final.audio)
