@@ -1,0 +1,87 @@
+"""What every `sam3v` command shares: error reporting, consoles, progress bars, the control plane."""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from pipeline.core.errors import InputError, Sam3vError
+
+out_console = Console()
+err_console = Console(stderr=True)
+
+
+def fail(message: str, code: int) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _debugging() -> bool:
+    # A switch for whoever debugs the CLI, not a pipeline setting: it stays out of Settings.
+    return bool(os.environ.get("SAM3V_DEBUG"))
+
+
+def user_errors(fn):
+    """Turn known errors into one line on stderr and an exit code; no traceback for the user."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Sam3vError as err:
+            fail(str(err), err.exit_code)
+        except KeyboardInterrupt:
+            fail("interrupted", 130)
+        except (typer.Exit, typer.Abort):
+            raise
+        except Exception as err:  # an internal error: say so, keep the traceback for SAM3V_DEBUG=1
+            if _debugging():
+                raise
+            fail(f"internal error: {type(err).__name__}: {err} (set SAM3V_DEBUG=1 for a traceback)", 1)
+
+    return wrapper
+
+
+def progress_bar(detail: str) -> Progress:
+    """A bar on stderr; ``detail`` is the column between the count and the times (a task field)."""
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn(detail),
+        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err_console,
+    )
+
+
+def context():
+    """(settings, Celery app, status store) of the control plane, from the environment."""
+    from pipeline.core.celery_app import make_app
+    from pipeline.core.redis_conn import connect
+    from pipeline.core.settings import get_settings
+    from pipeline.core.status import StatusStore
+
+    settings = get_settings()
+    return settings, make_app(settings), StatusStore(connect(settings))
+
+
+def job_context(job: str):
+    """``context()`` for a command about one job; a clear error when there is no such job."""
+    settings, celery_app, store = context()
+    if not store.job_exists(job):
+        raise InputError(f"no such job: {job}")
+    return settings, celery_app, store
+
+
+def schedules_app():
+    """The control plane's Celery app with RedBeat configured (no data plane: beat runs in the control image)."""
+    from pipeline.control import schedules
+    from pipeline.core.celery_app import make_app
+    from pipeline.core.settings import get_settings
+
+    settings = get_settings()
+    if not settings.effective_redis_url:
+        raise InputError("schedules live in Redis: set SAM3V_REDIS_URL or a redis:// SAM3V_BROKER_URL")
+    celery_app = make_app(settings)
+    schedules.configure(celery_app, settings.effective_redis_url)
+    return celery_app

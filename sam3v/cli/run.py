@@ -1,0 +1,42 @@
+"""`sam3v run`: a whole manifest in this process (in-process broker and worker, local storage)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from pipeline.core.errors import InputError
+from sam3v.cli.common import user_errors
+from sam3v.cli.jobs import finish, watch_job
+
+app = typer.Typer()
+
+
+@app.command()
+@user_errors
+def run(
+    manifest: Annotated[Path, typer.Argument(help="Manifest (JSONL or CSV); local paths allowed.")],
+    out: Annotated[Path, typer.Option(help="Output directory (local storage).")],
+    prompt: Annotated[Optional[str], typer.Option(help="Default prompt for lines without one.")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Model directory or Hugging Face id.")] = None,
+    name: Annotated[str, typer.Option(help="A name for the job.")] = "",
+) -> None:
+    """Run a manifest here and now: in-process broker and worker, local storage. No Redis or S3."""
+    if not manifest.is_file():
+        raise InputError(f"no such manifest: {manifest}")
+    from pipeline.control.producer import submit_manifest
+    from sam3v.embedded import embedded_app, embedded_settings, embedded_worker
+
+    settings = embedded_settings(out, model)
+    celery_app = embedded_app(settings)
+    from workers.runtime import context, model as worker_model
+
+    worker_model()  # a missing model fails here, before any video is read
+    store = context().status
+    with embedded_worker(celery_app):
+        done = submit_manifest(celery_app, store, manifest.read_bytes(), str(manifest), name=name,
+                               default_prompt=prompt, allow_local=True)
+        doc = watch_job(store, done.job_id)
+    finish(doc, f"results: {out / done.job_id / 'results.jsonl'}")

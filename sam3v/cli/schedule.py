@@ -1,0 +1,51 @@
+"""`sam3v schedule`: nightly jobs, kept in Redis by celery-redbeat (`sam3v beat` fires them)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from sam3v.cli.common import err_console, out_console, schedules_app, user_errors
+
+app = typer.Typer(help="Nightly jobs (celery-redbeat: schedules live in Redis).", no_args_is_help=True)
+
+
+@app.command("add")
+@user_errors
+def schedule_add(
+    name: str,
+    manifest: Annotated[str, typer.Option(help="Manifest location (s3://bucket/key or a path workers can read).")],
+    cron: Annotated[Optional[str], typer.Option(help='Cron expression, e.g. "0 2 * * *" (UTC).')] = None,
+    every: Annotated[Optional[float], typer.Option(help="Or: fire every this many seconds.")] = None,
+    prompt: Annotated[Optional[str], typer.Option(help="Default prompt for lines without one.")] = None,
+) -> None:
+    """Add (or replace) a schedule that submits MANIFEST at each firing."""
+    from pipeline.control import schedules
+
+    schedules.add(schedules_app(), name, manifest, prompt, cron, every)
+    err_console.print(f"schedule {name!r} saved")
+
+
+@app.command("list")
+@user_errors
+def schedule_list() -> None:
+    """List schedules."""
+    from pipeline.control import schedules
+
+    table = Table("name", "when", "manifest", "prompt", "last run")
+    for e in schedules.list_entries(schedules_app()):
+        table.add_row(e["name"], e["cron"] or f"every {e['every']} s", e["manifest"], e["prompt"] or "",
+                      e["last_run_at"] or "")
+    out_console.print(table)
+
+
+@app.command("remove")
+@user_errors
+def schedule_remove(name: str) -> None:
+    """Remove a schedule."""
+    from pipeline.control import schedules
+
+    schedules.remove(schedules_app(), name)
+    err_console.print(f"schedule {name!r} removed")

@@ -1,0 +1,104 @@
+"""`sam3v segment`: one video, here and now, no broker or Redis."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from pipeline.core.errors import InputError
+from sam3v.cli.common import err_console, progress_bar, user_errors
+
+app = typer.Typer()
+
+
+def _parse_outputs(value: Optional[str]) -> Optional[tuple[str, ...]]:
+    if value is None:
+        return None
+    items = tuple(v.strip() for v in value.split(",") if v.strip())
+    if not items:
+        raise InputError("--outputs: give at least one of overlay, mask, rle")
+    return items
+
+
+def _options(apply_mask, outputs, max_frames, chunk_frames, mask_opacity, start_frame, detection_threshold):
+    """The spec's options from the flags, refused before the model loads."""
+    from pipeline.core.specs import options_from_flags
+
+    # The spec knows no "0: one chunk", so its message would be wrong for a negative value.
+    if chunk_frames is not None and chunk_frames < 0:
+        raise InputError(f"--chunk-frames {chunk_frames}: must be 0 (one chunk) or more")
+    parsed_outputs = _parse_outputs(outputs)
+    return options_from_flags(apply_mask=apply_mask, outputs=list(parsed_outputs) if parsed_outputs else None,
+                              max_frames=max_frames, chunk_frames=chunk_frames or None, mask_opacity=mask_opacity,
+                              start_frame=start_frame, detection_threshold=detection_threshold)
+
+
+def _print_summary(result) -> None:
+    for warning in result.warnings:
+        err_console.print(f"[yellow]warning:[/] {warning}")
+    t = result.timings
+    err_console.print(
+        f"{result.num_frames} frames, {result.num_objects} objects, {result.num_chunks} chunk(s); decoder {result.decoder}, "
+        f"encoder {result.encoder}; busy s: decode {t['decode']:.1f} model {t['model']:.1f} "
+        f"render {t['render']:.1f} state {t['state']:.1f} mux {t['mux']:.1f}, wall {t['wall']:.1f}"
+    )
+    for name, uri in result.outputs.items():
+        typer.echo(f"{name}: {uri}")
+
+
+@app.command()
+@user_errors
+def segment(
+    video: Annotated[Path, typer.Argument(help="Input video file.")],
+    prompt: Annotated[list[str], typer.Option("--prompt", "-p", help="Text concept to find; repeat for several.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory (created if missing).")],
+    model: Annotated[str, typer.Option(help="Model directory (save_pretrained layout) or Hugging Face id.",
+                                       envvar="SAM3V_MODEL")] = "facebook/sam3",
+    apply_mask: Annotated[bool, typer.Option("--apply-mask/--no-apply-mask",
+                                             help="Overlay colored masks on the video (default) or write the "
+                                                  "white-on-black mask video.")] = True,
+    outputs: Annotated[Optional[str], typer.Option(help="Comma-separated set of overlay, mask, rle. "
+                                                        "Default: the one --apply-mask picks. masks.json is always written.")] = None,
+    start_frame: Annotated[int, typer.Option(
+        help="First frame to process (0-based index in the video). The output videos cover only the "
+             "processed frames, starting at 0 s, with the audio cut to match; masks.json keeps the source's "
+             "frame numbers and times.")] = 0,
+    max_frames: Annotated[Optional[int], typer.Option(help="Process at most this many frames (from --start-frame).")] = None,
+    chunk_frames: Annotated[Optional[int], typer.Option(
+        help="Run the video as chunks of this many frames, carrying tracker memory from chunk to chunk "
+             "through the state codec (as distributed workers do). 0 or absent: one chunk. "
+             "Results are identical either way.")] = None,
+    device: Annotated[str, typer.Option(help="auto (cuda when present), cpu or cuda.")] = "auto",
+    mask_opacity: Annotated[float, typer.Option(help="Overlay opacity, 0-1.")] = 0.5,
+    detection_threshold: Annotated[Optional[float], typer.Option(
+        help="Detection score threshold, 0-1: detections scoring below it are dropped. The score a detection "
+             "needs to start a new object moves with it (SAM 3: 0.5 and 0.7). Lower finds more, higher "
+             "fewer. Default: the model's own.")] = None,
+) -> None:
+    """Segment one video: masks.json plus overlay.mp4 and/or mask.mp4 in --out."""
+    if not video.exists():
+        raise InputError(f"no such file: {video}")
+    if video.is_dir():
+        raise InputError(f"{video} is a directory, not a video file")
+    opts = _options(apply_mask, outputs, max_frames, chunk_frames, mask_opacity, start_frame, detection_threshold)
+    from pipeline.core.settings import get_settings
+    from pipeline.core.storage import LocalStorage
+    from workers.model import load_model
+    from workers.video_steps import segment_video
+
+    settings = get_settings()
+    loaded = load_model(model, device, settings.torch_threads)
+    if loaded.is_tiny:
+        err_console.print("[yellow]warning:[/] tiny random test model: its masks are meaningless")
+    with progress_bar("{task.fields[fps]:.1f} frames/s") as bar:
+        task = bar.add_task(video.name, total=None, fps=0.0)
+
+        def report(done: int, total: Optional[int]) -> None:
+            elapsed = bar.tasks[0].elapsed or 0.0
+            bar.update(task, completed=done, total=total, fps=done / elapsed if elapsed else 0.0)
+
+        result = segment_video(video, loaded, opts, prompt, LocalStorage(out), progress=report,
+                               part_frames=settings.part_frames, decoder=settings.decoder)
+    _print_summary(result)

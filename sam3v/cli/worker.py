@@ -1,0 +1,69 @@
+"""Long-running processes of a deployment: the Celery worker, the scheduler (beat) and Flower."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from pipeline.core.errors import InputError
+from sam3v.cli.common import schedules_app, user_errors
+
+app = typer.Typer()
+
+
+def _settings_with_broker(why: str):
+    """The environment's settings; ``why`` tells the user what the missing broker is needed for."""
+    from pipeline.core.settings import get_settings
+
+    settings = get_settings()
+    if not settings.broker_url:
+        raise InputError(f"SAM3V_BROKER_URL is not set: {why}")
+    return settings
+
+
+@app.command()
+@user_errors
+def worker(
+    queues: Annotated[str, typer.Option(
+        help="Queues to consume: gpu, cpu, and the HTTP API's interactive-gpu, interactive-cpu.")] = "gpu,cpu",
+    concurrency: Annotated[int, typer.Option(help="Processes (one per GPU for the gpu queue).")] = 1,
+    max_tasks_per_child: Annotated[int, typer.Option(help="Recycle a process after this many tasks.")] = 200,
+    loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
+    hostname: Annotated[Optional[str], typer.Option(help="Celery node name.")] = None,
+) -> None:
+    """Start a Celery worker (prefork; the model loads once per process, in the child)."""
+    settings = _settings_with_broker("a worker needs a broker (redis://... or amqp://...)")
+    from workers.runtime import worker_app
+
+    celery_app = worker_app(settings, preload_model=any(q.endswith("gpu") for q in queues.split(",")))
+    argv = ["worker", "-Q", queues, "-c", str(concurrency), "-P", "prefork", "-E",
+            "--max-tasks-per-child", str(max_tasks_per_child), "--loglevel", loglevel]
+    if hostname:
+        argv += ["-n", hostname]
+    celery_app.worker_main(argv)
+
+
+@app.command()
+@user_errors
+def beat(loglevel: Annotated[str, typer.Option(help="Log level.")] = "INFO") -> None:
+    """Run the scheduler (celery beat with RedBeat; several may run, one holds the lock)."""
+    schedules_app().start(["beat", "-S", "redbeat.RedBeatScheduler", "--loglevel", loglevel])
+
+
+@app.command()
+@user_errors
+def flower(
+    port: Annotated[int, typer.Option(help="HTTP port.")] = 5555,
+    address: Annotated[str, typer.Option(help="Listen address.")] = "127.0.0.1",
+    basic_auth: Annotated[Optional[str], typer.Option(envvar="FLOWER_BASIC_AUTH",
+                                                      help="user:password (the API is off without auth).")] = None,
+) -> None:
+    """Flower, the Celery monitor, against the configured broker (workers send events, -E)."""
+    settings = _settings_with_broker("Flower watches a broker")
+    argv = [sys.executable, "-m", "celery", "-b", settings.broker_url, "flower", f"--port={port}", f"--address={address}"]
+    if basic_auth:
+        argv.append(f"--basic-auth={basic_auth}")
+    os.execv(sys.executable, argv)
