@@ -14,6 +14,7 @@ from sam3v.api.schemas import GenerationRequest
 from sam3v.api.uploads import SCHEME as UPLOAD
 from sam3v.api.uploads import resolve_upload
 from pipeline.core.errors import InputError
+from pipeline.core.layout import VideoKeys, output_name
 from pipeline.control.manifest import parse_manifest
 from pipeline.control.producer import enqueue_videos, retry_videos
 from pipeline.core.status import TERMINAL, StatusStore, _s
@@ -23,7 +24,6 @@ EVENT_NAMES = {"video_succeeded": "media_generation_completed", "video_failed": 
                "video_cancelled": "media_generation_cancelled"}
 VIDEO_ID = "video"
 LANE = "interactive"
-FILES = {"masks": "masks.json", "overlay": "overlay.mp4", "mask": "mask.mp4"}
 
 
 def gen_key(gen_id: str) -> str:
@@ -34,10 +34,6 @@ def owner_key(owner: str) -> str:
     return f"sam3v:gen:owner:{owner}"
 
 
-def output_key(gen_id: str, name: str) -> str:
-    return f"{gen_id}/{VIDEO_ID}/{FILES.get(name, name)}"
-
-
 class Generations:
     def __init__(self, settings, redis_client, celery_app, storage):
         self.settings = settings
@@ -45,7 +41,7 @@ class Generations:
         self.store = StatusStore(redis_client)
         self.celery = celery_app
         self.storage = storage
-        self.presigned = hasattr(storage, "client")  # S3: presigned URLs; local: our download route
+        self.presigned = storage.presigns  # S3: presigned URLs; local: our download route
 
     # --- create -------------------------------------------------------------------------------
     def check_input(self, req: GenerationRequest, owner: str) -> str | None:
@@ -109,7 +105,7 @@ class Generations:
         out = {}
         for name in outputs:
             if self.presigned:
-                out[name] = self.storage.url(output_key(gen_id, name), self.settings.api_url_expires)
+                out[name] = self.storage.url(VideoKeys(gen_id, VIDEO_ID).output(name), self.settings.api_url_expires)
             else:
                 out[name] = f"{base_url.rstrip('/')}/api/ai/queue/{gen_id}/files/{name}"
         return out
@@ -191,11 +187,11 @@ class Generations:
         retry_videos(self.celery, self.store, gen_id, [VIDEO_ID], LANE)
 
     def file(self, gen_id: str, name: str) -> tuple[str, Path | None]:
-        name = {v: k for k, v in FILES.items()}.get(name, name)
+        name = output_name(name)
         video = self.store.video(gen_id, VIDEO_ID)
         if video.get("status") != "succeeded" or name not in (video.get("outputs") or {}):
             raise APIError(404, "not_found", f"generation {gen_id} has no output {name!r}")
-        key = output_key(gen_id, name)
+        key = VideoKeys(gen_id, VIDEO_ID).output(name)
         if not self.storage.exists(key):  # deleted since (a lifecycle rule, a person): say so, not 500
             raise APIError(404, "not_found", f"generation {gen_id}: output {name!r} is no longer in storage")
         local = None if self.presigned else Path(self.storage.uri(key))

@@ -19,6 +19,7 @@ from typing import BinaryIO
 import redis
 
 from sam3v.api.errors import APIError
+from pipeline.core import layout
 from pipeline.core.status import _s
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ def store_upload(r: redis.Redis, storage, fileobj: BinaryIO, filename: str | Non
                  max_bytes: int, ttl: int) -> dict:
     """Copy the upload to storage (through a local file: storage backends take finished files)."""
     upload_id = uuid.uuid4().hex
-    key = f"uploads/{upload_id}/{safe_name(filename)}"
+    key = layout.upload_key(upload_id, safe_name(filename))
     with tempfile.NamedTemporaryFile(prefix="sam3v-upload-") as tmp:
         size = 0
         while block := fileobj.read(1 << 20):
@@ -84,7 +85,7 @@ def sweep_expired(r: redis.Redis, storage, now: float | None = None) -> int:
     swept = 0
     for raw in r.zrangebyscore(EXPIRY, "-inf", now, start=0, num=SWEEP_BATCH):
         upload_id = _s(raw)
-        storage.delete_prefix(f"uploads/{upload_id}")
+        storage.delete_prefix(layout.upload_prefix(upload_id))
         swept += r.zrem(EXPIRY, upload_id)
     return swept
 
