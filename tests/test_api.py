@@ -554,15 +554,11 @@ def test_hosted_documentation_scripts(api, inputs):
     assert payload["status"] == "succeeded" and payload["result_url"].startswith("http")
 
 
-def test_register_api_adds_the_command():
-    import typer
+def test_the_cli_has_the_api_command():
     from typer.testing import CliRunner
 
-    from sam3v.cli.api import register_api
+    from sam3v.cli import app
 
-    app = typer.Typer()
-    app.command()(lambda: None)
-    register_api(app, lambda fn: fn)
     r = CliRunner().invoke(app, ["api", "--help"])
     assert r.exit_code == 0 and "--port" in r.output
 
