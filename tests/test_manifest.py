@@ -199,3 +199,11 @@ def test_load_manifest_bytes(tmp_path):
         load_manifest_bytes("s3://bkt/other.csv", Fake)
     with pytest.raises(InputError, match="bucket/key"):
         load_manifest_bytes("s3://bkt", Fake)
+
+
+def test_an_id_equal_to_the_job_index_is_rejected():
+    """A video named results.jsonl would overwrite (or be overwritten by) the job's own index."""
+    data = b'{"id": "results.jsonl", "video": "s3://b/a.mp4", "prompt": "dog"}\n{"id": "ok", "video": "s3://b/b.mp4", "prompt": "dog"}\n'
+    result = parse_manifest(data, "m.jsonl")
+    assert [i.id for i in result.items] == ["ok"]
+    assert result.rejected[0].line == 1 and "results.jsonl" in result.rejected[0].reason

@@ -1,11 +1,13 @@
 """Sequential decode of a probed video to RGB frames in displayed orientation.
 
-Two backends behind one interface:
-- decord (primary): fastest sequential reader here; read with ``next()``, never ``get_batch`` on a
-  range (several times slower). decord applies the container's rotation itself.
-- PyAV (fallback): decord's bundled FFmpeg 4.1 cannot open AV1, and it fails on some containers
-  (MPEG-TS: "Unable to handle EOF" at the first frame) and on truncated files (its open reads
-  every packet and gives up on the first read error). PyAV does not rotate, so we do.
+Two backends behind one interface, PyAV first and decord second (``SAM3V_DECODER`` turns the order
+round; each takes over when the other cannot open or decode a file):
+- PyAV (first): decodes on demand, at about the ffmpeg CLI's speed. It does not rotate, so we do.
+- decord (second): read with ``next()``, never ``get_batch`` on a range (several times slower);
+  it applies the container's rotation itself. It is not first because decord 0.6 decodes ahead of
+  a slow reader without bound (hundreds of MB), and the model is always a slow reader; its bundled
+  FFmpeg 4.1 also cannot open AV1, fails on MPEG-TS ("Unable to handle EOF" at the first frame) and
+  on truncated files (its open reads every packet and gives up on the first read error).
 
 ``open_reader`` decides the backend before returning by decoding the first frame eagerly, so
 ``reader.backend`` is final and an undecodable file fails there with an ``InputError``.

@@ -18,6 +18,7 @@ from urllib.request import url2pathname
 from pydantic import BaseModel, ValidationError
 
 from pipeline.core.errors import InputError
+from pipeline.core.layout import RESERVED_VIDEO_IDS
 from pipeline.core.specs import OPTION_FIELDS, VideoSpec, first_error
 
 FIELDS = {"id", "video", "input_video", "prompt", "prompts", *OPTION_FIELDS}
@@ -112,6 +113,8 @@ def _item(raw: dict, line: int, default_prompt: str | None, allow_local: bool) -
         raise ValueError(f"id: must be a string, not {type(vid).__name__}")
     elif not _ID.match(vid) or vid in (".", ".."):
         raise ValueError(f"id: {vid!r} is not safe as a storage key (letters, digits, '.', '_', '-'; at most 128)")
+    elif vid in RESERVED_VIDEO_IDS:
+        raise ValueError(f"id: {vid!r} is the name of the job's own index file; choose another id")
     fields = {k: v for k, v in raw.items() if k in OPTION_FIELDS}
     if isinstance(fields.get("outputs"), str):
         fields["outputs"] = [o.strip() for o in re.split(r"[,|]", fields["outputs"]) if o.strip()]

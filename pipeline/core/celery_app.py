@@ -1,7 +1,8 @@
-"""The Celery application: broker, queues, routes and the delivery settings that matter.
+"""The Celery application: task names, queues, routes and the delivery settings that matter.
 
-The control plane sends tasks by name (it never imports the data plane); workers import
-``workers.tasks``, which registers the task bodies on this same app.
+``make_app(settings)`` builds it; nothing builds one at import time. The control plane sends tasks
+by these names and never imports the data plane; a worker's entry point builds the app and
+registers the task bodies (``workers.runtime.worker_app``).
 """
 
 from __future__ import annotations

@@ -25,8 +25,8 @@ OUTPUT_FILES = {"masks": "masks.json", "overlay": "overlay.mp4", "mask": "mask.m
 RESULTS_NAME = "results.jsonl"
 UPLOADS = "uploads"
 WORK = "work"
-# Names a video id may not take: they are the job folder's own entries.
-RESERVED_VIDEO_IDS = frozenset({RESULTS_NAME, UPLOADS})
+# Names a video id may not take: the job folder's own entries.
+RESERVED_VIDEO_IDS = frozenset({RESULTS_NAME})
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,8 @@ from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from pipeline.core.specs import OUTPUT_NAMES
+
 MODEL_ID = "sam-3-video"
 
 
@@ -35,7 +37,7 @@ class GenerationRequest(BaseModel):
         None, ge=0.0, le=1.0, description="Keep detections scoring at least this (default: the model's, 0.5); "
                                           "a new object needs 0.2 more.")
     chunk_frames: int | None = Field(None, ge=1, description="Frames per chunk (tracker memory is carried across).")
-    outputs: list[Literal["overlay", "mask", "rle"]] | None = Field(
+    outputs: list[Literal[OUTPUT_NAMES]] | None = Field(
         None, min_length=1, description="Outputs to write; default: the one apply_mask picks. masks.json is always written.")
     mask_opacity: float = Field(0.5, ge=0.0, le=1.0, description="Overlay opacity, 0-1.")
     webhook_url: str | None = Field(None, json_schema_extra={"format": "uri"},
