@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.core.specs import VIDEO_OUTPUTS
 from workers import rle
 from workers.decode import Frame
 from workers.composite import mask_frame, overlay, overlay_yuv

@@ -8,6 +8,11 @@ Each task is idempotent: the same inputs give the same storage keys, and a redel
 finds its work done returns. A chunk that keeps killing its worker fails its video after
 ``max_redeliveries`` deliveries instead of looping. Input errors fail only their video. A retried
 video runs under a new attempt number; tasks of an earlier attempt stop at their next step.
+
+Redis or storage out of reach is nobody's fault: the task waits for Redis (it cannot even publish a
+retry without it), then runs again later (``outage_retries``, backing off), and its delivery is not
+counted against the redelivery limit. Each task beats while it works (``pipeline.core.heartbeats``);
+work lost in a way no task can report is found by ``workers.sweeper``.
 """
 
 from __future__ import annotations
@@ -16,18 +21,24 @@ import logging
 import time
 from collections.abc import Callable
 
+import redis
 from celery import Task, chain, shared_task
 from celery.exceptions import Ignore, SoftTimeLimitExceeded
 
 from pipeline.control import schedules
 from pipeline.core.celery_app import FINALIZE, PROBE, SEGMENT_CHUNK, queue_for
-from pipeline.core.errors import Sam3vError
+from pipeline.core.errors import Cancelled, Sam3vError
+from pipeline.core.heartbeats import Heartbeats
 from pipeline.core.layout import VideoKeys
 from pipeline.core.planning import PART_FRAMES, Chunk
 from pipeline.core.specs import VideoSpec
+from pipeline.core.storage import StorageUnavailable
+from workers import sweeper  # noqa: F401  (publish hooks and the sweeper thread of worker masters)
 from workers.runtime import Context, context, model
 from workers.sources import local_source, stage_source
-from workers.video_state import attempt_of, fail_video, finish_video, stop_if_not_wanted
+from workers.video_state import fail_video, finish_video, stop_if_not_wanted
+
+OUTAGES = (redis.ConnectionError, redis.TimeoutError, StorageUnavailable)
 
 log = logging.getLogger(__name__)
 
@@ -50,26 +61,65 @@ class VideoTask(Task):
     def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
         job_id, video_id = args[0], args[1]
         try:
-            ctx = context()
-            if attempt_of(ctx.status.video(job_id, video_id)) != (kwargs or {}).get("attempt", 0):
-                return  # an earlier attempt's task: the video was retried since, and is not this task's
-            fail_video(ctx, job_id, video_id, f"internal error in {self.name}: {type(exc).__name__}: {exc}")
+            fail_video(context(), job_id, video_id, (kwargs or {}).get("attempt", 0),
+                       f"internal error in {self.name}: {type(exc).__name__}: {exc}")
         except Exception:
             log.exception("%s: could not record the failure of %s/%s", self.name, job_id, video_id)
 
 
-def _guarded(ctx: Context, job_id: str, video_id: str, what: str, step: Callable):
-    """Run ``step``; an error fails this video (with a message for the user) and keeps the worker."""
+def _wait_for_redis(ctx: Context, limit: float) -> None:
+    deadline = time.monotonic() + limit
+    pause = 0.5
+    while True:
+        try:
+            ctx.status.r.ping()
+            return
+        except (redis.ConnectionError, redis.TimeoutError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(pause)
+            pause = min(5.0, pause * 2)
+
+
+def _retry_later(task: Task, ctx: Context, err: Exception, uncount: Callable[[], None] | None) -> None:
+    """An outage interrupted the task: run it again later, its delivery not counted."""
+    log.warning("%s: %s; running it again later", task.name, err)
+    # Publishing the retry needs the broker (Redis), and the attempt's records need Redis too.
+    _wait_for_redis(ctx, max(5.0, ctx.settings.task_time_limit / 2))
+    if uncount:
+        uncount()
+    retries = task.request.retries
+    raise task.retry(exc=err, countdown=min(60, 2 ** retries), max_retries=ctx.settings.outage_retries)
+
+
+def _guarded(task: Task, ctx: Context, job_id: str, video_id: str, attempt: int, what: str, step: Callable,
+             uncount: Callable[[], None] | None = None):
+    """Run ``step``; an error fails this video (with a message for the user) and keeps the worker;
+    an outage of Redis or storage runs the task again later."""
     try:
         return step()
+    except OUTAGES as err:
+        _retry_later(task, ctx, err, uncount)
+    except Cancelled as err:  # the video was cancelled or moved on: nothing to record, nobody to fail
+        log.info("%s of %s/%s: %s", what, job_id, video_id, err)
     except SoftTimeLimitExceeded:
-        fail_video(ctx, job_id, video_id, f"{what} ran past the task time limit ({ctx.settings.task_time_limit} s)")
+        fail_video(ctx, job_id, video_id, attempt,
+                   f"{what} ran past the task time limit ({ctx.settings.task_time_limit} s)")
     except Sam3vError as err:
-        fail_video(ctx, job_id, video_id, str(err))
+        fail_video(ctx, job_id, video_id, attempt, str(err))
     except Exception as err:  # a bug or an environment fault: fail this video, keep the worker
         log.exception("%s of %s/%s failed", what, job_id, video_id)
-        fail_video(ctx, job_id, video_id, f"internal error in {what}: {type(err).__name__}: {err}")
+        fail_video(ctx, job_id, video_id, attempt, f"internal error in {what}: {type(err).__name__}: {err}")
     raise Ignore()
+
+
+def _started(task: Task, ctx: Context, job_id: str, video_id: str, attempt: int) -> None:
+    """The checks every task makes first; then it shows a sign of life."""
+    try:
+        stop_if_not_wanted(ctx, job_id, video_id, attempt)
+        Heartbeats(ctx.status.r).beat(job_id, video_id)
+    except OUTAGES as err:
+        _retry_later(task, ctx, err, None)
 
 
 def _spec(ctx: Context, job_id: str, video_id: str) -> VideoSpec:
@@ -82,18 +132,20 @@ def probe_task(self, job_id: str, video_id: str, attempt: int = 0) -> None:
     from workers.video_steps import prepare
 
     ctx = task_context(self)
-    stop_if_not_wanted(ctx, job_id, video_id, attempt)
-    spec = _spec(ctx, job_id, video_id)
-    ctx.status.update_video(job_id, video_id, status="processing", started=time.time())
+    _started(self, ctx, job_id, video_id, attempt)
 
     def step():
+        spec = _spec(ctx, job_id, video_id)
+        ctx.status.update_video(job_id, video_id, fence=attempt, status="processing", started=time.time())
         source = stage_source(ctx.storage, ctx.settings, job_id, video_id, {"video": spec.video})
         path = local_source(ctx.storage, ctx.settings, source, job_id, video_id)
-        return source, prepare(path, spec, spec.video, ctx.settings.chunk_seconds)
+        plan = prepare(path, spec, spec.video, ctx.settings.chunk_seconds)
+        ctx.status.update_video(job_id, video_id, fence=attempt, source=source, frames_total=plan.num_frames,
+                                frames_done=0, chunks_total=len(plan.chunks), chunks_done=0,
+                                part_frames=ctx.settings.part_frames)
+        return plan
 
-    source, plan = _guarded(ctx, job_id, video_id, "probe", step)
-    ctx.status.update_video(job_id, video_id, source=source, frames_total=plan.num_frames, frames_done=0,
-                            chunks_total=len(plan.chunks), chunks_done=0, part_frames=ctx.settings.part_frames)
+    plan = _guarded(self, ctx, job_id, video_id, attempt, "probe", step)
     lane = ctx.status.job_spec(job_id).get("lane", "batch")
     gpu, cpu = queue_for("gpu", lane), queue_for("cpu", lane)
     steps = [segment_chunk_task.si(job_id, video_id, c.index, c.start, c.stop, c.final, plan.num_frames,
@@ -101,16 +153,49 @@ def probe_task(self, job_id: str, video_id: str, attempt: int = 0) -> None:
     chain(*steps, finalize_task.si(job_id, video_id, len(plan.chunks), attempt=attempt).set(queue=cpu)).apply_async()
 
 
-def _progress(ctx: Context, job_id: str, video_id: str) -> Callable[[int], None]:
-    """Frames done, written at most every 2 s."""
+def _progress(ctx: Context, job_id: str, video_id: str, attempt: int) -> Callable[[int], None]:
+    """Frames done and a heartbeat, written at most every 2 s. Best effort: a chunk does not stop
+    for a Redis blip; its outcome is recorded (or retried) when it ends."""
     last_report = [0.0]
+    beats = Heartbeats(ctx.status.r)
 
     def report(done: int) -> None:
         if time.monotonic() - last_report[0] > 2.0:
             last_report[0] = time.monotonic()
-            ctx.status.update_video(job_id, video_id, frames_done=done)
+            try:
+                beats.beat(job_id, video_id)
+                ctx.status.update_video(job_id, video_id, fence=attempt, frames_done=done)
+            except (redis.ConnectionError, redis.TimeoutError) as err:
+                log.warning("progress of %s/%s not recorded: %s", job_id, video_id, err)
 
     return report
+
+
+def _wanted(ctx: Context, job_id: str, video_id: str, attempt: int) -> bool:
+    """False once the video is cancelled, ended or retried under a new attempt."""
+    try:
+        stop_if_not_wanted(ctx, job_id, video_id, attempt)
+    except Ignore:
+        return False
+    return True
+
+
+def _stop_check(ctx: Context, job_id: str, video_id: str, attempt: int, every: float = 1.0) -> Callable[[], bool]:
+    """A running chunk's ``should_stop``: asked every frame, it reads Redis at most every ``every``
+    seconds. A Redis blip is not a reason to stop: the next check asks again."""
+    next_check = [time.monotonic() + every]
+
+    def should_stop() -> bool:
+        if time.monotonic() < next_check[0]:
+            return False
+        next_check[0] = time.monotonic() + every
+        try:
+            return not _wanted(ctx, job_id, video_id, attempt)
+        except (redis.ConnectionError, redis.TimeoutError) as err:
+            log.warning("cannot tell whether %s/%s is still wanted: %s", job_id, video_id, err)
+            return False
+
+    return should_stop
 
 
 @shared_task(name=SEGMENT_CHUNK, bind=True, base=VideoTask)
@@ -122,35 +207,39 @@ def segment_chunk_task(self, job_id: str, video_id: str, k: int, start: int, sto
     from workers.video_steps import VideoRun, chunk_needed, document_header, run_chunk
 
     ctx = task_context(self)
-    stop_if_not_wanted(ctx, job_id, video_id, attempt)
-    deliveries = ctx.status.count_delivery(job_id, video_id, k)
-    if deliveries > ctx.settings.max_redeliveries:
-        fail_video(ctx, job_id, video_id, f"chunk {k} (frames {start}-{stop - 1}) was started {deliveries - 1} "
-                                          "times and never finished: it kills its worker (out of memory?)")
-        raise Ignore()
+    _started(self, ctx, job_id, video_id, attempt)
     work = VideoKeys(job_id, video_id).work
-    if not chunk_needed(ctx.storage, work, k):
-        return
-    entry = ctx.status.video(job_id, video_id)
-    spec = _spec(ctx, job_id, video_id)
+    if not _guarded(self, ctx, job_id, video_id, attempt, f"chunk {k}", lambda: chunk_needed(ctx.storage, work, k)):
+        return  # done before (a redelivery) or after the end of the stream: not a delivery to count
+    deliveries = _guarded(self, ctx, job_id, video_id, attempt, f"chunk {k}",
+                          lambda: ctx.status.count_delivery(job_id, video_id, k))
+    if deliveries > ctx.settings.max_redeliveries:
+        fail_video(ctx, job_id, video_id, attempt, f"chunk {k} (frames {start}-{stop - 1}) was started "
+                   f"{deliveries - 1} times and never finished: it kills its worker (out of memory?)")
+        raise Ignore()
 
     def step():
+        entry = ctx.status.video(job_id, video_id)
+        spec = _spec(ctx, job_id, video_id)
         loaded = model()
         prompts = check_prompts(loaded.tokenizer, spec.prompts)
         info = probe(local_source(ctx.storage, ctx.settings, entry["source"], job_id, video_id))
         if k == 0:
             header_model, params = document_header(loaded, spec, prompts)
-            ctx.status.update_video(job_id, video_id, header={"model": header_model, "params": params,
-                                                              "prompts": prompts})
+            ctx.status.update_video(job_id, video_id, fence=attempt,
+                                    header={"model": header_model, "params": params, "prompts": prompts})
         video = VideoRun(info, spec, prompts, num_frames, entry.get("part_frames") or PART_FRAMES,
                          ctx.settings.decoder)
-        return run_chunk(video, Chunk(k, start, stop, final), loaded, ctx.storage, work,
-                         _progress(ctx, job_id, video_id))
+        result = run_chunk(video, Chunk(k, start, stop, final), loaded, ctx.storage, work,
+                           _progress(ctx, job_id, video_id, attempt), _stop_check(ctx, job_id, video_id, attempt))
+        warnings = result.warnings if result else []
+        ctx.status.update_video(job_id, video_id, fence=attempt, frames_done=min(stop - spec.start_frame, num_frames),
+                                chunks_done=k + 1, warnings=(entry.get("warnings") or []) + warnings)
 
-    result = _guarded(ctx, job_id, video_id, f"chunk {k}", step)
-    warnings = result.warnings if result else []
-    ctx.status.update_video(job_id, video_id, frames_done=min(stop - spec.start_frame, num_frames),
-                            chunks_done=k + 1, warnings=(entry.get("warnings") or []) + warnings)
+    def uncount() -> None:
+        ctx.status.count_delivery(job_id, video_id, k, by=-1)
+
+    _guarded(self, ctx, job_id, video_id, attempt, f"chunk {k}", step, uncount)
 
 
 @shared_task(name=FINALIZE, bind=True, base=VideoTask)
@@ -160,24 +249,33 @@ def finalize_task(self, job_id: str, video_id: str, planned_chunks: int, attempt
     from workers.video_steps import finalize
 
     ctx = task_context(self)
-    stop_if_not_wanted(ctx, job_id, video_id, attempt)
-    entry = ctx.status.video(job_id, video_id)
+    _started(self, ctx, job_id, video_id, attempt)
     keys = VideoKeys(job_id, video_id)
 
     def step():
+        entry = ctx.status.video(job_id, video_id)
         info = probe(local_source(ctx.storage, ctx.settings, entry["source"], job_id, video_id))
-        return finalize(info, entry["header"], ctx.storage, keys.work, planned_chunks, ctx.storage, keys.prefix,
-                        entry.get("part_frames") or PART_FRAMES)
+        final = finalize(info, entry["header"], ctx.storage, keys.work, planned_chunks, ctx.storage, keys.prefix,
+                         entry.get("part_frames") or PART_FRAMES)
+        if not _wanted(ctx, job_id, video_id, attempt):
+            # Cancelled while it joined the parts: no success, and the work files stay (a retry's
+            # new attempt may be writing there already).
+            raise Cancelled("stopped before recording its outputs: its video is no longer wanted")
+        finish_video(ctx, job_id, video_id, attempt, status="succeeded", outputs=final.outputs,
+                     num_frames=final.num_frames, num_objects=final.num_objects, frames_done=final.num_frames)
 
-    final = _guarded(ctx, job_id, video_id, "finalize", step)
+    _guarded(self, ctx, job_id, video_id, attempt, "finalize", step)
+    # After the video is recorded: a retried finalize must still find the chunks if recording failed.
     if not ctx.settings.keep_chunks:
-        ctx.storage.delete_prefix(keys.work_prefix)
-    finish_video(ctx, job_id, video_id, status="succeeded", outputs=final.outputs, num_frames=final.num_frames,
-                 num_objects=final.num_objects, frames_done=final.num_frames)
+        try:
+            ctx.storage.delete_prefix(keys.work_prefix)
+        except OUTAGES as err:
+            log.warning("%s/%s: work files left in storage: %s", job_id, video_id, err)
 
 
 @shared_task(name=schedules.SCHEDULED_SUBMIT, bind=True)
 def scheduled_submit_task(self, name: str, manifest: str, prompt: str | None, cron: str | None,
                           every: float | None) -> str:
     """One firing of a schedule: one job, whichever beat or redelivery sent it."""
-    return schedules.fire(self.app, context().status, name, manifest, prompt, cron, every)
+    ctx = context()
+    return schedules.fire(self.app, ctx.status, name, manifest, prompt, cron, every, ctx.settings.max_prompts)

@@ -1,8 +1,9 @@
 """What a worker records about a video's outcome, and when a task must not run at all.
 
 A video ends once (``finish_video``); the transition that ends the job's last video writes the
-job's ``results.jsonl``. A task of an earlier attempt (the video was retried since), of a cancelled
-job or of a video already ended stops before it does anything.
+job's ``results.jsonl``. A task of an earlier attempt (the video was retried or requeued since), of
+a cancelled job or of a video already ended stops before it does anything, and what it writes is
+fenced by its attempt (``StatusStore.update_video(fence=...)``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import time
 
 from celery.exceptions import Ignore
 
+from pipeline.core.heartbeats import Heartbeats
 from pipeline.core.layout import JobKeys
 from pipeline.core.status import TERMINAL
 from workers.runtime import Context
@@ -21,16 +23,18 @@ from workers.sources import drop_cached
 log = logging.getLogger(__name__)
 
 
-def finish_video(ctx: Context, job_id: str, video_id: str, **fields) -> None:
+def finish_video(ctx: Context, job_id: str, video_id: str, attempt: int, **fields) -> None:
     fields.setdefault("finished", time.time())
     drop_cached(ctx.settings, job_id, video_id)
-    if ctx.status.update_video(job_id, video_id, **fields):
+    if ctx.status.update_video(job_id, video_id, fence=attempt, **fields):
         write_results(ctx, job_id)
+    if ctx.status.video(job_id, video_id).get("status") in TERMINAL:
+        Heartbeats(ctx.status.r).forget(job_id, video_id)
 
 
-def fail_video(ctx: Context, job_id: str, video_id: str, message: str) -> None:
+def fail_video(ctx: Context, job_id: str, video_id: str, attempt: int, message: str) -> None:
     log.warning("job %s video %s failed: %s", job_id, video_id, message)
-    finish_video(ctx, job_id, video_id, status="failed", error=message)
+    finish_video(ctx, job_id, video_id, attempt, status="failed", error=message)
 
 
 def write_results(ctx: Context, job_id: str) -> None:

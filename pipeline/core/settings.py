@@ -9,6 +9,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from pipeline.core.planning import PART_FRAMES
+from pipeline.core.specs import DEFAULT_MAX_PROMPTS
 
 
 class Settings(BaseSettings):
@@ -34,6 +35,9 @@ class Settings(BaseSettings):
     cache: Path = Field(default_factory=lambda: Path.home() / ".cache" / "sam3v",
                         description="Worker-local cache directory (host copies of sources under sources/)")
     part_frames: int = Field(PART_FRAMES, ge=1, description="Frames per encoded part (a keyframe at least this often); recorded per video when it is planned")
+    heartbeat_timeout: float = Field(300.0, gt=0, description="A processing video whose task has shown no sign of life this long, with no task queued, is requeued by the sweeper, seconds")
+    sweep_interval: float = Field(60.0, gt=0, description="How often one worker looks for lost work (the sweeper), seconds")
+    outage_retries: int = Field(20, ge=0, description="Retries of a task that found Redis or storage unreachable, backing off to a minute apart, before its video fails")
     # --- HTTP API (sam3v api) ---------------------------------------------------------------------
     api_sync_timeout: float = Field(600.0, gt=0, description="POST /api/ai/videos/generate answers 504 after this, seconds")
     api_sse_ping: float = Field(15.0, gt=0, description="Seconds between SSE heartbeat comments")
@@ -46,6 +50,7 @@ class Settings(BaseSettings):
     api_webhook_secret: str | None = Field(None, description="Signs webhook bodies (per-key secrets derive from it); unset: one is made and kept in Redis")
     api_webhook_attempts: int = Field(6, ge=1, description="Deliveries of one webhook before it is given up")
     api_webhook_backoff: float = Field(2.0, gt=0, description="Pause before the second webhook delivery, seconds; doubles each time")
+    max_prompts: int = Field(DEFAULT_MAX_PROMPTS, ge=1, description="Most prompts one video may have (a manifest line, an API request, sam3v segment); each costs model time on every frame")
 
     @field_validator("url_allowlist", "api_s3_buckets", mode="before")
     @classmethod

@@ -18,11 +18,14 @@ TERMINAL = ("succeeded", "failed", "cancelled")
 EVENTS = "sam3v:events"
 EVENTS_MAXLEN = 100_000
 
-# KEYS: videos hash, counts hash, job hash. ARGV: video id, new state, new JSON, total, now.
-# Moves one video to a new state and the counts with it; returns 1 when this transition made
-# every video terminal (the job is complete), else 0.
+# KEYS: videos hash, counts hash, job hash. ARGV: video id, new state, new JSON, total, now, the
+# entry as the caller read it ("" for none). Moves one video to a new state and the counts with it;
+# returns 1 when this transition made every video terminal (the job is complete), 0 otherwise, and
+# -1 without writing when the entry changed since the caller read it (the caller reads again): a
+# merge computed from a stale read must not undo a concurrent change (a retry's new attempt).
 _TRANSITION = """
 local old = redis.call('HGET', KEYS[1], ARGV[1])
+if (old or '') ~= ARGV[6] then return -1 end
 local old_state = nil
 if old then old_state = cjson.decode(old)['status'] end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
@@ -143,26 +146,54 @@ class StatusStore:
         raw = self.r.hget(_k("job", job_id, "videos"), video_id)
         return json.loads(raw) if raw else {}
 
-    def update_video(self, job_id: str, video_id: str, **fields) -> bool:
-        """Merge ``fields`` into the video's entry; returns True if this completed the job."""
-        entry = self.video(job_id, video_id)
-        if entry.get("status") in TERMINAL and fields.get("status") not in (None, "queued") and \
-                fields.get("status") != entry.get("status"):
-            return False  # a late message for a video already finished (or cancelled) changes nothing
-        entry.update(fields)
-        entry["updated"] = time.time()
-        total = int(self.r.hget(_k("job", job_id), "total") or 0)
-        completed = self._transition(
-            keys=[_k("job", job_id, "videos"), _k("job", job_id, "counts"), _k("job", job_id)],
-            args=[video_id, entry["status"], json.dumps(entry), total, time.time()],
-        )
+    def update_video(self, job_id: str, video_id: str, fence: int | None = None, **fields) -> bool:
+        """Merge ``fields`` into the video's entry; returns True if this completed the job.
+
+        ``fence``: the attempt the caller works for; when the video has moved on to another attempt
+        (a retry, a requeue) nothing is written. The read, the checks and the write are one atomic
+        step (compare-and-set), so a late writer never undoes a newer change."""
+        return self._merge(job_id, video_id, fence, fields) == "completed"
+
+    def _merge(self, job_id: str, video_id: str, fence: int | None, fields: dict, only_if: str | None = None) -> str:
+        """"refused", "written" or "completed" (written, and it completed the job). ``only_if``: a
+        state the entry must be in."""
+        key = _k("job", job_id, "videos")
+        while True:
+            raw = self.r.hget(key, video_id)
+            entry = json.loads(raw) if raw else {}
+            if fence is not None and int(entry.get("attempt") or 0) != fence:
+                return "refused"  # a task of an earlier attempt: the video was retried since
+            if only_if is not None and entry.get("status") != only_if:
+                return "refused"
+            if entry.get("status") in TERMINAL and fields.get("status") not in (None, "queued") and \
+                    fields.get("status") != entry.get("status"):
+                return "refused"  # a late message for a video already finished (or cancelled) changes nothing
+            entry.update(fields)
+            entry["updated"] = time.time()
+            total = int(self.r.hget(_k("job", job_id), "total") or 0)
+            completed = self._transition(
+                keys=[key, _k("job", job_id, "counts"), _k("job", job_id)],
+                args=[video_id, entry["status"], json.dumps(entry), total, time.time(), _s(raw) if raw else ""],
+            )
+            if int(completed) >= 0:
+                break
         if "status" in fields:
             data = {"video": video_id, "status": entry["status"]}
             for extra in ("error", "outputs"):
                 if entry.get(extra):
                     data[extra] = entry[extra]
             self.event(job_id, f"video_{entry['status']}", data)
-        return bool(completed)
+        return "completed" if int(completed) else "written"
+
+    def requeue(self, job_id: str, video_id: str, attempt: int) -> int | None:
+        """Queue a ``processing`` video of ``attempt`` again under the next attempt (its lost work
+        restarts; the cancelled flag is left alone); None when it is no longer in that state."""
+        entry = self.video(job_id, video_id)
+        if entry.get("status") != "processing" or int(entry.get("attempt") or 0) != attempt:
+            return None
+        fields = {"status": "queued", "attempt": attempt + 1, "requeued": int(entry.get("requeued") or 0) + 1}
+        refused = self._merge(job_id, video_id, attempt, fields, only_if="processing") == "refused"
+        return None if refused else attempt + 1
 
     def reopen(self, job_id: str, video_ids: list[str]) -> dict[str, int]:
         """Queue these videos again, each under a new attempt number (returned): tasks of an earlier
@@ -177,9 +208,10 @@ class StatusStore:
                               attempt=attempts[vid])
         return attempts
 
-    def count_delivery(self, job_id: str, video_id: str, chunk: int) -> int:
+    def count_delivery(self, job_id: str, video_id: str, chunk: int, by: int = 1) -> int:
+        """Count a start of ``chunk`` (``by=-1``: one that an outage interrupted, not a crash)."""
         key = _k("deliveries", job_id, video_id)
-        n = self.r.hincrby(key, str(chunk), 1)
+        n = self.r.hincrby(key, str(chunk), by)
         self.r.expire(key, 7 * 86400)
         return int(n)
 

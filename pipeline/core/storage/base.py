@@ -18,6 +18,11 @@ class MissingKey(FileNotFoundError):
         self.uri = uri
 
 
+class StorageUnavailable(ConnectionError):
+    """The storage service could not be reached (connection refused, dropped or timed out): nobody's
+    input is at fault, and the same call can succeed later."""
+
+
 class Storage(ABC):
     #: True when ``url`` hands out links a client can fetch directly (presigned S3 URLs); False when
     #: a server must stream the key itself (a local directory).

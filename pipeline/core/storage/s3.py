@@ -6,14 +6,16 @@ becomes visible only when its upload completes, so readers never see half a resu
 
 from __future__ import annotations
 
+import functools
 import uuid
 from pathlib import Path
 
 import boto3
+from boto3.exceptions import RetriesExceededError, S3TransferFailedError, S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, ConnectionError as BotoConnectionError, HTTPClientError
 
-from pipeline.core.storage.base import MissingKey, Storage, check_key
+from pipeline.core.storage.base import MissingKey, Storage, StorageUnavailable, check_key
 
 MiB = 1024 * 1024
 _NOT_FOUND = ("404", "NoSuchKey", "NotFound")
@@ -21,6 +23,33 @@ _NOT_FOUND = ("404", "NoSuchKey", "NotFound")
 
 def _not_found(err: ClientError) -> bool:
     return err.response.get("Error", {}).get("Code") in _NOT_FOUND
+
+
+def _outage(err: BaseException) -> bool:
+    """A connection that failed (refused, dropped, timed out), here or behind the transfer
+    manager's wrapper, after botocore's own retries."""
+    seen = 0
+    while err is not None and seen < 8:
+        if isinstance(err, BotoConnectionError | HTTPClientError):
+            return True
+        err, seen = getattr(err, "last_exception", None) or err.__cause__ or err.__context__, seen + 1
+    return False
+
+
+def _translated(method):
+    """Outages become ``StorageUnavailable`` naming the bucket; every other error is unchanged."""
+
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except (BotoConnectionError, HTTPClientError, RetriesExceededError, S3UploadFailedError,
+                S3TransferFailedError) as err:
+            if _outage(err):
+                raise StorageUnavailable(f"s3://{self.bucket}: storage unreachable ({err})") from err
+            raise
+
+    return call
 
 
 class S3Storage(Storage):
@@ -37,14 +66,17 @@ class S3Storage(Storage):
         check_key(key)
         return f"{self.prefix}/{key}" if self.prefix else key
 
+    @_translated
     def put_file(self, local_path: Path, key: str) -> str:
         self.client.upload_file(str(local_path), self.bucket, self._key(key), Config=self.transfer)
         return self.uri(key)
 
+    @_translated
     def put_bytes(self, data: bytes, key: str) -> str:
         self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
         return self.uri(key)
 
+    @_translated
     def get_bytes(self, key: str) -> bytes:
         try:
             return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
@@ -53,6 +85,7 @@ class S3Storage(Storage):
                 raise MissingKey(self.uri(key)) from None
             raise
 
+    @_translated
     def get_file(self, key: str, local_path: Path) -> Path:
         local_path = Path(local_path)
         local_path.parent.mkdir(parents=True, exist_ok=True)
@@ -68,6 +101,7 @@ class S3Storage(Storage):
             tmp.unlink(missing_ok=True)
         return local_path
 
+    @_translated
     def exists(self, key: str) -> bool:
         try:
             self.client.head_object(Bucket=self.bucket, Key=self._key(key))
@@ -77,6 +111,7 @@ class S3Storage(Storage):
                 return False
             raise
 
+    @_translated
     def list(self, prefix: str) -> list[str]:
         full = self._key(prefix.strip("/")) + "/" if prefix.strip("/") else (self.prefix + "/" if self.prefix else "")
         keys = []
@@ -85,6 +120,7 @@ class S3Storage(Storage):
                 keys.append(obj["Key"][len(self.prefix) + 1:] if self.prefix else obj["Key"])
         return keys
 
+    @_translated
     def delete_prefix(self, prefix: str) -> int:
         keys = [self._key(k) for k in self.list(prefix)]
         for start in range(0, len(keys), 1000):
