@@ -207,3 +207,21 @@ def test_an_id_equal_to_the_job_index_is_rejected():
     result = parse_manifest(data, "m.jsonl")
     assert [i.id for i in result.items] == ["ok"]
     assert result.rejected[0].line == 1 and "results.jsonl" in result.rejected[0].reason
+
+
+def test_prompt_count_is_bounded():
+    """Each prompt costs model time on every frame: a line with more than max_prompts is rejected,
+    naming the field and the limit; lines at the limit, and the job's default prompt, pass."""
+    many = [f"thing {i}" for i in range(17)]
+    data = jsonl({"video": "s3://b/1.mp4", "prompts": many[:16]}, {"video": "s3://b/2.mp4", "prompts": many},
+                 {"video": "s3://b/3.mp4", "prompts": "|".join(many)}, {"video": "s3://b/4.mp4"})
+    result = parse_manifest(data, "m.jsonl", "dog")
+    assert [(i.line, len(i.prompts)) for i in result.items] == [(1, 16), (4, 1)]
+    assert [(r.line, r.reason) for r in result.rejected] == [
+        (2, "prompts: 17 prompts, at most 16 per video (SAM3V_MAX_PROMPTS)"),
+        (3, "prompts: 17 prompts, at most 16 per video (SAM3V_MAX_PROMPTS)")]
+    lowered = parse_manifest(data, "m.jsonl", "dog", max_prompts=2)
+    assert [i.line for i in lowered.items] == [4]
+    assert "at most 2 per video" in lowered.rejected[0].reason
+    csv = parse_manifest(b"video,prompts\ns3://b/a.mp4,a|b\ns3://b/b.mp4,a|b|c\n", "m.csv", max_prompts=2)
+    assert [i.line for i in csv.items] == [2] and csv.rejected[0].reason.startswith("prompts: 3 prompts")

@@ -12,7 +12,8 @@ SAM 3 reads frame numbers, e.g. to recondition every n-th frame).
 
 Every artifact is published under deterministic keys, each only when complete, so a chunk killed
 mid-way and run again from the same input state overwrites, never duplicates; ``done.json`` is
-written last and marks the chunk finished.
+written last and marks the chunk finished. A chunk whose work is no longer wanted (``should_stop``:
+its job was cancelled) stops at its next frame and publishes nothing more.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from pipeline.core.errors import InputError
+from pipeline.core.errors import Cancelled, InputError
 from pipeline.core.layout import WorkKeys
 from pipeline.core.planning import PART_FRAMES, Chunk, encode_limit
 from pipeline.core.storage import Storage
@@ -112,9 +113,12 @@ class ChunkRunner:
     end of the video), ``publish`` (frames, the next chunk's state, then the done marker)."""
 
     def __init__(self, inputs: ChunkInputs, loaded: LoadedModel, artifacts: Storage, work: WorkKeys,
-                 workdir: Path, progress: Callable[[int], None] | None = None):
+                 workdir: Path, progress: Callable[[int], None] | None = None,
+                 should_stop: Callable[[], bool] | None = None):
         self.inputs, self.loaded, self.artifacts, self.work = inputs, loaded, artifacts, work
         self.workdir, self.progress = workdir, progress
+        # Asked before every frame, so it must be cheap (the task side reads Redis at most every second).
+        self.should_stop = should_stop
         self.timings = {"decode": 0.0, "model": 0.0, "render": 0.0, "state": 0.0}
         self.log = FrameLog()
         self.held: dict[int, Frame] = {}  # decoded frames waiting for their model output
@@ -169,6 +173,8 @@ class ChunkRunner:
         chunk, origin = self.inputs.chunk, self.inputs.start_frame
         for frame in self.decode:
             i = frame.index
+            if self.should_stop and self.should_stop():
+                raise Cancelled(f"stopped at frame {i}: its video is no longer wanted")
             self.seen = i + 1
             if i < self.carry.emitted_to:
                 if i < self.limit:
@@ -267,10 +273,12 @@ class ChunkRunner:
 
 
 def run_chunk_inputs(inputs: ChunkInputs, loaded: LoadedModel, artifacts: Storage, work: WorkKeys,
-                     progress: Callable[[int], None] | None = None) -> ChunkResult:
-    """Run one chunk and publish its artifacts under ``work``."""
+                     progress: Callable[[int], None] | None = None,
+                     should_stop: Callable[[], bool] | None = None) -> ChunkResult:
+    """Run one chunk and publish its artifacts under ``work``; raises ``Cancelled`` (nothing more
+    published) once ``should_stop()`` says so."""
     with tempfile.TemporaryDirectory(prefix=f"sam3v-chunk{inputs.chunk.index}-") as tmp:
-        runner = ChunkRunner(inputs, loaded, artifacts, work, Path(tmp), progress)
+        runner = ChunkRunner(inputs, loaded, artifacts, work, Path(tmp), progress, should_stop)
         runner.load_state()
         try:
             runner.run()

@@ -135,11 +135,14 @@ def chunk_needed(artifacts: Storage, work: WorkKeys, k: int) -> bool:
 
 
 def run_chunk(video: VideoRun, chunk: Chunk, loaded: LoadedModel, artifacts: Storage, work: WorkKeys,
-              progress: Callable[[int], None] | None = None) -> ChunkResult | None:
-    """Run ``chunk``, carrying the tracker in from chunk k-1's state; None when not needed."""
+              progress: Callable[[int], None] | None = None,
+              should_stop: Callable[[], bool] | None = None) -> ChunkResult | None:
+    """Run ``chunk``, carrying the tracker in from chunk k-1's state; None when not needed.
+    ``should_stop`` is asked before every frame; once it says yes the chunk raises ``Cancelled``
+    and publishes nothing more (no frames, state or done marker)."""
     if not chunk_needed(artifacts, work, chunk.index):
         return None
-    return run_chunk_inputs(video.inputs(chunk), loaded, artifacts, work, progress)
+    return run_chunk_inputs(video.inputs(chunk), loaded, artifacts, work, progress, should_stop)
 
 
 # --- step 3: finalize ----------------------------------------------------------------------------

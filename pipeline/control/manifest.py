@@ -19,7 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from pipeline.core.errors import InputError
 from pipeline.core.layout import RESERVED_VIDEO_IDS
-from pipeline.core.specs import OPTION_FIELDS, VideoSpec, first_error
+from pipeline.core.specs import DEFAULT_MAX_PROMPTS, OPTION_FIELDS, VideoSpec, first_error, too_many_prompts
 
 FIELDS = {"id", "video", "input_video", "prompt", "prompts", *OPTION_FIELDS}
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -73,8 +73,9 @@ def _default_id(line: int, video: str) -> str:
     return f"{line:06d}-{slug}"
 
 
-def _prompts(raw: dict, default_prompt: str | None) -> list[str]:
-    """The line's prompts; an absent, empty or whitespace-only prompt takes the job's default."""
+def _prompts(raw: dict, default_prompt: str | None, limit: int) -> list[str]:
+    """The line's prompts, at most ``limit``; an absent, empty or whitespace-only prompt takes the
+    job's default."""
     prompts: list[str] = []
     if raw.get("prompts") is not None:
         value = raw["prompts"]
@@ -87,6 +88,8 @@ def _prompts(raw: dict, default_prompt: str | None) -> list[str]:
             prompts = []
         if any(not p for p in prompts):
             raise ValueError("prompts: an entry is empty or whitespace")
+        if problem := too_many_prompts(len(prompts), limit):
+            raise ValueError(f"prompts: {problem}")
     elif raw.get("prompt") is not None:
         if not isinstance(raw["prompt"], str):
             raise ValueError("prompt: must be a string")
@@ -98,7 +101,7 @@ def _prompts(raw: dict, default_prompt: str | None) -> list[str]:
     return prompts
 
 
-def _item(raw: dict, line: int, default_prompt: str | None, allow_local: bool) -> VideoSpec:
+def _item(raw: dict, line: int, default_prompt: str | None, allow_local: bool, max_prompts: int) -> VideoSpec:
     unknown = sorted(set(raw) - FIELDS)
     if unknown:
         raise ValueError(f"unknown field {unknown[0]!r}")
@@ -119,7 +122,7 @@ def _item(raw: dict, line: int, default_prompt: str | None, allow_local: bool) -
     if isinstance(fields.get("outputs"), str):
         fields["outputs"] = [o.strip() for o in re.split(r"[,|]", fields["outputs"]) if o.strip()]
     try:
-        return VideoSpec(id=vid, video=video, prompts=_prompts(raw, default_prompt), line=line, **fields)
+        return VideoSpec(id=vid, video=video, prompts=_prompts(raw, default_prompt, max_prompts), line=line, **fields)
     except ValidationError as err:
         field, message = first_error(err)
         raise ValueError(f"{field}: {message}") from None
@@ -172,7 +175,9 @@ def _csv_rows(text: str):
         yield number, clean, None
 
 
-def parse_manifest(data: bytes, name: str, default_prompt: str | None = None, allow_local: bool = False) -> ManifestResult:
+def parse_manifest(data: bytes, name: str, default_prompt: str | None = None, allow_local: bool = False,
+                   max_prompts: int = DEFAULT_MAX_PROMPTS) -> ManifestResult:
+    """Every line checked; ``max_prompts``: the deployment's SAM3V_MAX_PROMPTS (the caller's settings)."""
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
@@ -188,7 +193,7 @@ def parse_manifest(data: bytes, name: str, default_prompt: str | None = None, al
     for number, row, problem in rows:
         if problem is None:
             try:
-                item = _item(row, number, default_prompt, allow_local)
+                item = _item(row, number, default_prompt, allow_local, max_prompts)
                 if item.id in seen:
                     problem = f"id: {item.id!r} repeats line {seen[item.id]}"
                 else:

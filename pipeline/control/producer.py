@@ -12,6 +12,7 @@ from celery import Celery
 
 from pipeline.core.celery_app import PROBE, queue_for
 from pipeline.core.errors import InputError
+from pipeline.core.specs import DEFAULT_MAX_PROMPTS
 from pipeline.control.manifest import manifest_digest, parse_manifest
 from pipeline.core.status import StatusStore
 
@@ -26,8 +27,10 @@ class Submitted:
 
 def submit_manifest(app: Celery, store: StatusStore, data: bytes, source_name: str, *, name: str = "",
                     default_prompt: str | None = None, idempotency_key: str | None = None,
-                    strict: bool = False, allow_local: bool = False, lane: str = "batch") -> Submitted:
-    result = parse_manifest(data, source_name, default_prompt, allow_local)
+                    strict: bool = False, allow_local: bool = False, lane: str = "batch",
+                    max_prompts: int = DEFAULT_MAX_PROMPTS) -> Submitted:
+    """``max_prompts``: the caller's ``settings.max_prompts``; a line with more prompts is rejected."""
+    result = parse_manifest(data, source_name, default_prompt, allow_local, max_prompts)
     if strict and result.rejected:
         first = "; ".join(f"line {r.line}: {r.reason}" for r in result.rejected[:5])
         raise InputError(f"{source_name}: {len(result.rejected)} bad line(s), job refused (--strict): {first}")

@@ -17,6 +17,7 @@ from redbeat.schedulers import RedBeatConfig
 from pipeline.control.manifest import load_manifest_bytes
 from pipeline.control.producer import submit_manifest
 from pipeline.core.errors import InputError
+from pipeline.core.specs import DEFAULT_MAX_PROMPTS
 from pipeline.core.status import StatusStore
 
 SCHEDULED_SUBMIT = "sam3v.scheduled_submit"
@@ -49,10 +50,11 @@ def slot(cron: str | None, every: float | None, now: float | None = None) -> str
 
 
 def fire(app: Celery, store: StatusStore, name: str, manifest: str, prompt: str | None, cron: str | None,
-         every: float | None) -> str:
+         every: float | None, max_prompts: int = DEFAULT_MAX_PROMPTS) -> str:
     """One firing: submit the manifest, keyed by the firing's slot; returns the job id."""
     done = submit_manifest(app, store, load_manifest_bytes(manifest), manifest, name=f"{name} (scheduled)",
-                           default_prompt=prompt, idempotency_key=f"schedule:{name}:{slot(cron, every)}")
+                           default_prompt=prompt, idempotency_key=f"schedule:{name}:{slot(cron, every)}",
+                           max_prompts=max_prompts)
     return done.job_id
 
 

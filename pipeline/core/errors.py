@@ -19,3 +19,8 @@ class ModelUnavailableError(InputError):
 
 class ProcessingError(Sam3vError):
     """Something failed while processing valid input (encoder crash, storage failure): exit 1."""
+
+
+class Cancelled(Sam3vError):
+    """Work stopped because it is no longer wanted (its job was cancelled, its video ended or was
+    retried under a new attempt): it ends without a result, and its video is not failed for it."""

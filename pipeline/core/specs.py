@@ -16,6 +16,9 @@ from pipeline.core.errors import InputError
 OUTPUT_NAMES = ("overlay", "mask", "rle")
 # The output videos, in the order they are rendered and listed.
 VIDEO_OUTPUTS = ("overlay", "mask")
+# Prompts one video may have unless SAM3V_MAX_PROMPTS says otherwise: each one costs model time and
+# memory on every frame, so an unbounded list would tie up a worker for hours.
+DEFAULT_MAX_PROMPTS = 16
 # The per-video options a manifest line may set, besides its id, video and prompts.
 OPTION_FIELDS = ("apply_mask", "outputs", "max_frames", "chunk_frames", "mask_opacity", "start_frame",
                  "detection_threshold")
@@ -87,6 +90,14 @@ class VideoSpec(VideoOptions):
     video: str  # where to read it: s3://, http(s)://, a storage: key or (embedded) a local path
     prompts: list[str]
     line: int = 0  # the manifest line it came from (1-based; 0: not from a manifest)
+
+
+def too_many_prompts(count: int, limit: int) -> str | None:
+    """Why ``count`` prompts are refused under ``limit`` (SAM3V_MAX_PROMPTS); None when they are not.
+    Entry points put their own field name in front (``prompts: ...``, ``--prompt: ...``)."""
+    if count <= limit:
+        return None
+    return f"{count} prompts, at most {limit} per video (SAM3V_MAX_PROMPTS)"
 
 
 def first_error(err: ValidationError) -> tuple[str, str]:

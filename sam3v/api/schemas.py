@@ -89,11 +89,9 @@ class GenerationRequest(BaseModel):
         return [p.strip() for p in value] if value is not None else None
 
     def all_prompts(self) -> list[str]:
-        out = [self.prompt]
-        for p in self.prompts or []:
-            if p not in out:
-                out.append(p)
-        return out
+        """prompt, then the extras not seen before. Linear: the count is checked only after this
+        (SAM3V_MAX_PROMPTS, in the manifest line), and a 1 MB body holds 100,000 prompts."""
+        return list(dict.fromkeys([self.prompt, *(self.prompts or [])]))
 
     def manifest_line(self, video: str | None = None) -> dict:
         """The pipeline's manifest line; ``video``: where workers read input_video (an upload's location)."""

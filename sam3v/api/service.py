@@ -74,7 +74,8 @@ class Generations:
         """A generation; ``video``: where workers read an upload (``check_input``'s answer)."""
         data = json.dumps(req.manifest_line(video)).encode()
         # Local paths only ever come from our own upload store (local storage), never from a caller.
-        parsed = parse_manifest(data, "api.jsonl", allow_local=video is not None)
+        parsed = parse_manifest(data, "api.jsonl", allow_local=video is not None,
+                                max_prompts=self.settings.max_prompts)
         if parsed.rejected:
             reason = parsed.rejected[0].reason
             raise APIError(422, "invalid_request", reason, field=reason.split(":", 1)[0])

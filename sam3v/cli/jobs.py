@@ -80,7 +80,8 @@ def submit(
     if not settings.broker_url:
         raise InputError("SAM3V_BROKER_URL is not set: use `sam3v run` for the embedded mode, or set a broker")
     done = submit_manifest(celery_app, store, load_manifest_bytes(manifest), manifest, name=name,
-                           default_prompt=prompt, idempotency_key=idempotency_key, strict=strict)
+                           default_prompt=prompt, idempotency_key=idempotency_key, strict=strict,
+                           max_prompts=settings.max_prompts)
     err_console.print(f"{'submitted' if done.created else 'already submitted'}: {done.accepted} video(s), "
                       f"{done.rejected} rejected line(s)")
     if wait:

@@ -37,6 +37,6 @@ def run(
     store = context().status
     with embedded_worker(celery_app):
         done = submit_manifest(celery_app, store, manifest.read_bytes(), str(manifest), name=name,
-                               default_prompt=prompt, allow_local=True)
+                               default_prompt=prompt, allow_local=True, max_prompts=settings.max_prompts)
         doc = watch_job(store, done.job_id)
     finish(doc, f"results: {out / done.job_id / 'results.jsonl'}")

@@ -35,6 +35,14 @@ def _options(apply_mask, outputs, max_frames, chunk_frames, mask_opacity, start_
                               start_frame=start_frame, detection_threshold=detection_threshold)
 
 
+def _check_prompt_count(prompts: list[str], limit: int) -> None:
+    """Refused before the model loads: each prompt costs model time on every frame."""
+    from pipeline.core.specs import too_many_prompts
+
+    if problem := too_many_prompts(len(prompts), limit):
+        raise InputError(f"--prompt: {problem}")
+
+
 def _print_summary(result) -> None:
     for warning in result.warnings:
         err_console.print(f"[yellow]warning:[/] {warning}")
@@ -89,6 +97,7 @@ def segment(
     from workers.video_steps import segment_video
 
     settings = get_settings()
+    _check_prompt_count(prompt, settings.max_prompts)
     loaded = load_model(model, device, settings.torch_threads)
     if loaded.is_tiny:
         err_console.print("[yellow]warning:[/] tiny random test model: its masks are meaningless")
