@@ -13,13 +13,13 @@ import json
 import re
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
-from urllib.request import url2pathname
 
 from pydantic import BaseModel, ValidationError
 
 from pipeline.core.errors import InputError
 from pipeline.core.layout import RESERVED_VIDEO_IDS
 from pipeline.core.specs import DEFAULT_MAX_PROMPTS, OPTION_FIELDS, VideoSpec, first_error, too_many_prompts
+from pipeline.core.uris import REMOTE, BadUri, Scheme, parse_uri
 
 FIELDS = {"id", "video", "input_video", "prompt", "prompts", *OPTION_FIELDS}
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -40,31 +40,25 @@ def manifest_digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _check_video(video: object, allow_local: bool) -> str:
+def _check_video(video: object, allow_local: bool, allow_storage: bool) -> str:
+    """The video's normal form (``parse_uri``): what workers read, whatever case the scheme had."""
     if video is None or (isinstance(video, str) and not video.strip()):
         raise ValueError("video: missing or empty")
     if not isinstance(video, str):
         raise ValueError("video: must be a string (s3://, http(s):// URL or, in embedded mode, a path)")
-    video = video.strip()
-    parsed = urlparse(video)
-    scheme = parsed.scheme.lower()
-    if scheme in ("http", "https"):
-        if not parsed.hostname:
-            raise ValueError(f"video: {video!r} has no host")
-    elif scheme == "s3":
-        if not parsed.netloc or not parsed.path.strip("/"):
-            raise ValueError(f"video: {video!r} is not s3://bucket/key")
-    elif scheme == "file":
+    try:
+        uri = parse_uri(video)
+    except BadUri as err:
+        raise ValueError(f"video: {err}") from None
+    if uri.scheme in REMOTE or (uri.scheme is Scheme.STORAGE and allow_storage):
+        return uri.text
+    if uri.is_local:
         if not allow_local:
-            raise ValueError(f"video: file:// URIs ({video!r}) are only allowed in embedded mode (sam3v run)")
-        if parsed.netloc not in ("", "localhost") or not parsed.path:
-            raise ValueError(f"video: {video!r} is not a local file:// URI")
-        return url2pathname(parsed.path)
-    elif scheme and len(scheme) > 1:  # not a Windows drive letter
-        raise ValueError(f"video: scheme {scheme!r} is not supported (use s3://, http:// or https://)")
-    elif not allow_local:
-        raise ValueError(f"video: local path {video!r} is only allowed in embedded mode (sam3v run)")
-    return video
+            what = "file:// URIs" if uri.scheme is Scheme.FILE else "local paths"
+            raise ValueError(f"video: {what} ({video.strip()!r}) are only allowed in embedded mode (sam3v run)")
+        return uri.path
+    raise ValueError(f"video: {video.strip()!r}: scheme {uri.scheme.value!r} is not supported here "
+                     "(use s3://, http:// or https://)")
 
 
 def _default_id(line: int, video: str) -> str:
@@ -101,14 +95,15 @@ def _prompts(raw: dict, default_prompt: str | None, limit: int) -> list[str]:
     return prompts
 
 
-def _item(raw: dict, line: int, default_prompt: str | None, allow_local: bool, max_prompts: int) -> VideoSpec:
+def _item(raw: dict, line: int, default_prompt: str | None, allow_local: bool, max_prompts: int,
+          allow_storage: bool) -> VideoSpec:
     unknown = sorted(set(raw) - FIELDS)
     if unknown:
         raise ValueError(f"unknown field {unknown[0]!r}")
     raw = {k: v for k, v in raw.items() if v is not None}  # JSON null: as if absent
     if "video" in raw and "input_video" in raw:
         raise ValueError("give video or input_video, not both")
-    video = _check_video(raw.get("video", raw.get("input_video")), allow_local)
+    video = _check_video(raw.get("video", raw.get("input_video")), allow_local, allow_storage)
     vid = raw.get("id")
     if vid is None or vid == "":
         vid = _default_id(line, video)
@@ -176,8 +171,11 @@ def _csv_rows(text: str):
 
 
 def parse_manifest(data: bytes, name: str, default_prompt: str | None = None, allow_local: bool = False,
-                   max_prompts: int = DEFAULT_MAX_PROMPTS) -> ManifestResult:
-    """Every line checked; ``max_prompts``: the deployment's SAM3V_MAX_PROMPTS (the caller's settings)."""
+                   max_prompts: int = DEFAULT_MAX_PROMPTS, *, allow_storage: bool = False) -> ManifestResult:
+    """Every line checked; ``max_prompts``: the deployment's SAM3V_MAX_PROMPTS (the caller's settings).
+    ``allow_local``: local paths (embedded ``sam3v run`` only). ``allow_storage``: ``storage:`` keys,
+    for a line the API wrote itself (an upload): a caller naming our storage could read any job's
+    results."""
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
@@ -193,7 +191,7 @@ def parse_manifest(data: bytes, name: str, default_prompt: str | None = None, al
     for number, row, problem in rows:
         if problem is None:
             try:
-                item = _item(row, number, default_prompt, allow_local, max_prompts)
+                item = _item(row, number, default_prompt, allow_local, max_prompts, allow_storage)
                 if item.id in seen:
                     problem = f"id: {item.id!r} repeats line {seen[item.id]}"
                 else:
@@ -209,20 +207,24 @@ def parse_manifest(data: bytes, name: str, default_prompt: str | None = None, al
 def load_manifest_bytes(location: str, storage_factory=None) -> bytes:
     """A manifest from a local path or ``s3://bucket/key``. ``storage_factory(bucket)`` gives the
     S3 storage to read it with (default: ``open_storage("s3://bucket")``, boto3's standard chain)."""
-    if location.startswith("s3://"):
-        bucket, _, key = location.removeprefix("s3://").partition("/")
-        if not bucket or not key:
-            raise InputError(f"manifest {location}: not s3://bucket/key")
+    try:
+        uri = parse_uri(location)
+    except BadUri as err:
+        raise InputError(f"manifest: {err}") from None
+    if uri.scheme is Scheme.S3:
         if storage_factory is None:
             from pipeline.core.storage import open_storage
 
             def storage_factory(name: str):
                 return open_storage(f"s3://{name}")
         try:
-            return storage_factory(bucket).get_bytes(key)
+            return storage_factory(uri.bucket).get_bytes(uri.key)
         except Exception as err:
             raise InputError(f"cannot read manifest {location}: {err}") from None
-    path = Path(location.removeprefix("file://")).expanduser()
+    if not uri.is_local:
+        raise InputError(f"manifest {location}: scheme {uri.scheme.value!r} is not supported "
+                         "(s3://bucket/key or a local path)")
+    path = Path(uri.path).expanduser()
     if not path.is_file():
         raise InputError(f"no such manifest: {location}")
     return path.read_bytes()

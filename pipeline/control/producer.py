@@ -48,7 +48,8 @@ def submit_manifest(app: Celery, store: StatusStore, data: bytes, source_name: s
             return Submitted(held_job, False, 0, 0)
     items = [item.model_dump() for item in result.items]
     rejected = [r.model_dump() for r in result.rejected]
-    spec = {"source": source_name, "default_prompt": default_prompt, "lane": lane}
+    # Workers read local paths only for a job that allowed them (workers/sources.py stage_source).
+    spec = {"source": source_name, "default_prompt": default_prompt, "lane": lane, "allow_local": allow_local}
     store.create_job(job_id, name or source_name, spec, items, rejected)
     enqueue_videos(app, job_id, [i["id"] for i in items], lane)
     return Submitted(job_id, True, len(items), len(rejected))

@@ -3,13 +3,12 @@ model's parameters; everything else is an optional, additive extra."""
 
 from __future__ import annotations
 
-import re
 from typing import Literal
-from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from pipeline.core.specs import OUTPUT_NAMES
+from pipeline.core.uris import REMOTE, Scheme, parse_uri
 
 MODEL_ID = "sam-3-video"
 
@@ -47,32 +46,22 @@ class GenerationRequest(BaseModel):
     @field_validator("input_video")
     @classmethod
     def _uri(cls, value: str) -> str:
-        value = value.strip()
-        parsed = urlparse(value)
-        scheme = parsed.scheme.lower()
-        if scheme in ("http", "https"):
-            if not parsed.hostname:
-                raise ValueError("URL has no host")
-        elif scheme == "s3":
-            if not parsed.netloc or not parsed.path.strip("/"):
-                raise ValueError("not s3://bucket/key")
-        elif scheme == "upload":
-            if not re.fullmatch(r"upload://[0-9a-f]{32}", value):
-                raise ValueError("not upload://<id> as POST /api/ai/uploads answers it")
-        else:
+        """The normal form (``S3://`` is ``s3://``): the bucket allow-list and the workers see the
+        scheme the way ``parse_uri`` reads it."""
+        uri = parse_uri(value)  # BadUri is a ValueError: a 422 naming input_video
+        if uri.scheme not in (*REMOTE, Scheme.UPLOAD):
             raise ValueError("must be an http://, https://, s3:// or upload:// URI (local paths are not accepted)")
-        return value
+        return uri.text
 
     @field_validator("webhook_url")
     @classmethod
     def _webhook(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        value = value.strip()
-        parsed = urlparse(value)
-        if parsed.scheme.lower() not in ("http", "https") or not parsed.hostname:
+        uri = parse_uri(value)
+        if uri.scheme not in (Scheme.HTTP, Scheme.HTTPS):
             raise ValueError("must be an http:// or https:// URL with a host")
-        return value
+        return uri.text
 
     @field_validator("prompt")
     @classmethod

@@ -6,24 +6,37 @@ from __future__ import annotations
 
 import hmac
 import json
+import re
 import time
 from pathlib import Path
 
 from sam3v.api.errors import APIError
 from sam3v.api.schemas import GenerationRequest
-from sam3v.api.uploads import SCHEME as UPLOAD
 from sam3v.api.uploads import resolve_upload
 from pipeline.core.errors import InputError
 from pipeline.core.layout import VideoKeys, output_name
 from pipeline.control.manifest import parse_manifest
 from pipeline.control.producer import enqueue_videos, retry_videos
 from pipeline.core.status import TERMINAL, StatusStore, _s
+from pipeline.core.uris import Scheme, parse_uri, storage_uri
 from pipeline.core.urls import check_url
 
 EVENT_NAMES = {"video_succeeded": "media_generation_completed", "video_failed": "media_generation_failed",
                "video_cancelled": "media_generation_cancelled"}
 VIDEO_ID = "video"
 LANE = "interactive"
+
+
+# The shape of StatusStore.new_job_id()'s ids ("20250101-120000-0123abcd"); tests/test_abuse.py
+# checks the two agree. A path id of any other shape is answered 404 before it reaches Redis: one
+# like "owner:<digest>" would name one of this module's own keys (a WRONGTYPE error, a 500).
+GENERATION_ID = re.compile(r"\d{8}-\d{6}-[0-9a-f]{8}")
+
+
+def check_generation_id(gen_id: str) -> None:
+    """404 ``not_found`` for an id no generation can have."""
+    if not GENERATION_ID.fullmatch(gen_id):
+        raise APIError(404, "not_found", f"no generation {gen_id}")
 
 
 def gen_key(gen_id: str) -> str:
@@ -47,21 +60,22 @@ class Generations:
     def check_input(self, req: GenerationRequest, owner: str) -> str | None:
         """422 for an input or webhook this server may not use; returns where workers read an
         upload (None for other inputs)."""
-        video = req.input_video
-        if video.lower().startswith(("http://", "https://")):
-            self._check_url(video, "input_video")
-        elif video.startswith("s3://"):
-            bucket_key = video.removeprefix("s3://")
+        uri = parse_uri(req.input_video)  # the request's normal form: the scheme is lower case
+        if uri.scheme in (Scheme.HTTP, Scheme.HTTPS):
+            self._check_url(uri.text, "input_video")
+        elif uri.scheme is Scheme.S3:
             # An entry is a bucket or bucket/prefix; a key outside them (another tenant's results,
-            # uploads) is refused.
+            # uploads) is refused. parse_uri refused '..' segments, so a key cannot climb out.
+            bucket_key = f"{uri.bucket}/{uri.key}"
             if not any(bucket_key.startswith(entry.strip("/") + "/") for entry in self.settings.api_s3_buckets):
-                raise APIError(422, "invalid_request", f"input_video: {video}: this server reads s3:// inputs only "
+                raise APIError(422, "invalid_request", f"input_video: {uri.text}: this server reads s3:// inputs only "
                                "from the buckets in SAM3V_API_S3_BUCKETS", field="input_video")
         if req.webhook_url:
             self._check_url(req.webhook_url, "webhook_url")
-        if video.startswith(UPLOAD):
-            key = resolve_upload(self.r, video, owner)
-            return self.storage.uri(key)
+        if uri.scheme is Scheme.UPLOAD:
+            # Our own storage's key, not a path or an s3:// URI: workers read it from the storage
+            # they share with us, and no job of this API ever names a local path.
+            return storage_uri(resolve_upload(self.r, uri.text, owner))
         return None
 
     def _check_url(self, url: str, field: str) -> None:
@@ -73,8 +87,8 @@ class Generations:
     def create(self, req: GenerationRequest, owner: str, base_url: str, video: str | None = None) -> str:
         """A generation; ``video``: where workers read an upload (``check_input``'s answer)."""
         data = json.dumps(req.manifest_line(video)).encode()
-        # Local paths only ever come from our own upload store (local storage), never from a caller.
-        parsed = parse_manifest(data, "api.jsonl", allow_local=video is not None,
+        # storage: keys only ever come from our own upload store (check_input), never from a caller.
+        parsed = parse_manifest(data, "api.jsonl", allow_storage=video is not None,
                                 max_prompts=self.settings.max_prompts)
         if parsed.rejected:
             reason = parsed.rejected[0].reason

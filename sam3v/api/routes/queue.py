@@ -15,7 +15,7 @@ from sam3v.api.auth import owner
 from sam3v.api.deps import JSON_BODY_MAX, generations, submit
 from sam3v.api.errors import APIError
 from sam3v.api.schemas import GenerationRequest
-from sam3v.api.service import VIDEO_ID, Generations, gen_key
+from sam3v.api.service import VIDEO_ID, Generations, check_generation_id, gen_key
 
 router = APIRouter(tags=["queue"])
 
@@ -39,6 +39,7 @@ def list_generations(request: Request, who: str = Depends(owner),
 async def get_generation(generation_id: str, request: Request, who: str = Depends(owner)):
     """Status (queued, processing, succeeded, failed, cancelled); `result_url` (overlay if apply_mask,
     else mask) and `result_urls` once succeeded; `error_message` once failed."""
+    check_generation_id(generation_id)
     g = generations(request)
     ar = request.app.state.aredis
     if ar is None:
@@ -54,6 +55,7 @@ async def get_generation(generation_id: str, request: Request, who: str = Depend
 
 
 def _change(request: Request, generation_id: str, who: str, action) -> dict:
+    check_generation_id(generation_id)
     g = generations(request)
     meta = g.meta(generation_id, who)  # 404 before anything changes for someone else's id
     action(g, generation_id)
@@ -76,6 +78,7 @@ def retry_generation(generation_id: str, request: Request, who: str = Depends(ow
 def download(generation_id: str, name: str, request: Request, who: str = Depends(owner)):
     """An output (`overlay`, `mask` or `masks`) of a succeeded generation. `result_urls` point here
     when storage is a local directory; with S3 they are presigned URLs instead."""
+    check_generation_id(generation_id)
     g = generations(request)
     g.meta(generation_id, who)
     key, local = g.file(generation_id, name)
