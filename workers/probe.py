@@ -44,11 +44,14 @@ class VideoInfo:
     video_stream_index: int = 0  # index of the chosen video stream in the container
 
 
-def probe(path: str | os.PathLike[str]) -> VideoInfo:
-    """Describe the video at ``path``; raise ``InputError`` if it is not a usable video file."""
-    name = os.fspath(path)
-    _check_file(name)
-    data = _run_ffprobe(name)
+def probe(path: str | os.PathLike[str], name: str | None = None) -> VideoInfo:
+    """Describe the video at ``path``; raise ``InputError`` if it is not a usable video file.
+    ``name``: what the user called it (a URI), for messages; default ``path``. A worker's copy of
+    an input lives under its cache, a path that means nothing to the user who sent the URI."""
+    local = os.fspath(path)
+    name = name or local
+    _check_file(local, name)
+    data = _run_ffprobe(local, name)
     container = str(data.get("format", {}).get("format_name", ""))
     streams: list[dict[str, Any]] = data.get("streams", [])
     if container in _IMAGE_FORMATS or container.endswith("_pipe"):
@@ -56,23 +59,23 @@ def probe(path: str | os.PathLike[str]) -> VideoInfo:
     video = _pick_video_stream(streams)
     if video is None:
         raise InputError(f"{name} has no video stream")
-    return _build_info(name, container, data.get("format", {}), video, streams)
+    return _build_info(local, name, container, data.get("format", {}), video, streams)
 
 
-def _check_file(name: str) -> None:
+def _check_file(local: str, name: str) -> None:
     # ffprobe's own messages for these cases ("moov atom not found") do not tell a user much.
-    if not os.path.exists(name):
+    if not os.path.exists(local):
         raise InputError(f"no such file: {name}")
-    if os.path.isdir(name):
+    if os.path.isdir(local):
         raise InputError(f"{name} is a directory, not a video file")
-    if os.path.getsize(name) == 0:
+    if os.path.getsize(local) == 0:
         raise InputError(f"{name} is empty (0 bytes), not a video file")
 
 
-def _run_ffprobe(name: str) -> dict[str, Any]:
+def _run_ffprobe(local: str, name: str) -> dict[str, Any]:
     # "file:" stops ffprobe reading a name like "concat:a|b" or "x:y.mp4" as a protocol URL.
     cmd = ["ffprobe", "-v", "error", "-print_format", "json", "-show_format", "-show_streams",
-           "file:" + name]
+           "file:" + local]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace",
                               timeout=FFPROBE_TIMEOUT_S, stdin=subprocess.DEVNULL)
@@ -82,7 +85,7 @@ def _run_ffprobe(name: str) -> dict[str, Any]:
         raise InputError(f"{name} is not a video file (ffprobe: timed out after "
                          f"{FFPROBE_TIMEOUT_S:.0f} s)") from err
     if proc.returncode != 0:
-        raise InputError(f"{name} is not a video file (ffprobe: {_short_reason(proc.stderr, name)})")
+        raise InputError(f"{name} is not a video file (ffprobe: {_short_reason(proc.stderr, local, name)})")
     try:
         data = json.loads(proc.stdout or "{}")
     except json.JSONDecodeError as err:
@@ -92,17 +95,18 @@ def _run_ffprobe(name: str) -> dict[str, Any]:
     return data
 
 
-def _short_reason(stderr: str, name: str) -> str:
-    """ffprobe's last error line without the file name it starts with, kept to one short line."""
+def _short_reason(stderr: str, local: str, name: str) -> str:
+    """ffprobe's last error line without the file name it starts with, kept to one short line;
+    ``local`` elsewhere in it reads ``name``."""
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
     if not lines:
         return "unknown error"
     reason = lines[-1]
-    for prefix in ("file:" + name + ":", name + ":"):
+    for prefix in ("file:" + local + ":", local + ":"):
         if reason.startswith(prefix):
             reason = reason[len(prefix) :].strip()
             break
-    return reason[:160]
+    return reason.replace(local, name)[:160]
 
 
 def _pick_video_stream(streams: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -116,7 +120,7 @@ def _pick_video_stream(streams: list[dict[str, Any]]) -> dict[str, Any] | None:
     return None
 
 
-def _build_info(name: str, container: str, fmt: dict[str, Any], video: dict[str, Any],
+def _build_info(local: str, name: str, container: str, fmt: dict[str, Any], video: dict[str, Any],
                 streams: list[dict[str, Any]]) -> VideoInfo:
     coded_w, coded_h = int(video.get("width") or 0), int(video.get("height") or 0)
     if coded_w <= 0 or coded_h <= 0:
@@ -129,7 +133,7 @@ def _build_info(name: str, container: str, fmt: dict[str, Any], video: dict[str,
         raise InputError(f"{name} has no video frames")
     audio = next((s for s in streams if s.get("codec_type") == "audio"), None)
     return VideoInfo(
-        path=name,
+        path=local,
         width=width,
         height=height,
         coded_width=coded_w,

@@ -83,7 +83,7 @@ def count_frames(path: Path, name: str) -> int:
 def prepare(path: Path, opts: VideoOptions, name: str, chunk_seconds: float | None) -> VideoPlan:
     """Probe the video at ``path`` (``name``: what the user called it) and plan its chunks:
     ``opts.chunk_frames``, else ``chunk_seconds`` of video, else (None) one chunk."""
-    info = probe(path)
+    info = probe(path, name)
     expected = info.frames_expected or count_frames(path, name)
     if expected < 1:
         raise InputError(f"{name}: no video frames")

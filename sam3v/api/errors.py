@@ -49,6 +49,17 @@ class JSONTooLarge:
         await self.app(scope, receive, send_json)
 
 
+def _problem(error: dict) -> dict:
+    """One validation problem as ``{"field", "message"}``."""
+    if error.get("type") == "json_invalid":
+        # FastAPI puts the decoder's character offset where a field name goes: the field is the body.
+        where = error.get("loc", ("body", "?"))[-1]
+        reason = error.get("ctx", {}).get("error", "invalid")
+        return {"field": "body", "message": f"not valid JSON: {reason} at character {where}"}
+    loc = [str(p) for p in error.get("loc", ()) if p not in ("body", "query", "path", "header")]
+    return {"field": ".".join(loc) or "body", "message": error.get("msg", "invalid")}
+
+
 def install(app: FastAPI) -> None:
     app.add_middleware(JSONTooLarge)
     @app.exception_handler(APIError)
@@ -58,10 +69,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, err: RequestValidationError):
-        problems = []
-        for e in err.errors():
-            loc = [str(p) for p in e.get("loc", ()) if p not in ("body", "query", "path", "header")]
-            problems.append({"field": ".".join(loc) or "body", "message": e.get("msg", "invalid")})
+        problems = [_problem(e) for e in err.errors()]
         first = problems[0] if problems else {"field": "body", "message": "invalid request"}
         message = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
         return JSONResponse(error_body("invalid_request", message, field=first["field"], details=problems), 422)

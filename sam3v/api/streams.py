@@ -19,6 +19,7 @@ from sam3v.api.service import EVENT_NAMES, Generations, gen_key
 from pipeline.core.status import EVENTS
 
 _STREAM_ID = re.compile(r"^\d+(-\d+)?$")
+_U64_MAX = 2**64 - 1
 
 
 def _str(value) -> str:
@@ -26,10 +27,14 @@ def _str(value) -> str:
 
 
 def resume_id(last_event_id: str | None) -> str | None:
-    """The stream id a reconnecting client last saw; 422 for a header that is not a stream id."""
-    if last_event_id and not _STREAM_ID.match(last_event_id.strip()):
+    """The stream id a reconnecting client last saw; 422 for a header that is not a stream id
+    (Redis ids are two unsigned 64-bit numbers: a bigger one fails every XRANGE)."""
+    if not last_event_id:
+        return None
+    value = last_event_id.strip()
+    if not _STREAM_ID.match(value) or max(id_key(value)) > _U64_MAX:
         raise APIError(422, "invalid_request", "Last-Event-ID: not an event id", field="Last-Event-ID")
-    return last_event_id.strip() if last_event_id else None
+    return value
 
 
 async def newest_id(g: Generations, ar) -> str:
@@ -38,6 +43,20 @@ async def newest_id(g: Generations, ar) -> str:
     newest = await ar.xrevrange(EVENTS, count=1) if ar is not None else \
         await run_in_threadpool(g.r.xrevrange, EVENTS, "+", "-", 1)
     return _str(newest[0][0]) if newest else "0-0"
+
+
+async def start_id(g: Generations, ar, last_event_id: str | None) -> str:
+    """Where a connection starts: after ``Last-Event-ID``, or after the newest event when there is
+    none or when it is past the newest. Such an id is what a client holds after the stream was
+    reset (Redis restored from an older snapshot, a fresh deployment); EventSource clients resend
+    it on every reconnect and cannot change it, so a 422 would lock them out for good, and
+    starting there would skip every event until the stream caught up. From the newest event they
+    get everything from now on, which is all there is past their id."""
+    resumed = resume_id(last_event_id)
+    newest = await newest_id(g, ar)
+    if resumed is None or id_key(resumed) > id_key(newest):
+        return newest
+    return resumed
 
 
 def event_stream(g: Generations, ar, hub: EventHub | None, who: str, start: str, base: str):

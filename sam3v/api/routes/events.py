@@ -8,7 +8,7 @@ from sse_starlette.sse import EventSourceResponse
 
 from sam3v.api.auth import owner
 from sam3v.api.deps import generations
-from sam3v.api.streams import event_stream, newest_id, resume_id
+from sam3v.api.streams import event_stream, start_id
 
 router = APIRouter(tags=["events"])
 
@@ -22,7 +22,7 @@ async def events(request: Request, who: str = Depends(owner),
     connections open."""
     g = generations(request)
     ar = request.app.state.aredis
-    start = resume_id(last_event_id) or await newest_id(g, ar)
+    start = await start_id(g, ar, last_event_id)
     # The hub exists only beside the async client (a real Redis): embedded mode polls instead.
     hub = request.app.state.hub if ar is not None else None
     stream = event_stream(g, ar, hub, who, start, str(request.base_url))
