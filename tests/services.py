@@ -53,6 +53,12 @@ class RedisServer:
             self.proc.terminate()
             self.proc.wait(10)
 
+    def kill(self) -> None:
+        """SIGKILL, as a crash: no shutdown, clients keep their now dead connections."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
 
 def start_worker(env: dict, queues: str, name: str, log: Path) -> subprocess.Popen:
     return subprocess.Popen(

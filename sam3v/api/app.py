@@ -47,9 +47,13 @@ def _open_async_redis(app: FastAPI, url: str | None) -> None:
     if url:
         import redis.asyncio as aredis
 
-        pool = aredis.BlockingConnectionPool.from_url(url, decode_responses=True, max_connections=64, timeout=30)
+        from pipeline.core.redis_conn import client_options
+
+        options = client_options(asyncio=True)
+        pool = aredis.BlockingConnectionPool.from_url(url, decode_responses=True, max_connections=64, timeout=30,
+                                                      **options)
         app.state.aredis = aredis.Redis(connection_pool=pool)
-        app.state.hub = EventHub(aredis.Redis.from_url(url, decode_responses=True))
+        app.state.hub = EventHub(aredis.Redis.from_url(url, decode_responses=True, **options))
 
 
 async def _close_async_redis(app: FastAPI) -> None:
