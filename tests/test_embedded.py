@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 from tests import media
+from tests.guards import assert_found_objects
 
 
 def test_run_manifest_embedded(media_dir, tiny_model_dir, tmp_path):
@@ -27,6 +28,7 @@ def test_run_manifest_embedded(media_dir, tiny_model_dir, tmp_path):
     out = tmp_path / "out" / job
     doc = json.loads((out / "dog" / "masks.json").read_text())
     assert doc["video"]["num_frames"] == 8
+    assert_found_objects(doc)  # the tasks ran the model, and it found something
     assert (out / "dog" / "overlay.mp4").stat().st_size > 0
     assert not (out / "dog" / "work").exists()
     results = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]

@@ -10,6 +10,7 @@ import pytest
 from pipeline.core.storage import LocalStorage
 from tests import ffprobe_util as fp
 from tests import media
+from tests.guards import assert_found_objects
 from workers import rle
 from pipeline.core.specs import VideoOptions
 from workers.video_steps import segment_video
@@ -22,6 +23,7 @@ def _segment(tiny, path, out, **kw):
 
 
 def _check_rle_size(doc, height, width):
+    assert_found_objects(doc)  # else the loop below checks nothing
     for f in doc["frames"]:
         for obj in f["objects"]:
             assert rle.decode(obj["segmentation"]).shape == (height, width)

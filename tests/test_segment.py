@@ -12,6 +12,7 @@ from scipy import ndimage
 from pipeline.core.storage import LocalStorage
 from tests import ffprobe_util as fp
 from tests import media
+from tests.guards import assert_found_objects, assert_not_all_black
 from workers import rle
 from workers.palette import color_for
 from pipeline.core.specs import VideoOptions
@@ -98,6 +99,7 @@ def test_overlay_colors_sit_where_the_rle_says(dog_run, dog24):
 
 def test_mask_video_white_pixels_match_rle_union(dog_run):
     out, _, doc = dog_run
+    assert_found_objects(doc)  # else every frame takes the all-black branch below
     video = fp.frames_rgb(out / "mask.mp4", 1280, 720)
     for f in doc["frames"]:
         union = np.zeros((720, 1280), dtype=bool)
@@ -121,7 +123,9 @@ def test_no_apply_mask_writes_mask_video_and_no_audio_when_source_has_none(tiny,
     assert int(fp.video_stream(tmp_path / "mask.mp4")["nb_read_frames"]) == 16
     doc = json.loads((tmp_path / "masks.json").read_text())
     assert doc["prompts"] == ["child", "bed"]
+    assert_found_objects(doc)  # an empty set of prompts is a subset of anything
     assert {o["prompt"] for o in doc["objects"]} <= {"child", "bed"}
+    assert_not_all_black(tmp_path / "mask.mp4", doc["video"]["encoded_width"], doc["video"]["encoded_height"])
 
 
 def test_max_frames_limits_frames_and_audio(tiny, dog24, tmp_path):

@@ -18,6 +18,7 @@ from pipeline.core.errors import InputError
 from pipeline.core.storage import LocalStorage
 from tests import ffprobe_util as fp
 from tests import media
+from tests.guards import assert_found_objects
 from pipeline.core.specs import VideoOptions, options_from_flags
 from workers.video_steps import segment_video
 from workers.tracker import detection_thresholds, model_thresholds
@@ -248,6 +249,7 @@ def test_manifest_options_reach_the_chunked_tasks(tiny, tiny_model_dir, dog, tmp
     found = sorted(set(scores(probe_run)))
     t = found[len(found) // 2]
     want = rle_run(tiny, dog, tmp_path / "want", start_frame=start, max_frames=frames, detection_threshold=t)
+    assert_found_objects(want)  # the comparison below would hold if both runs found nothing
 
     manifest = tmp_path / "m.jsonl"
     manifest.write_text(json.dumps({"id": "dog", "video": str(dog), "start_frame": start, "max_frames": frames,
