@@ -108,6 +108,17 @@ def wait(api, gen_id, timeout=180) -> dict:
     raise AssertionError(f"{gen_id} did not finish: {doc}")
 
 
+def cancelled_marker(api, inputs, headers) -> str:
+    """A generation of this key, cancelled at once: its event marks how far a reader has got."""
+    gen_id = enqueue(api, {"input_video": f"{inputs['base']}/clip.mp4", "prompt": "dog"}, headers)
+    assert httpx.delete(f"{api['base']}/api/ai/queue/{gen_id}", headers=headers).status_code == 200
+    return gen_id
+
+
+def saw(gen_id: str):
+    return lambda events: any(e[2]["generation_id"] == gen_id for e in events)
+
+
 class SSEReader:
     """Reads /api/events in a thread; records (event, id, data) of every event."""
 
@@ -248,7 +259,9 @@ def test_queue_poll_results_failures_and_sse(api, inputs):
 
         # SSE: each completion exactly once, with the ids the client scripts match on.
         assert reader.until(lambda ev: {e[2]["generation_id"] for e in ev} >= set(ours), 30), reader.events
-        time.sleep(1.5)
+        # A later event marks how far each reader has got: a repeat of ours would come before it.
+        marker_a, marker_b = cancelled_marker(api, inputs, A), cancelled_marker(api, inputs, B)
+        assert reader.until(saw(marker_a), 30), f"the marker's event did not reach the reader: {reader.events}"
         mine = [e for e in reader.events if e[2]["generation_id"] in ours]
         assert sorted(e[2]["generation_id"] for e in mine) == sorted(ours)
         kinds = {e[2]["generation_id"]: (e[0], e[2]) for e in mine}
@@ -262,12 +275,13 @@ def test_queue_poll_results_failures_and_sse(api, inputs):
         try:
             want = {e[2]["generation_id"] for e in mine[1:]}
             assert resumed.until(lambda ev: {e[2]["generation_id"] for e in ev} >= want, 15)
-            time.sleep(1.5)
+            assert resumed.until(saw(marker_a), 15), f"the marker's event did not reach the resumed reader: {resumed.events}"
             got = [e for e in resumed.events if e[2]["generation_id"] in ours]
             assert [e[1] for e in got] == [e[1] for e in mine[1:]]
         finally:
             resumed.close()
-        # Key B saw none of it, though it read the whole stream from the start.
+        # Key B saw none of it, though it read the whole stream from the start (up to its own marker).
+        assert other.until(saw(marker_b), 15), f"key B's marker did not reach its reader: {other.events}"
         assert not [e for e in other.events if e[2]["generation_id"] in ours]
         assert other.pings >= 1
     finally:
@@ -277,7 +291,7 @@ def test_queue_poll_results_failures_and_sse(api, inputs):
     # Listing, filters, retry of a failed one, cancel.
     listed = httpx.get(f"{base}/api/ai/queue", params={"status": "failed"}, headers=A).json()["generations"]
     assert {corrupt, meta, local} <= {g["generation_id"] for g in listed} and good not in {g["generation_id"] for g in listed}
-    assert httpx.get(f"{base}/api/ai/queue", headers=B).json()["generations"] == []
+    assert [g["generation_id"] for g in httpx.get(f"{base}/api/ai/queue", headers=B).json()["generations"]] == [marker_b]
     assert httpx.post(f"{base}/api/ai/queue/{good}/retry", headers=A).status_code == 409
     r = httpx.post(f"{base}/api/ai/queue/{corrupt}/retry", headers=A)
     assert r.status_code == 200 and r.json()["status"] == "queued"
@@ -315,16 +329,14 @@ def test_sync_generate_answers_504_with_the_id_after_the_limit(api, inputs, tmp_
     caller can go on polling it to its result."""
     server, base = start_api({**api["env"], "SAM3V_API_SYNC_TIMEOUT": "1"}, tmp_path / "api.log")
     try:
-        start = time.monotonic()
         r = httpx.post(f"{base}/api/ai/videos/generate", headers=A, timeout=60,
                        json={"model": "sam-3-video", "input_video": f"{inputs['base']}/slow/clip.mp4",
                              "prompt": "dog", "max_frames": 3})
-        elapsed = time.monotonic() - start
         assert r.status_code == 504, r.text
         err = r.json()["error"]
         gen_id = err["generation_id"]
         assert err["code"] == "timeout" and f"/api/ai/queue/{gen_id}" in err["message"]
-        assert 1.0 <= elapsed < SLOW_SECONDS, elapsed  # answered at the limit, not when the input arrived
+        # How soon after the limit it answers: benchmarks/bench_limits.py.
         assert httpx.get(f"{base}/api/ai/queue/{gen_id}", headers=A).json()["status"] in ("queued", "processing")
         doc = wait({"base": base}, gen_id)
         assert doc["status"] == "succeeded", doc

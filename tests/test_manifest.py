@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
@@ -168,11 +167,10 @@ def test_format_detected_by_extension_or_content():
         parse_manifest(b"\xff\xfe\x00", "m.jsonl", "dog")
 
 
-def test_ten_thousand_lines_fast_and_digest_stable():
+def test_ten_thousand_lines_and_digest_stable():
+    # How fast: benchmarks/bench_limits.py (against json.loads of the same lines).
     data = "".join(json.dumps({"video": f"s3://b/{i}.mp4"}) + "\n" for i in range(10_000)).encode()
-    start = time.perf_counter()
     result = parse_manifest(data, "big.jsonl", "dog")
-    assert time.perf_counter() - start < 1.0
     assert len(result.items) == 10_000 and len({i.id for i in result.items}) == 10_000
     assert manifest_digest(data) == manifest_digest(bytes(data)) != manifest_digest(data + b"\n")
     assert manifest_digest(b"") == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"

@@ -19,6 +19,7 @@ from pipeline.core.errors import InputError
 from pipeline.core.urls import allowed, check_url, fetch_url, forbidden_reason
 
 BODY = b"x" * 5000
+SLOW_WRITES = 200  # /slow: 10 bytes every 0.05 s
 HOSTS: list[str] = []  # Host headers the servers saw
 
 
@@ -35,15 +36,15 @@ class Handler(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(BODY)
             self.close_connection = True
-        elif self.path == "/slow":
+        elif self.path == "/slow":  # every read arrives in time; the whole takes 10 s
             self.send_response(200)
-            self.send_header("Content-Length", "1000")
+            self.send_header("Content-Length", str(SLOW_WRITES * 10))
             self.end_headers()
             try:
-                for _ in range(10):
-                    self.wfile.write(b"y" * 100)
+                for _ in range(SLOW_WRITES):
+                    self.wfile.write(b"y" * 10)
                     self.wfile.flush()
-                    time.sleep(0.15)
+                    time.sleep(0.05)
             except OSError:
                 pass
         elif self.path.startswith("/redirect"):
@@ -145,10 +146,11 @@ def test_limits_and_errors(server, tmp_path):
 
 
 def test_overall_time_limit(server, tmp_path):
-    start = time.monotonic()
-    with pytest.raises(InputError, match="longer than|timed out"):
-        fetch_url(f"http://{server}/slow", tmp_path / "s", [server], 10**6, 0.5)
-    assert time.monotonic() - start < 1.2
+    """A server that answers every read well within the per-read timeout but takes 10 s in all is
+    stopped by the overall limit (its message, not a read timeout's). How soon after the limit:
+    benchmarks/bench_limits.py."""
+    with pytest.raises(InputError, match=r"download took longer than 1 s"):
+        fetch_url(f"http://{server}/slow", tmp_path / "s", [server], 10**6, 1.0)
     assert not list(tmp_path.iterdir())
 
 
