@@ -2,13 +2,15 @@
 
 Entry points hand the settings over with ``configure`` (or ``worker_app``) instead of editing the
 environment; without that, the environment's settings apply. A prefork child builds its context
-in ``worker_process_init``, after it has reported up to its parent (see ``_warm_up_child``), and
-loads the model there too when the worker consumes a GPU queue.
+in ``worker_process_init``, before it reports up to its parent (see ``_warm_up_child``), and loads
+the model there too when the worker consumes a GPU queue; the parent waits for that up to
+``SAM3V_WORKER_START_TIMEOUT`` (``pipeline.core.celery_app``).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -85,6 +87,9 @@ def _warm_up_child(**_kwargs) -> None:
     # First imports (transformers, scipy) and the storage client's first build (boto3 reads its
     # service models from disk) count against no task's time limit this way: on a busy host they
     # took longer than a finalize's soft limit, before the task could fail its video cleanly.
+    # The parent kills a child not up within SAM3V_WORKER_START_TIMEOUT: the time it took is logged
+    # so that a deployment sees how close it comes.
+    started = time.monotonic()
     import workers.chunk_runner  # noqa: F401
     import workers.finalize  # noqa: F401
     import workers.video_steps  # noqa: F401
@@ -95,3 +100,6 @@ def _warm_up_child(**_kwargs) -> None:
         log.warning("worker context: %s", err)
     if _configured.preload_model:
         model()
+    took, limit = time.monotonic() - started, settings().worker_start_timeout
+    log.log(logging.WARNING if took > limit / 2 else logging.INFO,
+            "process ready in %.1f s (SAM3V_WORKER_START_TIMEOUT: %.0f s)", took, limit)

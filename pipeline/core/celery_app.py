@@ -44,6 +44,14 @@ def make_app(settings: Settings) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
+        # A prefork child that has not reported up this long after it was forked is killed (Celery's
+        # default, 4 s). The child reports up only after worker_process_init, where it imports the
+        # heavy modules and loads the model (workers.runtime): seconds to minutes. With the default,
+        # every replacement of a dead child (an OOM kill) was killed in turn and the worker never
+        # ran a task again. Kept there rather than loading in the background after reporting up:
+        # the load then counts against no task's time limit, and the master hands a task only to a
+        # child that can run it (a task it holds meanwhile runs once the child is up).
+        worker_proc_alive_timeout=settings.worker_start_timeout,
         task_time_limit=settings.task_time_limit,
         # The soft limit leaves the task time to fail its video cleanly: 30 s, or a quarter of a
         # short limit (a 40 s limit keeps 30 s of work, not 10).

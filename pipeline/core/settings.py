@@ -51,6 +51,10 @@ class Settings(BaseSettings):
     api_webhook_attempts: int = Field(6, ge=1, description="Deliveries of one webhook before it is given up")
     api_webhook_backoff: float = Field(2.0, gt=0, description="Pause before the second webhook delivery, seconds; doubles each time")
     max_prompts: int = Field(DEFAULT_MAX_PROMPTS, ge=1, description="Most prompts one video may have (a manifest line, an API request, sam3v segment); each costs model time on every frame")
+    worker_start_timeout: float = Field(
+        300.0, gt=0, description="A worker's new process (after a crash, an OOM kill or --max-tasks-per-child) must be "
+                                 "ready within this, seconds (imports, storage client, the model on a GPU queue); "
+                                 "one that is not is killed and started again")
 
     @field_validator("url_allowlist", "api_s3_buckets", mode="before")
     @classmethod

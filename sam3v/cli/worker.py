@@ -34,7 +34,8 @@ def worker(
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
     hostname: Annotated[Optional[str], typer.Option(help="Celery node name.")] = None,
 ) -> None:
-    """Start a Celery worker (prefork; the model loads once per process, in the child)."""
+    """Start a Celery worker (prefork; the model loads once per process, in the child, before it takes
+    a task: a new process has SAM3V_WORKER_START_TIMEOUT to get ready)."""
     settings = _settings_with_broker("a worker needs a broker (redis://... or amqp://...)")
     from workers.runtime import worker_app
 
