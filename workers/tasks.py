@@ -221,7 +221,8 @@ def segment_chunk_task(self, job_id: str, video_id: str, k: int, start: int, sto
     def step():
         entry = ctx.status.video(job_id, video_id)
         spec = _spec(ctx, job_id, video_id)
-        loaded = model()
+        loaded = model()  # the first task of a child may wait here for the model to load
+        Heartbeats(ctx.status.r).beat(job_id, video_id)
         prompts = check_prompts(loaded.tokenizer, spec.prompts)
         info = probe(local_source(ctx.storage, ctx.settings, entry["source"], job_id, video_id))
         if k == 0:
@@ -237,7 +238,13 @@ def segment_chunk_task(self, job_id: str, video_id: str, k: int, start: int, sto
                                 chunks_done=k + 1, warnings=(entry.get("warnings") or []) + warnings)
 
     def uncount() -> None:
-        ctx.status.count_delivery(job_id, video_id, k, by=-1)
+        """The outage stopped this start before the chunk was done: it will start again, once."""
+        try:
+            done = ctx.storage.exists(work.done(k))
+        except OUTAGES:
+            done = False
+        if not done:
+            ctx.status.count_delivery(job_id, video_id, k, by=-1)
 
     _guarded(self, ctx, job_id, video_id, attempt, f"chunk {k}", step, uncount)
 

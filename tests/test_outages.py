@@ -1,0 +1,188 @@
+"""Outages mid-chunk lose nothing: redis-server killed -9 (AOF, appendfsync always) and restarted,
+a worker master killed -9 with its child, S3 cut off mid-upload. Real parts: redis-server, a moto S3
+server on 127.0.0.1 reached through a TCP proxy that can cut it off, `sam3v worker` processes, the
+tiny model. Each fault is landed while a chunk is between two frames (``freeze_in_chunk`` stops the
+GPU child there and the status proves it), and each faulted job must end exactly as a clean run of the
+same manifest: the same keys in the bucket, masks.json byte for byte, the videos frame for frame.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+import signal
+from urllib.parse import urlparse
+
+import pytest
+
+from pipeline.core.planning import plan_chunks
+from tests.fault_env import Jobs, Worker, assert_same_outputs, freeze_in_chunk, wait_for
+from tests.tcp_proxy import TcpProxy
+from tests.test_pipeline import CHUNK, FRAMES, clips, env, redis_server, s3  # noqa: F401  (module fixtures)
+
+VIDEOS = ["dog", "bedroom"]
+CHUNKS = plan_chunks(FRAMES, CHUNK)
+FILES = ("masks.json", "overlay.mp4")
+FINISH_TIMEOUT = 240
+HEARTBEAT_TIMEOUT = 30  # the sweeper's threshold here (default 300 s)
+_names = itertools.count()  # every worker its own log: a test reads only what its own workers said
+
+
+@pytest.fixture(scope="module")
+def proxy(s3):  # noqa: F811
+    _, aws = s3
+    target = urlparse(aws["AWS_ENDPOINT_URL"])
+    p = TcpProxy(target.hostname, target.port)
+    yield p
+    p.close()
+
+
+@pytest.fixture(scope="module")
+def outage_env(env, proxy):  # noqa: F811
+    # A visibility timeout far past the test's patience: work held by a dead master must come back
+    # through the sweeper, not through Redis's redelivery an hour (here 15 min) later.
+    return {**env, "AWS_ENDPOINT_URL": proxy.url, "SAM3V_VISIBILITY_TIMEOUT": "900", "SAM3V_TASK_TIME_LIMIT": "800",
+            "SAM3V_HEARTBEAT_TIMEOUT": str(HEARTBEAT_TIMEOUT), "SAM3V_SWEEP_INTERVAL": "1"}
+
+
+@pytest.fixture(scope="module")
+def jobs(outage_env, redis_server, s3, clips, tmp_path_factory) -> Jobs:  # noqa: F811
+    return Jobs(outage_env, redis_server.url, s3[0], tmp_path_factory.mktemp("outages"))
+
+
+@pytest.fixture(scope="module")
+def cpu(outage_env, jobs):
+    worker = Worker.start(outage_env, "cpu", "cpu-outages", jobs.workdir)
+    yield worker
+    worker.stop()
+
+
+@pytest.fixture
+def gpu(outage_env, jobs):
+    """A GPU worker of this test's own (a test may kill it and start another)."""
+    started = []
+
+    def start(name: str) -> Worker:
+        started.append(Worker.start(outage_env, "gpu", f"{name}-{next(_names)}", jobs.workdir))
+        return started[-1]
+
+    yield start
+    for worker in started:
+        if worker.alive():
+            worker.stop()
+
+
+@pytest.fixture(scope="module")
+def clean_job(jobs, cpu, outage_env) -> str:
+    worker = Worker.start(outage_env, "gpu", "gpu-clean", jobs.workdir)
+    try:
+        job = jobs.submit(VIDEOS)
+        doc = jobs.wait_finished(job, FINISH_TIMEOUT, lambda: worker.tail() + cpu.tail())
+    finally:
+        worker.stop()
+    assert doc["status"] == "succeeded", doc
+    assert jobs.keys(job) == jobs.expected_keys(job, VIDEOS, FILES)
+    return job
+
+
+def moment(seed: int) -> tuple[str, int, int]:
+    """(video, chunk index, frames of that chunk through the model) drawn from ``seed``."""
+    rng = random.Random(seed)
+    vid, chunk = rng.choice(VIDEOS), rng.choice(CHUNKS)
+    return vid, chunk.index, rng.randint(1, min(3, chunk.stop - chunk.start - 1))
+
+
+def seeds(ci: list[int], more: list[int]) -> list:
+    def param(seed: int, *marks):
+        vid, k, frames_in = moment(seed)
+        return pytest.param(seed, marks=marks, id=f"seed{seed}-{vid}-chunk{k}-frame{CHUNKS[k].start + frames_in}")
+
+    return [param(s) for s in ci] + [param(s, pytest.mark.faults_more) for s in more]
+
+
+def frozen_mid_chunk(jobs: Jobs, worker: Worker, job: str, seed: int) -> tuple[str, int, int]:
+    """Stop ``worker``'s child between two frames of the seed's chunk; returns (video, chunk, child pid)
+    after proving from the status store that the chunk is under way and unfinished."""
+    vid, k, frames_in = moment(seed)
+    chunk = CHUNKS[k]
+    child = worker.child()
+    frozen = freeze_in_chunk(jobs, child, job, vid, chunk, frames_in)
+    assert frozen["chunks_done"] == k and chunk.start < frozen["frames_done"] < chunk.stop, frozen
+    assert not jobs.exists(f"{job}/{vid}/work/chunks/{k:05d}/done.json"), "the chunk had not finished"
+    assert jobs.deliveries(job, vid)[k] == 1
+    return vid, k, child
+
+
+def assert_ends_as_the_clean_run(jobs: Jobs, clean_job: str, job: str, logs) -> dict:
+    doc = jobs.wait_finished(job, FINISH_TIMEOUT, logs)
+    assert doc["status"] == "succeeded", doc
+    assert {v["id"]: v["status"] for v in doc["videos"]} == {v: "succeeded" for v in VIDEOS}
+    assert jobs.keys(job) == jobs.expected_keys(job, VIDEOS, FILES), "no duplicate or stray outputs"
+    assert_same_outputs(jobs, clean_job, job, VIDEOS)
+    return doc
+
+
+@pytest.mark.parametrize("seed", seeds(ci=[3], more=[1, 8, 11]))
+def test_redis_killed_mid_chunk_and_restarted_loses_nothing(seed, jobs, cpu, gpu, clean_job, redis_server):  # noqa: F811
+    """kill -9 of redis-server while a chunk runs; restarted from its AOF on the same port: the chunk
+    goes on (its progress writes are best effort), records its outcome once Redis is back, and the
+    job finishes. (Before: the chunk's progress write raised, the failure could not be recorded
+    either, Celery acked the task, and the video stayed ``processing`` forever.)"""
+    worker = gpu("gpu")
+    job = jobs.submit(VIDEOS)
+    vid, k, child = frozen_mid_chunk(jobs, worker, job, seed)
+    redis_server.kill()
+    assert redis_server.proc.returncode == -signal.SIGKILL
+    os.kill(child, signal.SIGCONT)
+    # The child works on without Redis: it says so in its log before Redis comes back.
+    wait_for(lambda: worker.log_count("not recorded") + worker.log_count("running it again later"), 60,
+             lambda: "the worker never noticed Redis was gone\n" + worker.tail())
+    redis_server.start()
+    assert_ends_as_the_clean_run(jobs, clean_job, job, lambda: worker.tail() + cpu.tail())
+    for other in VIDEOS:
+        assert jobs.deliveries(job, other) == {c.index: 1 for c in CHUNKS}, f"{other}: no chunk ran twice"
+        assert not jobs.video(job, other).get("requeued"), "finished without the sweeper"
+
+
+@pytest.mark.parametrize("seed", seeds(ci=[5], more=[2, 9, 13]))
+def test_worker_master_killed_mid_chunk_is_swept_and_requeued(seed, jobs, cpu, gpu, clean_job):
+    """kill -9 of a GPU worker's master and child mid-chunk: the message stays in Redis's unacked set
+    until the visibility timeout (15 min here, 1 h by default). The sweeper (in the CPU worker's
+    master) sees the video silent past the heartbeat timeout with nothing queued and requeues it; a
+    new GPU worker runs it, skipping the chunks already done."""
+    first = gpu("gpu-a")
+    job = jobs.submit(VIDEOS)
+    vid, k, child = frozen_mid_chunk(jobs, first, job, seed)
+    first.kill(first.pid, signal.SIGKILL)
+    first.kill(child, signal.SIGKILL)
+    second = gpu("gpu-b")
+    assert_ends_as_the_clean_run(jobs, clean_job, job, lambda: second.tail() + cpu.tail())
+    entry = jobs.video(job, vid)
+    assert (entry["attempt"], entry["requeued"]) == (1, 1), entry
+    assert cpu.log_count(f"video {vid}: no sign of life") == 1, cpu.tail()
+    want = {c.index: 2 if c.index == k else 1 for c in CHUNKS}
+    assert jobs.deliveries(job, vid) == want, "the lost chunk ran twice, chunks done before it once"
+
+
+@pytest.mark.parametrize("seed", seeds(ci=[6], more=[4, 10, 12]))
+def test_storage_cut_off_mid_chunk_is_retried_and_loses_nothing(seed, jobs, cpu, gpu, clean_job, proxy):
+    """S3 unreachable (connections reset) from a moment inside a chunk: its uploads fail, the task
+    runs again later instead of failing its video (before: 'internal error ... EndpointConnectionError',
+    the video failed), and once storage is back the job ends as the clean run did."""
+    worker = gpu("gpu")
+    job = jobs.submit(VIDEOS)
+    vid, k, child = frozen_mid_chunk(jobs, worker, job, seed)
+    refused = proxy.refused
+    proxy.cut()
+    try:
+        os.kill(child, signal.SIGCONT)
+        wait_for(lambda: worker.log_count("storage unreachable"), 120,
+                 lambda: "no task met the outage\n" + worker.tail())
+        assert proxy.refused > refused
+    finally:
+        proxy.restore()
+    assert_ends_as_the_clean_run(jobs, clean_job, job, lambda: worker.tail() + cpu.tail())
+    assert worker.log_count("running it again later") >= 1
+    for other in VIDEOS:  # an outage is not a crash: the retried chunk's delivery is not counted twice
+        assert jobs.deliveries(job, other) == {c.index: 1 for c in CHUNKS}, other
