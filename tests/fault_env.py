@@ -90,12 +90,15 @@ class Worker:
         os.kill(pid, sig)
         wait_for(lambda: not _alive(pid), 30, lambda: f"process {pid} still alive after signal {sig}")
 
+    def text(self) -> str:
+        """Everything the worker (master and children) has logged so far."""
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
     def tail(self, chars: int = 3000) -> str:
-        text = self.log.read_text(errors="replace") if self.log.exists() else ""
-        return f"--- {self.log.name} (last {chars} chars) ---\n{text[-chars:]}"
+        return f"--- {self.log.name} (last {chars} chars) ---\n{self.text()[-chars:]}"
 
     def log_count(self, needle: str) -> int:
-        return self.log.read_text(errors="replace").count(needle) if self.log.exists() else 0
+        return self.text().count(needle)
 
     def stop(self) -> None:
         stop_process(self.proc)

@@ -57,6 +57,10 @@ def test_gpu_child_killed_mid_chunk_is_replaced_and_the_job_finishes(seed, jobs,
     assert gpu.alive() and cpu.alive(), "the same worker masters finished the job"
     assert gpu.child() != child
     assert gpu.log_count(UP_TIMEOUT) == 0
+    # The master took a message (the requeued chunk, or the next one queued) before its new child was
+    # up, held it meanwhile, and handed it over once the child was (every chunk delivered and done).
+    _, killed, after_kill = gpu.text().partition(f"pid:{child} exited")
+    assert killed and -1 < after_kill.find("] received") < after_kill.find("process ready in"), gpu.tail()
     for other in VIDEOS:
         want = {c.index: 2 if (other, c.index) == (vid, k) else 1 for c in CHUNKS}
         assert jobs.deliveries(job, other) == want, f"{other}: the killed chunk ran twice, every other once"
