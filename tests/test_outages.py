@@ -10,21 +10,16 @@ from __future__ import annotations
 
 import itertools
 import os
-import random
 import signal
 from urllib.parse import urlparse
 
 import pytest
 
-from pipeline.core.planning import plan_chunks
-from tests.fault_env import Jobs, Worker, assert_same_outputs, freeze_in_chunk, wait_for
+from tests.fault_env import (CHUNKS, VIDEOS, Jobs, Worker, assert_ends_as_the_clean_run,
+                             frozen_mid_chunk, run_clean, seeds, wait_for)
 from tests.tcp_proxy import TcpProxy
-from tests.test_pipeline import CHUNK, FRAMES, clips, env, redis_server, s3  # noqa: F401  (module fixtures)
+from tests.test_pipeline import clips, env, redis_server, s3  # noqa: F401  (module fixtures)
 
-VIDEOS = ["dog", "bedroom"]
-CHUNKS = plan_chunks(FRAMES, CHUNK)
-FILES = ("masks.json", "overlay.mp4")
-FINISH_TIMEOUT = 240
 HEARTBEAT_TIMEOUT = 30  # the sweeper's threshold here (default 300 s)
 _names = itertools.count()  # every worker its own log: a test reads only what its own workers said
 
@@ -77,50 +72,9 @@ def gpu(outage_env, jobs):
 def clean_job(jobs, cpu, outage_env) -> str:
     worker = Worker.start(outage_env, "gpu", "gpu-clean", jobs.workdir)
     try:
-        job = jobs.submit(VIDEOS)
-        doc = jobs.wait_finished(job, FINISH_TIMEOUT, lambda: worker.tail() + cpu.tail())
+        return run_clean(jobs, lambda: worker.tail() + cpu.tail())
     finally:
         worker.stop()
-    assert doc["status"] == "succeeded", doc
-    assert jobs.keys(job) == jobs.expected_keys(job, VIDEOS, FILES)
-    return job
-
-
-def moment(seed: int) -> tuple[str, int, int]:
-    """(video, chunk index, frames of that chunk through the model) drawn from ``seed``."""
-    rng = random.Random(seed)
-    vid, chunk = rng.choice(VIDEOS), rng.choice(CHUNKS)
-    return vid, chunk.index, rng.randint(1, min(3, chunk.stop - chunk.start - 1))
-
-
-def seeds(ci: list[int], more: list[int]) -> list:
-    def param(seed: int, *marks):
-        vid, k, frames_in = moment(seed)
-        return pytest.param(seed, marks=marks, id=f"seed{seed}-{vid}-chunk{k}-frame{CHUNKS[k].start + frames_in}")
-
-    return [param(s) for s in ci] + [param(s, pytest.mark.faults_more) for s in more]
-
-
-def frozen_mid_chunk(jobs: Jobs, worker: Worker, job: str, seed: int) -> tuple[str, int, int]:
-    """Stop ``worker``'s child between two frames of the seed's chunk; returns (video, chunk, child pid)
-    after proving from the status store that the chunk is under way and unfinished."""
-    vid, k, frames_in = moment(seed)
-    chunk = CHUNKS[k]
-    child = worker.child()
-    frozen = freeze_in_chunk(jobs, child, job, vid, chunk, frames_in)
-    assert frozen["chunks_done"] == k and chunk.start < frozen["frames_done"] < chunk.stop, frozen
-    assert not jobs.exists(f"{job}/{vid}/work/chunks/{k:05d}/done.json"), "the chunk had not finished"
-    assert jobs.deliveries(job, vid)[k] == 1
-    return vid, k, child
-
-
-def assert_ends_as_the_clean_run(jobs: Jobs, clean_job: str, job: str, logs) -> dict:
-    doc = jobs.wait_finished(job, FINISH_TIMEOUT, logs)
-    assert doc["status"] == "succeeded", doc
-    assert {v["id"]: v["status"] for v in doc["videos"]} == {v: "succeeded" for v in VIDEOS}
-    assert jobs.keys(job) == jobs.expected_keys(job, VIDEOS, FILES), "no duplicate or stray outputs"
-    assert_same_outputs(jobs, clean_job, job, VIDEOS)
-    return doc
 
 
 @pytest.mark.parametrize("seed", seeds(ci=[3], more=[1, 8, 11]))

@@ -221,7 +221,7 @@ def segment_chunk_task(self, job_id: str, video_id: str, k: int, start: int, sto
     def step():
         entry = ctx.status.video(job_id, video_id)
         spec = _spec(ctx, job_id, video_id)
-        loaded = model()  # the first task of a child may wait here for the model to load
+        loaded = model()
         Heartbeats(ctx.status.r).beat(job_id, video_id)
         prompts = check_prompts(loaded.tokenizer, spec.prompts)
         info = probe(local_source(ctx.storage, ctx.settings, entry["source"], job_id, video_id))
