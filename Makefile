@@ -49,6 +49,7 @@ bench: setup
 	$(BIN)/python -m benchmarks.bench_chunk_memory
 	$(BIN)/python -m benchmarks.bench_pipeline
 	$(BIN)/python -m benchmarks.bench_api
+	$(BIN)/python -m benchmarks.bench_limits
 
 # Flower against SAM3V_BROKER_URL (set FLOWER_BASIC_AUTH=user:password to enable its API).
 flower: setup
