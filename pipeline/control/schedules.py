@@ -84,6 +84,10 @@ def list_entries(app: Celery) -> list[dict]:
             entry = RedBeatSchedulerEntry.from_key(key, app=app)
         except KeyError:
             continue
+        if entry.task != SCHEDULED_SUBMIT or not entry.args or len(entry.args) != 5:
+            # Not one of ours, or what a running beat wrote back (its last-run time) for a schedule
+            # removed under it: a key with no definition.
+            continue
         name, manifest, prompt, cron, every = entry.args
         out.append({"name": name, "manifest": manifest, "prompt": prompt, "cron": cron, "every": every,
                     "last_run_at": entry.last_run_at.isoformat() if entry.last_run_at else None})
