@@ -219,7 +219,7 @@ def test_path_ids_not_shaped_like_ours_are_404_before_redis(site):
     assert GENERATION_ID.fullmatch(gen_id)
     owner_index = f"owner:{digest(KEY_A)}"  # this key's own index, a sorted set: WRONGTYPE for HGETALL
     assert redis.Redis.from_url(site["env"]["SAM3V_BROKER_URL"]).type(f"sam3v:gen:{owner_index}") == b"zset"
-    for bad in (owner_index, "x:videos", f"{gen_id}:videos", "x" * 300, gen_id.upper()):
+    for bad in (owner_index, "x:videos", f"{gen_id}:videos", "x" * 300, gen_id[:-8] + "ABCDEF12"):
         for method, path in (("GET", f"/api/ai/queue/{bad}"), ("DELETE", f"/api/ai/queue/{bad}"),
                              ("POST", f"/api/ai/queue/{bad}/retry"), ("GET", f"/api/ai/queue/{bad}/files/overlay")):
             r = httpx.request(method, f"{base}{path}", headers=A)
