@@ -36,7 +36,7 @@ DOCKERFILES = sorted(p for p in DEPLOY.glob("Dockerfile.*") if p.suffix != ".doc
 IMAGE_DOCKERFILE = {"sam3v-worker": "Dockerfile.worker", "sam3v-control": "Dockerfile.control"}
 
 # The Kubernetes releases the manifests are validated against (deploy/README.md names them): the
-# oldest and the newest of the three releases upstream supports, both shipped by kubernetes-validate.
+# newest one kubernetes-validate 1.37.0 ships, and two releases back.
 K8S_RELEASES = ("1.35", "1.37")
 # KEDA's kinds are not in the Kubernetes API: their CRD schemas are vendored (source in "$comment").
 SCHEMAS = Path(__file__).resolve().parent / "schemas"
