@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import time
+from datetime import timedelta
 
 from celery import Celery
 from celery.schedules import crontab, schedule
@@ -25,8 +26,11 @@ PREFIX = "sam3v:redbeat:"
 
 
 def configure(app: Celery, redis_url: str) -> None:
+    # redbeat_redis_options set, even empty: without it RedBeat falls back to the broker's transport
+    # options (which it does not pass to its client anyway) and warns so on every schedule command
+    # and beat start. Empty keeps what it did: a client with default options.
     app.conf.update(redbeat_redis_url=redis_url, redbeat_key_prefix=PREFIX, beat_scheduler="redbeat.RedBeatScheduler",
-                    redbeat_lock_timeout=60, beat_max_loop_interval=5)
+                    redbeat_redis_options={}, redbeat_lock_timeout=60, beat_max_loop_interval=5)
     app.conf.task_routes = {**(app.conf.task_routes or {}), SCHEDULED_SUBMIT: {"queue": "cpu"}}
 
 
@@ -89,6 +93,14 @@ def list_entries(app: Celery) -> list[dict]:
             # removed under it: a key with no definition.
             continue
         name, manifest, prompt, cron, every = entry.args
+        # A new entry's last_run_at is its creation time (so that it first fires at its next slot,
+        # not at once); only a firing counts runs: before one, there was no last run.
+        fired = bool(entry.total_run_count) and entry.last_run_at is not None
+        due = entry.due_at
+        if due is not None:  # celery estimates it from "now": a cron slot comes out up to a second early
+            due = (due + timedelta(seconds=30)).replace(second=0, microsecond=0) if cron else \
+                (due + timedelta(milliseconds=500)).replace(microsecond=0)
         out.append({"name": name, "manifest": manifest, "prompt": prompt, "cron": cron, "every": every,
-                    "last_run_at": entry.last_run_at.isoformat() if entry.last_run_at else None})
+                    "last_run_at": entry.last_run_at.isoformat() if fired else None,
+                    "next_run_at": due.isoformat() if due else None, "runs": int(entry.total_run_count or 0)})
     return out

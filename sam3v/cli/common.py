@@ -11,8 +11,25 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from pipeline.core.errors import InputError, Sam3vError
 
-out_console = Console()
-err_console = Console(stderr=True)
+# Wider than any line we print: a log or a pipe must get whole lines (a job id cut to `2026…`, a
+# path split in two are useless there); a terminal keeps its own width.
+_NOT_A_TERMINAL_WIDTH = 100_000
+
+
+def _console(stderr: bool) -> Console:
+    console = Console(stderr=stderr)
+    if console.is_terminal:
+        return console
+    return Console(stderr=stderr, soft_wrap=True, width=_NOT_A_TERMINAL_WIDTH)
+
+
+out_console = _console(stderr=False)
+err_console = _console(stderr=True)
+
+
+def is_terminal() -> bool:
+    """Whether progress can be drawn live (stderr is a terminal); otherwise commands print lines."""
+    return err_console.is_terminal
 
 
 def fail(message: str, code: int) -> None:
@@ -41,9 +58,35 @@ def user_errors(fn):
         except Exception as err:  # an internal error: say so, keep the traceback for SAM3V_DEBUG=1
             if _debugging():
                 raise
+            if (hint := connection_hint(err)) is not None:
+                fail(hint, 1)
             fail(f"internal error: {type(err).__name__}: {err} (set SAM3V_DEBUG=1 for a traceback)", 1)
 
     return wrapper
+
+
+def connection_hint(err: BaseException) -> str | None:
+    """A service out of reach, said with the setting that names it; None for any other error."""
+    import redis
+    from kombu.exceptions import OperationalError
+
+    from pipeline.core.storage import StorageUnavailable
+
+    if isinstance(err, redis.ConnectionError | redis.TimeoutError):
+        return f"Redis unreachable: {err} (check {_redis_setting()})"
+    if isinstance(err, OperationalError):
+        return f"broker unreachable: {err} (check SAM3V_BROKER_URL)"
+    if isinstance(err, StorageUnavailable) or type(err).__name__ in ("EndpointConnectionError", "ConnectTimeoutError"):
+        return f"{err} (check SAM3V_STORAGE_URL and the S3 endpoint, AWS_ENDPOINT_URL)"
+    return None
+
+
+def _redis_setting() -> str:
+    """The variable the Redis address came from: SAM3V_REDIS_URL when set, else the broker's."""
+    # The names only: a URL may carry a password.
+    if os.environ.get("SAM3V_REDIS_URL"):
+        return "SAM3V_REDIS_URL"
+    return "SAM3V_BROKER_URL, or SAM3V_REDIS_URL if Redis is elsewhere"
 
 
 def progress_bar(detail: str) -> Progress:

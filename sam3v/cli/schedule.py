@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Optional
 
 import typer
@@ -30,14 +31,21 @@ def schedule_add(
 
 @app.command("list")
 @user_errors
-def schedule_list() -> None:
-    """List schedules."""
+def schedule_list(as_json: Annotated[bool, typer.Option(
+        "--json", help='One JSON array: [{"name", "cron", "every", "manifest", "prompt", "last_run_at", '
+                       '"next_run_at", "runs"}], times in ISO 8601 UTC, last_run_at null before the first firing.')] = False,
+) -> None:
+    """List schedules with their last and next run (UTC)."""
     from pipeline.control import schedules
 
-    table = Table("name", "when", "manifest", "prompt", "last run")
-    for e in schedules.list_entries(schedules_app()):
+    entries = schedules.list_entries(schedules_app())
+    if as_json:
+        typer.echo(json.dumps(entries, indent=1))
+        return
+    table = Table("name", "when", "manifest", "prompt", "last run", "next run")
+    for e in entries:
         table.add_row(e["name"], e["cron"] or f"every {e['every']} s", e["manifest"], e["prompt"] or "",
-                      e["last_run_at"] or "")
+                      e["last_run_at"] or "never", e["next_run_at"] or "")
     out_console.print(table)
 
 
