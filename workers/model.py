@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -14,17 +13,10 @@ import transformers
 from transformers import AutoTokenizer, Sam3VideoModel
 
 from pipeline.core.errors import InputError, ModelUnavailableError
+from workers.model_source import DEFAULT_MODEL, HOW_TO_GET_A_MODEL, check_model_source, looks_like_path
 from workers.tiny_model import TINY_WARNING, is_tiny_model_dir
 
 log = logging.getLogger(__name__)
-
-DEFAULT_MODEL = "facebook/sam3"
-
-HOW_TO_GET_A_MODEL = (
-    "Real weights: accept the licence at https://huggingface.co/facebook/sam3, set HF_TOKEN and use "
-    "--model facebook/sam3 (or save it with save_pretrained and pass the directory). "
-    "For a meaningless test model: `sam3v model tiny DIR` then --model DIR."
-)
 
 
 @dataclass
@@ -60,11 +52,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _looks_like_path(source: str) -> bool:
-    # Hugging Face ids are exactly "owner/name"; anything else is a directory.
-    return Path(source).expanduser().exists() or source.startswith((".", "/", "~")) or source.count("/") != 1
-
-
 def _local_revision(directory: Path) -> str:
     # Identifies the weights without hashing gigabytes: config plus each weight file's name and size.
     digest = hashlib.sha256((directory / "config.json").read_bytes())
@@ -74,19 +61,6 @@ def _local_revision(directory: Path) -> str:
 
 
 def _load_local(directory: Path) -> tuple[Sam3VideoModel, object, str]:
-    if not directory.is_dir():
-        raise ModelUnavailableError(f"model directory not found: {directory}. {HOW_TO_GET_A_MODEL}")
-    config = directory / "config.json"
-    if not config.is_file():
-        raise ModelUnavailableError(f"{directory} holds no config.json (not a save_pretrained model). {HOW_TO_GET_A_MODEL}")
-    try:
-        model_type = json.loads(config.read_text()).get("model_type")
-    except ValueError as err:
-        raise ModelUnavailableError(f"{config} is not valid JSON ({err}). {HOW_TO_GET_A_MODEL}") from err
-    if model_type != "sam3_video":
-        raise ModelUnavailableError(
-            f"{directory} holds a {model_type!r} model, not a SAM 3 video model (sam3_video). {HOW_TO_GET_A_MODEL}"
-        )
     try:
         model = Sam3VideoModel.from_pretrained(directory)
         tokenizer = AutoTokenizer.from_pretrained(directory)
@@ -113,6 +87,8 @@ def load_model(source: str = DEFAULT_MODEL, device: str = "auto", threads: int |
     """Load the model before any video is read, so a missing model fails first and clearly.
     ``threads``: torch's CPU threads (SAM3V_TORCH_THREADS); None leaves torch's default."""
     torch_device = resolve_device(device)
+    # Before any weight is read: a missing model fails at once (no hub retries when offline).
+    check_model_source(source)
     if threads:
         # CPU results depend on torch's thread count: every chunk of one video (any worker) and any
         # run they are compared with must use the same count.
@@ -122,7 +98,7 @@ def load_model(source: str = DEFAULT_MODEL, device: str = "auto", threads: int |
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
     expanded = Path(os.path.expanduser(source))
-    if _looks_like_path(source):
+    if looks_like_path(source):
         model, tokenizer, revision = _load_local(expanded)
         tiny = is_tiny_model_dir(expanded)
     else:

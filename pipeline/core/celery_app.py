@@ -9,17 +9,24 @@ from __future__ import annotations
 
 from celery import Celery
 
+from pipeline.core.queue_order import STRATEGY as QUEUE_ORDER
 from pipeline.core.settings import Settings
 
 PROBE = "sam3v.probe"
 SEGMENT_CHUNK = "sam3v.segment_chunk"
 FINALIZE = "sam3v.finalize"
+CLOSE_CANCELLED = "sam3v.close_cancelled"  # a cancelled job's results.jsonl and work/ cleanup
 EMBEDDED_BROKER = "memory://"
+
+#: Every queue a task can be sent to, in the order a worker that consumes them all reads them
+#: (interactive first: ``pipeline.core.queue_order``).
+ALL_QUEUES = ("interactive-gpu", "interactive-cpu", "gpu", "cpu")
 
 ROUTES = {
     PROBE: {"queue": "cpu"},
     SEGMENT_CHUNK: {"queue": "gpu"},
     FINALIZE: {"queue": "cpu"},
+    CLOSE_CANCELLED: {"queue": "cpu"},
 }
 
 
@@ -38,6 +45,8 @@ def make_app(settings: Settings) -> Celery:
     # Redis redelivers an unacked task after visibility_timeout; it must exceed the hard time
     # limit or a long chunk runs twice. Celery reads it from three places: set all three.
     transport = {"visibility_timeout": settings.visibility_timeout}
+    # Interactive queues are read before batch ones (kombu round-robins them by default).
+    broker_transport = {**transport, "queue_order_strategy": QUEUE_ORDER}
     app.conf.update(
         task_routes=ROUTES,
         task_default_queue="cpu",
@@ -56,7 +65,7 @@ def make_app(settings: Settings) -> Celery:
         # The soft limit leaves the task time to fail its video cleanly: 30 s, or a quarter of a
         # short limit (a 40 s limit keeps 30 s of work, not 10).
         task_soft_time_limit=max(1, settings.task_time_limit - min(30, settings.task_time_limit // 4)),
-        broker_transport_options=transport,
+        broker_transport_options=broker_transport,
         result_backend_transport_options=transport,
         visibility_timeout=settings.visibility_timeout,
         task_ignore_result=True,

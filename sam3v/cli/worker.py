@@ -28,7 +28,8 @@ def _settings_with_broker(why: str):
 @user_errors
 def worker(
     queues: Annotated[str, typer.Option(
-        help="Queues to consume: gpu, cpu, and the HTTP API's interactive-gpu, interactive-cpu.")] = "gpu,cpu",
+        help="Queues to consume, of gpu, cpu and the HTTP API's interactive-gpu, interactive-cpu "
+             "(read interactive first). Default: all four.")] = "interactive-gpu,interactive-cpu,gpu,cpu",
     concurrency: Annotated[int, typer.Option(help="Processes (one per GPU for the gpu queue).")] = 1,
     max_tasks_per_child: Annotated[int, typer.Option(help="Recycle a process after this many tasks.")] = 200,
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
@@ -37,14 +38,19 @@ def worker(
     """Start a Celery worker (prefork; the model loads once per process, in the child, before it takes
     a task: a new process has SAM3V_WORKER_START_TIMEOUT to get ready)."""
     settings = _settings_with_broker("a worker needs a broker (redis://... or amqp://...)")
+    from sam3v.worker_start import start_checks
     from workers.runtime import worker_app
 
-    celery_app = worker_app(settings, preload_model=any(q.endswith("gpu") for q in queues.split(",")))
-    argv = ["worker", "-Q", queues, "-c", str(concurrency), "-P", "prefork", "-E",
+    started = start_checks(settings, queues, concurrency, hostname)  # refuses to start naming the setting
+    celery_app = worker_app(settings, preload_model=started.runs_model)
+    argv = ["worker", "-Q", ",".join(started.queues), "-c", str(concurrency), "-P", "prefork", "-E",
             "--max-tasks-per-child", str(max_tasks_per_child), "--loglevel", loglevel]
     if hostname:
         argv += ["-n", hostname]
-    celery_app.worker_main(argv)
+    try:
+        celery_app.worker_main(argv)
+    finally:
+        started.stop.set()
 
 
 @app.command()
