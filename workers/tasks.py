@@ -26,7 +26,7 @@ from celery import Task, chain, shared_task
 from celery.exceptions import Ignore, SoftTimeLimitExceeded
 
 from pipeline.control import schedules
-from pipeline.core.celery_app import FINALIZE, PROBE, SEGMENT_CHUNK, queue_for
+from pipeline.core.celery_app import CLOSE_CANCELLED, FINALIZE, PROBE, SEGMENT_CHUNK, queue_for
 from pipeline.core.errors import Cancelled, Sam3vError
 from pipeline.core.heartbeats import Heartbeats
 from pipeline.core.layout import VideoKeys
@@ -34,6 +34,7 @@ from pipeline.core.planning import PART_FRAMES, Chunk
 from pipeline.core.specs import VideoSpec
 from pipeline.core.storage import StorageUnavailable
 from workers import sweeper  # noqa: F401  (publish hooks and the sweeper thread of worker masters)
+from workers.cancel_cleanup import close_cancelled, drop_cancelled_work
 from workers.runtime import Context, context, model
 from workers.sources import local_source, stage_source
 from workers.video_state import fail_video, finish_video, stop_if_not_wanted
@@ -53,12 +54,21 @@ def task_context(task: Task) -> Context:
         raise task.retry(exc=err, countdown=5, max_retries=10) from None
 
 
+class VideoFailed(Exception):
+    """The task failed its video and recorded why: the task ends FAILURE (a ``task-failed`` event:
+    Flower shows it failed and counts it), instead of staying STARTED there as an ignored task did."""
+
+
 class VideoTask(Task):
     """A task about one video (args: job_id, video_id, ...). Whatever escapes its body (a time
     limit hit outside its own handlers, a bug) fails that video with the reason, so no video is
     left unfinished and its job open forever."""
 
+    throws = (VideoFailed,)  # expected: logged as one line, without a traceback
+
     def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
+        if isinstance(exc, VideoFailed):
+            return  # recorded by the task itself
         job_id, video_id = args[0], args[1]
         try:
             fail_video(context(), job_id, video_id, (kwargs or {}).get("attempt", 0),
@@ -92,6 +102,29 @@ def _retry_later(task: Task, ctx: Context, err: Exception, uncount: Callable[[],
     raise task.retry(exc=err, countdown=min(60, 2 ** retries), max_retries=ctx.settings.outage_retries)
 
 
+def _not_wanted(task: Task, ctx: Context, job_id: str, video_id: str, attempt: int) -> None:
+    """End a task whose work is no longer wanted: REVOKED in Flower (a ``task-revoked`` event with
+    the reason), ignored by Celery (no retry, no failure); a cancelled video's ``work/`` goes."""
+    try:
+        entry = ctx.status.video(job_id, video_id)
+        if int(entry.get("attempt") or 0) != attempt:
+            reason = f"superseded: its video runs again as attempt {entry.get('attempt')}"
+        elif entry.get("status") == "cancelled" or ctx.status.is_cancelled(job_id):
+            reason = "cancelled"
+            drop_cancelled_work(ctx, job_id, video_id, attempt)
+        else:
+            reason = f"its video already ended ({entry.get('status')})"
+    except OUTAGES as err:  # the reason is for people; sam3v.close_cancelled removes work/ too
+        reason = "no longer wanted"
+        log.warning("%s/%s: %s (work files may be left in storage)", job_id, video_id, err)
+    log.info("%s of %s/%s: %s", task.name, job_id, video_id, reason)
+    try:
+        task.send_event("task-revoked", reason=reason, terminated=False, signum=None, expired=False, retry=False)
+    except Exception as err:  # a monitoring event only: never a reason to run the task again
+        log.warning("%s: could not send its task-revoked event: %s", task.name, err)
+    raise Ignore()
+
+
 def _guarded(task: Task, ctx: Context, job_id: str, video_id: str, attempt: int, what: str, step: Callable,
              uncount: Callable[[], None] | None = None):
     """Run ``step``; an error fails this video (with a message for the user) and keeps the worker;
@@ -102,15 +135,16 @@ def _guarded(task: Task, ctx: Context, job_id: str, video_id: str, attempt: int,
         _retry_later(task, ctx, err, uncount)
     except Cancelled as err:  # the video was cancelled or moved on: nothing to record, nobody to fail
         log.info("%s of %s/%s: %s", what, job_id, video_id, err)
+        _not_wanted(task, ctx, job_id, video_id, attempt)
     except SoftTimeLimitExceeded:
-        fail_video(ctx, job_id, video_id, attempt,
-                   f"{what} ran past the task time limit ({ctx.settings.task_time_limit} s)")
+        message = f"{what} ran past the task time limit ({ctx.settings.task_time_limit} s)"
     except Sam3vError as err:
-        fail_video(ctx, job_id, video_id, attempt, str(err))
+        message = str(err)
     except Exception as err:  # a bug or an environment fault: fail this video, keep the worker
         log.exception("%s of %s/%s failed", what, job_id, video_id)
-        fail_video(ctx, job_id, video_id, attempt, f"internal error in {what}: {type(err).__name__}: {err}")
-    raise Ignore()
+        message = f"internal error in {what}: {type(err).__name__}: {err}"
+    fail_video(ctx, job_id, video_id, attempt, message)
+    raise VideoFailed(message)
 
 
 def _started(task: Task, ctx: Context, job_id: str, video_id: str, attempt: int) -> None:
@@ -120,6 +154,8 @@ def _started(task: Task, ctx: Context, job_id: str, video_id: str, attempt: int)
         Heartbeats(ctx.status.r).beat(job_id, video_id)
     except OUTAGES as err:
         _retry_later(task, ctx, err, None)
+    except Ignore:
+        _not_wanted(task, ctx, job_id, video_id, attempt)
 
 
 def _spec(ctx: Context, job_id: str, video_id: str) -> VideoSpec:
@@ -214,9 +250,10 @@ def segment_chunk_task(self, job_id: str, video_id: str, k: int, start: int, sto
     deliveries = _guarded(self, ctx, job_id, video_id, attempt, f"chunk {k}",
                           lambda: ctx.status.count_delivery(job_id, video_id, k))
     if deliveries > ctx.settings.max_redeliveries:
-        fail_video(ctx, job_id, video_id, attempt, f"chunk {k} (frames {start}-{stop - 1}) was started "
-                   f"{deliveries - 1} times and never finished: it kills its worker (out of memory?)")
-        raise Ignore()
+        message = (f"chunk {k} (frames {start}-{stop - 1}) was started {deliveries - 1} times and never "
+                   "finished: it kills its worker (out of memory?)")
+        fail_video(ctx, job_id, video_id, attempt, message)
+        raise VideoFailed(message)
 
     def step():
         entry = ctx.status.video(job_id, video_id)
@@ -265,8 +302,8 @@ def finalize_task(self, job_id: str, video_id: str, planned_chunks: int, attempt
         final = finalize(info, entry["header"], ctx.storage, keys.work, planned_chunks, ctx.storage, keys.prefix,
                          entry.get("part_frames") or PART_FRAMES)
         if not _wanted(ctx, job_id, video_id, attempt):
-            # Cancelled while it joined the parts: no success, and the work files stay (a retry's
-            # new attempt may be writing there already).
+            # Cancelled while it joined the parts: no success; the work files go only if no retry's
+            # new attempt may be writing there already (_not_wanted).
             raise Cancelled("stopped before recording its outputs: its video is no longer wanted")
         finish_video(ctx, job_id, video_id, attempt, status="succeeded", outputs=final.outputs,
                      num_frames=final.num_frames, num_objects=final.num_objects, frames_done=final.num_frames)
@@ -278,6 +315,16 @@ def finalize_task(self, job_id: str, video_id: str, planned_chunks: int, attempt
             ctx.storage.delete_prefix(keys.work_prefix)
         except OUTAGES as err:
             log.warning("%s/%s: work files left in storage: %s", job_id, video_id, err)
+
+
+@shared_task(name=CLOSE_CANCELLED, bind=True)
+def close_cancelled_task(self, job_id: str) -> None:
+    """A cancelled job's end: results.jsonl, work/ removed, its records set to expire."""
+    ctx = task_context(self)
+    try:
+        close_cancelled(ctx, job_id)
+    except OUTAGES as err:
+        _retry_later(self, ctx, err, None)
 
 
 @shared_task(name=schedules.SCHEDULED_SUBMIT, bind=True)

@@ -16,6 +16,7 @@ from celery.exceptions import Ignore
 
 from pipeline.core.heartbeats import Heartbeats
 from pipeline.core.layout import JobKeys
+from pipeline.core.retention import expire_job
 from pipeline.core.status import TERMINAL
 from workers.runtime import Context
 from workers.sources import drop_cached
@@ -28,6 +29,7 @@ def finish_video(ctx: Context, job_id: str, video_id: str, attempt: int, **field
     drop_cached(ctx.settings, job_id, video_id)
     if ctx.status.update_video(job_id, video_id, fence=attempt, **fields):
         write_results(ctx, job_id)
+        expire_job(ctx.status.r, job_id, ctx.settings.job_retention)
     if ctx.status.video(job_id, video_id).get("status") in TERMINAL:
         Heartbeats(ctx.status.r).forget(job_id, video_id)
 

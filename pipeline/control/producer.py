@@ -14,6 +14,7 @@ from pipeline.core.celery_app import PROBE, queue_for
 from pipeline.core.errors import InputError
 from pipeline.core.specs import DEFAULT_MAX_PROMPTS
 from pipeline.control.manifest import manifest_digest, parse_manifest
+from pipeline.core.retention import keep_job
 from pipeline.core.status import StatusStore
 
 
@@ -59,6 +60,7 @@ def retry_videos(app: Celery, store: StatusStore, job_id: str, video_ids: list[s
     """Run these videos of a job again, from their first task, under a new attempt each."""
     for vid in video_ids:
         store.reset_deliveries(job_id, vid)
+    keep_job(store.r, job_id)  # it runs again: its records must not expire under it
     enqueue_videos(app, job_id, video_ids, lane, attempts=store.reopen(job_id, video_ids))
 
 

@@ -9,6 +9,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from pipeline.core.planning import PART_FRAMES
+from pipeline.core.retention import parse_duration
 from pipeline.core.specs import DEFAULT_MAX_PROMPTS
 
 
@@ -55,6 +56,15 @@ class Settings(BaseSettings):
         300.0, gt=0, description="A worker's new process (after a crash, an OOM kill or --max-tasks-per-child) must be "
                                  "ready within this, seconds (imports, storage client, the model on a GPU queue); "
                                  "one that is not is killed and started again")
+
+    job_retention: float = Field(
+        30 * 86400.0, ge=0, description="A finished job's Redis records (state, videos, counts) expire this long after it "
+                                        "ends: seconds or 30d, 12h, 90m; 0 keeps them until `sam3v jobs prune`. Results stay in storage")
+
+    @field_validator("job_retention", mode="before")
+    @classmethod
+    def _duration(cls, value):
+        return parse_duration(value) if isinstance(value, str) else value
 
     @field_validator("url_allowlist", "api_s3_buckets", mode="before")
     @classmethod

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 VIDEO_STATES = ("queued", "processing", "succeeded", "failed", "cancelled")
 TERMINAL = ("succeeded", "failed", "cancelled")
+FINAL_JOB_STATES = ("succeeded", "partial", "failed", "cancelled")  # a job in one of these has ended
 EVENTS = "sam3v:events"
 EVENTS_MAXLEN = 100_000
 
@@ -57,9 +58,11 @@ def job_status(counts: dict[str, int], total: int, cancelled: bool) -> str:
         return "running" if counts.get("processing", 0) or done else "queued"
     if counts.get("succeeded", 0) == total:
         return "succeeded"
-    if counts.get("succeeded", 0) == 0:
-        return "failed"
-    return "partial"
+    if counts.get("succeeded", 0):
+        return "partial"
+    # None succeeded. A retried job is no longer flagged cancelled; its videos still may be: "failed"
+    # only when one failed (it read "failed" with 0 failed and 3 cancelled).
+    return "failed" if counts.get("failed", 0) else "cancelled"
 
 
 @dataclass
@@ -86,6 +89,7 @@ class StatusStore:
         """Returns (job id, manifest digest) of whoever holds ``key``: ours if we got it."""
         stored = f"{job_id}|{digest}"
         if self.r.set(_k("idem", key), stored, nx=True):
+            self.r.set(_k("job", job_id, "idem"), key)  # so the key expires with the job (pipeline.core.retention)
             return job_id, digest
         held = self.r.get(_k("idem", key))
         held = held.decode() if isinstance(held, bytes) else held

@@ -20,6 +20,7 @@ app = typer.Typer(
 # Without a name, a sub-app's commands become the root's own; `model` and `schedule` stay groups.
 for sub in (segment.app, jobs.app, run.app, worker.app, api.app):
     app.add_typer(sub)
+app.add_typer(jobs.jobs_app, name="jobs")
 app.add_typer(model.app, name="model")
 app.add_typer(schedule.app, name="schedule")
 

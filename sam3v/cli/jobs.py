@@ -117,10 +117,16 @@ def watch(job: str) -> None:
     err_console.print(summary_line(doc))
 
 
-@app.command()
+# `sam3v jobs` lists; `sam3v jobs prune` is its subcommand (sam3v/cli/__init__.py adds it as a group).
+jobs_app = typer.Typer()
+
+
+@jobs_app.callback(invoke_without_command=True)
 @user_errors
-def jobs(limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20) -> None:
-    """Recent jobs."""
+def jobs(ctx: typer.Context, limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20) -> None:
+    """Recent jobs (`sam3v jobs prune` removes old ones)."""
+    if ctx.invoked_subcommand:
+        return
     _, _, store = context()
     table = Table("job", "name", "status", "videos", "succeeded", "failed", "created")
     for s in store.jobs(limit):
@@ -132,19 +138,68 @@ def jobs(limit: Annotated[int, typer.Option(help="How many, newest first.")] = 2
 @app.command()
 @user_errors
 def cancel(job: str) -> None:
-    """Stop a job's pending work and mark it cancelled."""
-    _, _, store = job_context(job)
-    n = store.mark_cancelled(job)
-    err_console.print(f"job {job}: cancelled ({n} video(s) stopped)")
+    """Stop a job's queued and running videos and mark it cancelled; exit 1, changing nothing, if it
+    has ended. A worker then writes its results.jsonl and removes its work/ files."""
+    from pipeline.control.lifecycle import cancel_job
+
+    _, celery_app, store = job_context(job)
+    done = cancel_job(celery_app, store, job)
+    if done.ended_as:
+        err_console.print(f"job {job} has already ended ({done.ended_as}): nothing to cancel, nothing changed",
+                          highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+    err_console.print(f"job {job}: cancelled ({done.stopped} video(s) stopped)")
 
 
 @app.command()
 @user_errors
-def retry(job: str) -> None:
-    """Run a job's failed videos again."""
+def retry(
+    job: str,
+    video: Annotated[Optional[list[str]], typer.Option(
+        "--video", help="Only this video (repeatable); it must be failed, or cancelled with --cancelled.")] = None,
+    cancelled: Annotated[bool, typer.Option(
+        "--cancelled", help="Run cancelled videos again too (a cancelled job's unfinished work).")] = False,
+) -> None:
+    """Run a job's failed videos again (and its cancelled ones with --cancelled); exit 1, changing
+    nothing, when no video qualifies."""
+    from pipeline.control.lifecycle import choose_retry
     from pipeline.control.producer import retry_videos
 
     _, celery_app, store = job_context(job)
-    failed = [v["id"] for v in store.status_document(job)["videos"] if v["status"] == "failed"]
-    retry_videos(celery_app, store, job, failed)
-    err_console.print(f"job {job}: {len(failed)} failed video(s) queued again")
+    doc = store.status_document(job)
+    choice = choose_retry(doc, video, cancelled)
+    for vid, why in choice.refused.items():
+        err_console.print(f"video {vid} {why}", highlight=False, soft_wrap=True)
+    if not choice.videos:
+        which = "named " if video else ("failed or cancelled " if cancelled else "failed ")
+        hint = "" if video or cancelled or not doc["counts"]["cancelled"] else " (--cancelled runs cancelled ones)"
+        err_console.print(f"job {job} ({doc['status']}): no {which}video to run again{hint}; nothing changed",
+                          highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+    retry_videos(celery_app, store, job, choice.videos, store.job_spec(job).get("lane", "batch"))
+    err_console.print(f"job {job}: {len(choice.videos)} video(s) queued again: {', '.join(choice.videos[:20])}"
+                      + (" ..." if len(choice.videos) > 20 else ""), highlight=False, soft_wrap=True)
+
+
+@jobs_app.command("prune")
+@user_errors
+def prune(
+    older_than: Annotated[str, typer.Option(
+        "--older-than", help="Jobs that ended more than this long ago: 30d, 12h, 90m or seconds.")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would be removed.")] = False,
+) -> None:
+    """Remove ended jobs' records from Redis now (running jobs never); their results stay in storage.
+    Prints one line per removed job. Without this they expire after SAM3V_JOB_RETENTION."""
+    from pipeline.core.retention import parse_duration, prune as prune_jobs
+
+    try:
+        seconds = parse_duration(older_than)
+    except ValueError as err:
+        raise InputError(f"--older-than: {err}") from None
+    _, _, store = context()
+    removed = prune_jobs(store, seconds, dry_run=dry_run)
+    for p in removed:
+        typer.echo(f"{p.job_id}\t{p.status}\tended {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(p.ended))}"
+                   f"\t{p.name}")
+    err_console.print(f"{'would remove' if dry_run else 'removed'} {len(removed)} job(s) that ended more than "
+                      f"{older_than} ago; their results stay in storage", highlight=False, soft_wrap=True)

@@ -1,0 +1,43 @@
+"""Closing a cancelled job like one that ended: its ``results.jsonl`` (every video's outcome), no
+``work/`` left in storage (unless ``SAM3V_KEEP_CHUNKS``), its Redis records set to expire.
+
+`sam3v cancel` marks the videos cancelled in Redis and sends ``sam3v.close_cancelled`` to a worker,
+which writes with the workers' storage settings. A chunk running at that moment stops at its next
+frame and may publish an encoded part before it notices: it removes its video's ``work/`` again
+when it stops (``drop_cancelled_work``), so whichever comes last leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from pipeline.core.layout import VideoKeys
+from pipeline.core.retention import expire_job
+from workers.runtime import Context
+from workers.video_state import attempt_of, write_results
+
+log = logging.getLogger(__name__)
+
+
+def drop_cancelled_work(ctx: Context, job_id: str, video_id: str, attempt: int) -> bool:
+    """Remove the video's ``work/`` when it is cancelled at ``attempt``; a video retried since (a
+    new attempt may be writing there) or ``SAM3V_KEEP_CHUNKS`` keeps it. True if removed."""
+    if ctx.settings.keep_chunks:
+        return False
+    entry = ctx.status.video(job_id, video_id)
+    if entry.get("status") != "cancelled" or attempt_of(entry) != attempt:
+        return False
+    ctx.storage.delete_prefix(VideoKeys(job_id, video_id).work_prefix)
+    return True
+
+
+def close_cancelled(ctx: Context, job_id: str) -> None:
+    doc = ctx.status.status_document(job_id)
+    if doc["status"] != "cancelled":
+        log.info("job %s is %s, not cancelled (retried since?): left as it is", job_id, doc["status"])
+        return
+    removed = sum(drop_cancelled_work(ctx, job_id, v["id"], attempt_of(v)) for v in doc["videos"]
+                  if v["status"] == "cancelled")
+    write_results(ctx, job_id)
+    expire_job(ctx.status.r, job_id, ctx.settings.job_retention)
+    log.info("job %s closed as cancelled: results.jsonl written, work/ of %d video(s) removed", job_id, removed)
