@@ -1,7 +1,7 @@
 """Cancel stops running work, with real parts: redis-server, a moto S3 server, `sam3v worker`
 processes and the tiny model. A chunk cancelled mid-run stops at its next frame: its Celery task
 ends ignored (not succeeded), nothing more of it reaches storage (no frames.json, state, done.json
-or further parts), no outputs are written, and the worker takes the next job."""
+or further parts), its work/ is removed, no outputs are written, and the worker takes the next job."""
 
 from __future__ import annotations
 
@@ -116,8 +116,9 @@ def test_cancel_stops_a_running_chunk(cancel_env, s3, redis_server, long_clip, w
     doc = wait_terminal(cancel_env, other, timeout=300)
     assert doc["status"] == "succeeded", doc
 
-    # Meanwhile nothing more of the cancelled chunk reached storage, and its video has no outputs.
-    assert work_objects(client, job, "long") == after_stop
+    # The cancelled video's work/ is gone (the stopped chunk and sam3v.close_cancelled remove it),
+    # nothing of the chunk came back after, and its video has no outputs.
+    assert work_objects(client, job, "long") == {}
     for name in ("masks", "overlay"):
         key = f"{PREFIX}/{keys.output(name)}"
         assert "Contents" not in client.list_objects_v2(Bucket=BUCKET, Prefix=key), key
