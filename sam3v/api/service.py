@@ -16,6 +16,7 @@ from sam3v.api.uploads import resolve_upload
 from pipeline.core.errors import InputError
 from pipeline.core.layout import VideoKeys, output_name
 from pipeline.control.manifest import parse_manifest
+from pipeline.control.lifecycle import cancel_job
 from pipeline.control.producer import enqueue_videos, retry_videos
 from pipeline.core.status import TERMINAL, StatusStore, _s
 from pipeline.core.uris import Scheme, parse_uri, storage_uri
@@ -192,7 +193,8 @@ class Generations:
     # --- change -------------------------------------------------------------------------------
     def cancel(self, gen_id: str) -> None:
         if self.store.video(gen_id, VIDEO_ID).get("status") not in TERMINAL:
-            self.store.mark_cancelled(gen_id)
+            # Closed like a batch job: results.jsonl, work/ removed, its records set to expire.
+            cancel_job(self.celery, self.store, gen_id)
 
     def retry(self, gen_id: str) -> None:
         state = self.store.video(gen_id, VIDEO_ID).get("status")
