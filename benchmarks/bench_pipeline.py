@@ -1,16 +1,21 @@
-"""Control-plane speed on a real redis-server (started here on a free port):
+"""Control-plane speed on a real redis-server (started here on a free port) and a moto S3 server:
 
-1. submitting a 10,000-line manifest (validate, record, enqueue) vs enqueuing 10,000 bare no-op
-   tasks on the same broker from one producer;
-2. the status query behind `sam3v status --json` on a 10,000-video job (target < 100 ms);
-3. per-task overhead of the chunk task machinery (delivery count, status updates, state
+1. `sam3v submit` of an N-line manifest (default 100,000; its lines point at a few real clips in
+   the bucket, so the sampled input check passes) vs N bare `send_task` calls on the same broker
+   from one producer; peak RSS of the submitting process, N lines vs 1,000 lines;
+2. `sam3v status` (and the query behind it) on the N-video job;
+3. `sam3v jobs` with 1,000 jobs in Redis;
+4. `sam3v cancel` of the N-video job while a cpu and a gpu worker (tiny model) run it: its wall
+   time, the messages left queued, and the chunk starts counted after it returned (must be none);
+5. per-task overhead of the chunk task machinery (delivery count, status updates, state
    save + load of a real tracker state) vs a bare Celery task round trip, both through a real
-   worker process.
-Run: .venv/bin/python -m benchmarks.bench_pipeline
+   worker process (skip with --skip-overhead).
+Run: .venv/bin/python -m benchmarks.bench_pipeline [--lines N] [--skip-overhead]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import statistics
@@ -20,55 +25,181 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import machine
+from benchmarks.common import VIDEO_720P, machine
 from tests.services import RedisServer, start_worker, stop_process
 
-N = 10_000
+BUCKET = "bench"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_manifest(path: Path, lines: int) -> Path:
+    """``lines`` lines over 4 real objects; ids unique, 300 frames at most each."""
+    with open(path, "w") as f:
+        for i in range(lines):
+            f.write(json.dumps({"id": f"v{i:06d}", "video": f"s3://{BUCKET}/clips/{i % 4}.mp4", "max_frames": 300,
+                                "chunk_frames": 8}) + "\n")
+    return path
+
+
+def run_measured(cmd: list[str], env: dict) -> tuple[float, float, subprocess.CompletedProcess | None, str]:
+    """(wall s, peak RSS MiB, -, output) of one child process, from its own rusage."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd} failed ({proc.returncode}): {out[-3000:]}")
+    return wall, usage.ru_maxrss / 1024, None, out
+
+
+def timed_median(fn, repeats: int = 5) -> tuple[float, object]:
+    times, result = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), result
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--lines", type=int, default=100_000)
+    parser.add_argument("--skip-overhead", action="store_true")
+    args = parser.parse_args()
+    n = args.lines
     tmp = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
     server = RedisServer(tmp)
     server.start()
-    os.environ.update({"SAM3V_BROKER_URL": server.url, "SAM3V_STORAGE_URL": str(tmp / "store")})
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per S3 request otherwise
+
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    moto.start()
+    host, port = moto.get_host_and_port()
+    aws = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    env = {**os.environ, **aws, "SAM3V_BROKER_URL": server.url, "SAM3V_STORAGE_URL": f"s3://{BUCKET}/results",
+           "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    os.environ.update(env)
+    workers = []
     try:
+        import boto3
+        from typer.testing import CliRunner
+
+        from pipeline.control.lifecycle import cancel_job
         from pipeline.core.celery_app import make_app
-        from pipeline.control.producer import submit_manifest
         from pipeline.core.redis_conn import connect
         from pipeline.core.settings import get_settings
         from pipeline.core.status import StatusStore
+        from sam3v.cli import app as cli_app
+        from tests import media
 
+        s3 = boto3.client("s3", endpoint_url=aws["AWS_ENDPOINT_URL"], region_name="us-east-1")
+        s3.create_bucket(Bucket=BUCKET)
+        clip = media.clip(tmp, 24, source=VIDEO_720P)
+        for i in range(4):
+            s3.upload_file(str(clip), BUCKET, f"clips/{i}.mp4")
         settings = get_settings()
         app = make_app(settings)
         store = StatusStore(connect(settings))
-        manifest = "".join(json.dumps({"video": f"s3://bucket/videos/{i:05d}.mp4", "max_frames": 300}) + "\n"
-                           for i in range(N)).encode()
+        print(f"machine: {machine()}; redis-server 127.0.0.1:{server.port}; {n:,} lines")
 
-        t0 = time.perf_counter()
-        done = submit_manifest(app, store, manifest, "bench.jsonl", default_prompt="dog")
-        t_submit = time.perf_counter() - t0
-
+        # 1. submit vs bare send_task; peak RSS, N lines vs 1,000
+        small, big = write_manifest(tmp / "small.jsonl", 1000), write_manifest(tmp / "big.jsonl", n)
+        submit = [sys.executable, "-m", "sam3v.cli", "submit", "--prompt", "dog"]
+        _, rss_small, _, _ = run_measured(submit + [str(small)], env)
+        store.r.delete("cpu")
+        t_submit, rss_big, _, out = run_measured(submit + [str(big)], env)
+        job = out.strip().splitlines()[-1]
+        assert store.summary(job).total == n, out
         t0 = time.perf_counter()
         with app.producer_or_acquire() as producer:
-            for i in range(N):
+            for i in range(n):
                 app.send_task("bench.noop", args=[i], queue="bench", producer=producer)
         t_bare = time.perf_counter() - t0
+        store.r.delete("bench")
+        print(f"1. `sam3v submit` {n:,} lines: {t_submit:.1f} s (the whole process) vs bare send_task x {n:,}: "
+              f"{t_bare:.1f} s: **{t_submit / t_bare:.2f}x** (target <= 1.2x)")
+        print(f"   peak RSS of `sam3v submit`: {rss_big:.1f} MiB for {n:,} lines vs {rss_small:.1f} MiB for 1,000: "
+              f"**{rss_big / rss_small:.2f}x** (target <= 1.2x)")
 
-        times = []
-        for _ in range(5):
-            t0 = time.perf_counter()
-            doc = store.status_document(done.job_id)
-            times.append(time.perf_counter() - t0)
-        assert doc["total"] == N
+        # 2. status
+        runner = CliRunner()
 
-        print(f"machine: {machine()}; redis-server 127.0.0.1:{server.port}")
-        print(f"1. submit {N} lines: {t_submit:.2f} s ({N / t_submit:,.0f} videos/s: parse, record, enqueue)")
-        print(f"   bare send_task x {N}: {t_bare:.2f} s ({N / t_bare:,.0f} tasks/s); ratio submit/bare {t_submit / t_bare:.2f}x")
-        print(f"2. status query on a {N}-video job: median {statistics.median(times) * 1000:.0f} ms, "
-              f"max {max(times) * 1000:.0f} ms (target < 100 ms)")
-        overhead(tmp, server)
+        def cli(*argv):
+            result = runner.invoke(cli_app, list(argv))
+            assert result.exit_code == 0, result.output
+            return result
+
+        t_status, _ = timed_median(lambda: cli("status", job))
+        t_query, doc = timed_median(lambda: store.status_document(job, 0, 50))
+        t_full, _ = timed_median(lambda: store.status_document(job), 3)
+        assert doc["total"] == n and len(doc["videos"]) == 50
+        print(f"2. `sam3v status` on the {n:,}-video job: median **{t_status * 1000:.0f} ms** (target < 200 ms); "
+              f"its query {t_query * 1000:.1f} ms; `--videos all` (every video) {t_full * 1000:.0f} ms")
+
+        # 3. jobs with 1,000 jobs in Redis
+        from pipeline.control.producer import submit_manifest
+
+        for i in range(1000 - len(store.jobs(2000))):
+            submit_manifest(app, store, json.dumps({"video": f"s3://{BUCKET}/clips/0.mp4"}).encode(), f"j{i}.jsonl",
+                            default_prompt="dog")
+        store.r.delete("cpu")
+        t_jobs, _ = timed_median(lambda: cli("jobs"))
+        t_jobs_query, listed = timed_median(lambda: store.jobs(20))
+        assert store.r.zcard("sam3v:jobs") >= 1000 and len(listed) == 20
+        print(f"3. `sam3v jobs` with {store.r.zcard('sam3v:jobs'):,} jobs in Redis: median **{t_jobs * 1000:.0f} ms** "
+              f"(target < 200 ms); its query {t_jobs_query * 1000:.1f} ms")
+
+        # 4. cancel with workers running the big job (resubmitted: the queue was emptied above)
+        _, _, _, out = run_measured(submit + [str(big)], env)
+        job = out.strip().splitlines()[-1]
+        from workers.tiny_model import save_tiny_model
+
+        wenv = {**env, "SAM3V_MODEL": str(save_tiny_model(tmp / "tiny")), "SAM3V_TORCH_THREADS": "1",
+                "SAM3V_CACHE": str(tmp / "cache")}
+        workers = [start_worker(wenv, "gpu", "bench-gpu", tmp / "gpu.log"),
+                   start_worker(wenv, "cpu", "bench-cpu", tmp / "cpu.log")]
+        deadline = time.monotonic() + 600
+        while not chunk_starts(store, job) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert chunk_starts(store, job), "no chunk started within 600 s"
+        t0 = time.perf_counter()
+        outcome = cancel_job(app, store, job)
+        t_cancel = time.perf_counter() - t0
+        left = sum(store.r.llen(q) for q in ("cpu", "gpu"))
+        started_at_cancel = chunk_starts(store, job)
+        summary = store.summary(job)
+        # What the workers had reserved or running stops itself: wait until they are idle.
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and (store.r.hlen("unacked") or sum(store.r.llen(q) for q in ("cpu", "gpu"))):
+            time.sleep(0.5)
+        time.sleep(5)
+        started_after = chunk_starts(store, job) - started_at_cancel
+        print(f"4. cancel of the {n:,}-video job with a cpu and a gpu worker running it: **{t_cancel:.2f} s** "
+              f"(target < 10 s); {outcome.stopped:,} videos stopped, {left} messages left queued; job "
+              f"{summary.status}; chunk starts after it returned: **{started_after}** (target 0; "
+              f"{started_at_cancel} before)")
+        if not args.skip_overhead:
+            overhead(tmp, server)
     finally:
+        for w in workers:
+            stop_process(w)
         server.stop()
+        moto.stop()
+
+
+def chunk_starts(store, job: str) -> int:
+    """Chunk starts counted so far (each segment_chunk counts its delivery before any work)."""
+    total = 0
+    for key in store.r.scan_iter(f"sam3v:deliveries:{job}:*", count=1000):
+        total += sum(int(v) for v in store.r.hvals(key))
+    return total
 
 
 def overhead(tmp: Path, server: RedisServer) -> None:

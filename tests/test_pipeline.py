@@ -85,7 +85,7 @@ def cli(env, *args, timeout=600) -> subprocess.CompletedProcess:
 
 
 def status(env, job) -> dict:
-    done = cli(env, "status", job, "--json")
+    done = cli(env, "status", job, "--json", "--videos", "all")  # every video: the default is one page
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 

@@ -8,7 +8,6 @@ fenced by its attempt (``StatusStore.update_video(fence=...)``).
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 
@@ -16,8 +15,10 @@ from celery.exceptions import Ignore
 
 from pipeline.core.heartbeats import Heartbeats
 from pipeline.core.layout import JobKeys
+from pipeline.core.results import results_jsonl
 from pipeline.core.retention import expire_job
 from pipeline.core.status import TERMINAL
+from workers.job_hook import send_job_hook
 from workers.runtime import Context
 from workers.sources import drop_cached
 
@@ -42,10 +43,11 @@ def fail_video(ctx: Context, job_id: str, video_id: str, attempt: int, message: 
 def write_results(ctx: Context, job_id: str) -> None:
     """The job's results.jsonl: one line a video, written once, when the last video ends."""
     doc = ctx.status.status_document(job_id)
-    lines = [json.dumps({"id": v["id"], "state": v["status"], "error": v.get("error"),
-                         "outputs": v.get("outputs") or {}}) for v in doc["videos"]]
-    ctx.storage.put_bytes(("\n".join(lines) + "\n").encode(), JobKeys(job_id).results)
+    results = ctx.storage.put_bytes(results_jsonl(doc), JobKeys(job_id).results)
     ctx.status.event(job_id, "job_completed", {"status": doc["status"], "counts": doc["counts"]})
+    spec = ctx.status.job_spec(job_id)
+    if spec.get("on_done"):  # once: only the transition that ended the job gets here
+        send_job_hook(job_id, spec["on_done"], doc, results, spec.get("lane") or "batch")
 
 
 def attempt_of(entry: dict) -> int:

@@ -10,6 +10,7 @@ from celery import Celery
 
 from pipeline.core.celery_app import CLOSE_CANCELLED, queue_for
 from pipeline.core.errors import InputError
+from pipeline.control.purge import purge_job
 from pipeline.core.status import FINAL_JOB_STATES, StatusStore, _k
 
 # Sets the cancelled flag unless the job has ended (its last video's transition wrote 'completed'):
@@ -34,6 +35,7 @@ def cancel_job(app: Celery, store: StatusStore, job_id: str) -> CancelOutcome:
     if not store.r.eval(_FLAG_CANCELLED, 1, _k("job", job_id)):
         return CancelOutcome(0, store.summary(job_id).status)
     stopped = store.mark_cancelled(job_id)
+    purge_job(app, store, job_id)  # its queued messages, in bounded batches (they would only drop themselves)
     lane = store.job_spec(job_id).get("lane", "batch")
     app.send_task(CLOSE_CANCELLED, args=[job_id], queue=queue_for("cpu", lane))
     return CancelOutcome(stopped)

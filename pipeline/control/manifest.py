@@ -6,12 +6,18 @@ the producer records them in the job (or refuses the job with --strict).
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
 import io
 import json
 import re
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import TextIO
 from urllib.parse import urlparse
 
 from pydantic import BaseModel, ValidationError
@@ -29,6 +35,7 @@ _SLUG = re.compile(r"[^A-Za-z0-9._-]+")
 class Rejected(BaseModel):
     line: int
     reason: str
+    video: str | None = None  # the line's input as written, when it named one (results.jsonl shows it)
 
 
 class ManifestResult(BaseModel):
@@ -123,8 +130,8 @@ def _item(raw: dict, line: int, default_prompt: str | None, allow_local: bool, m
         raise ValueError(f"{field}: {message}") from None
 
 
-def _jsonl_rows(text: str):
-    for number, raw_line in enumerate(text.splitlines(), start=1):
+def _jsonl_rows(lines: Iterable[str]):
+    for number, raw_line in enumerate(lines, start=1):
         if not raw_line.strip():
             continue
         try:
@@ -138,8 +145,8 @@ def _jsonl_rows(text: str):
         yield number, row, None
 
 
-def _csv_rows(text: str):
-    reader = csv.DictReader(io.StringIO(text))
+def _csv_rows(lines: Iterable[str]):
+    reader = csv.DictReader(lines)
     if not reader.fieldnames:
         return
     unknown = [f for f in reader.fieldnames if f not in FIELDS]
@@ -170,43 +177,117 @@ def _csv_rows(text: str):
         yield number, clean, None
 
 
+def _is_csv(name: str, first_char: str) -> bool:
+    """CSV by the name's extension, else by content: JSONL starts with ``{``."""
+    lowered = name.lower()
+    return lowered.endswith(".csv") or (first_char not in ("{", "") and not lowered.endswith((".jsonl", ".json")))
+
+
+def _check_default_prompt(default_prompt: str | None) -> None:
+    if default_prompt is not None and not default_prompt.strip():
+        raise InputError("--prompt: empty or whitespace")
+
+
+def manifest_entries(lines: Iterable[str], name: str, first_char: str, default_prompt: str | None = None,
+                     allow_local: bool = False, max_prompts: int = DEFAULT_MAX_PROMPTS, *,
+                     allow_storage: bool = False) -> Iterator[VideoSpec | Rejected]:
+    """Each line's outcome, in line order, read lazily from ``lines`` (text lines, ends kept, as a
+    file opened with ``newline=""`` gives them). Ids repeated across lines are the caller's to find:
+    ``parse_manifest`` keeps them in memory, the producer asks Redis (memory flat in manifest size)."""
+    rows = _csv_rows(lines) if _is_csv(name, first_char) else _jsonl_rows(lines)
+    for number, row, problem in rows:
+        entry: VideoSpec | Rejected | None = None
+        if problem is None:
+            try:
+                entry = _item(row, number, default_prompt, allow_local, max_prompts, allow_storage)
+            except ValueError as err:
+                problem = str(err)
+        yield entry if entry is not None else Rejected(line=number, reason=problem, video=_named_input(row))
+
+
+def _named_input(row: dict | None) -> str | None:
+    value = (row or {}).get("video", (row or {}).get("input_video"))
+    return value if isinstance(value, str) else None
+
+
 def parse_manifest(data: bytes, name: str, default_prompt: str | None = None, allow_local: bool = False,
                    max_prompts: int = DEFAULT_MAX_PROMPTS, *, allow_storage: bool = False) -> ManifestResult:
     """Every line checked; ``max_prompts``: the deployment's SAM3V_MAX_PROMPTS (the caller's settings).
     ``allow_local``: local paths (embedded ``sam3v run`` only). ``allow_storage``: ``storage:`` keys,
     for a line the API wrote itself (an upload): a caller naming our storage could read any job's
-    results."""
+    results. The whole manifest in memory: for a small one (an API request, a test); ``sam3v
+    submit`` streams (``scan_manifest`` + ``read_manifest``)."""
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         raise InputError(f"{name}: not UTF-8 text ({err})") from None
-    if default_prompt is not None and not default_prompt.strip():
-        raise InputError("--prompt: empty or whitespace")
-    stripped = text.lstrip()
-    is_csv = name.lower().endswith(".csv") or (stripped[:1] not in ("{", "") and not name.lower().endswith((".jsonl", ".json")))
-    rows = _csv_rows(text) if is_csv else _jsonl_rows(text)
+    _check_default_prompt(default_prompt)
     items: list[VideoSpec] = []
     rejected: list[Rejected] = []
     seen: dict[str, int] = {}
-    for number, row, problem in rows:
-        if problem is None:
-            try:
-                item = _item(row, number, default_prompt, allow_local, max_prompts, allow_storage)
-                if item.id in seen:
-                    problem = f"id: {item.id!r} repeats line {seen[item.id]}"
-                else:
-                    seen[item.id] = number
-                    items.append(item)
-            except ValueError as err:
-                problem = str(err)
-        if problem is not None:
-            rejected.append(Rejected(line=number, reason=problem))
+    for entry in manifest_entries(io.StringIO(text, newline=""), name, text.lstrip()[:1], default_prompt,
+                                  allow_local, max_prompts, allow_storage=allow_storage):
+        if isinstance(entry, VideoSpec) and entry.id in seen:
+            entry = Rejected(line=entry.line, reason=f"id: {entry.id!r} repeats line {seen[entry.id]}")
+        if isinstance(entry, Rejected):
+            rejected.append(entry)
+        else:
+            seen[entry.id] = entry.line
+            items.append(entry)
     return ManifestResult(items=items, rejected=rejected)
 
 
-def load_manifest_bytes(location: str, storage_factory=None) -> bytes:
-    """A manifest from a local path or ``s3://bucket/key``. ``storage_factory(bucket)`` gives the
-    S3 storage to read it with (default: ``open_storage("s3://bucket")``, boto3's standard chain)."""
+# --- streaming: a manifest of any size read in constant memory ----------------------------------
+READ_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class ManifestScan:
+    """What one streaming pass over the bytes tells before any line is parsed."""
+    digest: str  # manifest_digest(data + default prompt), as the idempotency key compares it
+    first_char: str  # the first non-blank character ("" for an empty manifest): CSV or JSONL
+
+
+def _open_binary(source: bytes | Path):
+    return io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")
+
+
+def scan_manifest(source: bytes | Path, name: str, default_prompt: str | None = None) -> ManifestScan:
+    """Digest and UTF-8 check of the whole manifest, a megabyte at a time: a manifest that is not
+    text is refused before anything of it is recorded or enqueued."""
+    _check_default_prompt(default_prompt)
+    digest = hashlib.sha256()
+    decoder = codecs.getincrementaldecoder("utf-8-sig")()
+    first_char, offset = "", 0
+    with _open_binary(source) as f:
+        while True:
+            block = f.read(READ_BYTES)
+            try:
+                text = decoder.decode(block, final=not block)
+            except UnicodeDecodeError as err:
+                raise InputError(f"{name}: not UTF-8 text (byte {offset + max(0, err.start)}: {err.reason})") from None
+            if not block:
+                break
+            digest.update(block)
+            offset += len(block)
+            if not first_char:
+                first_char = text.lstrip()[:1]
+    digest.update((default_prompt or "").encode())
+    return ManifestScan(digest.hexdigest(), first_char)
+
+
+@contextmanager
+def read_manifest(source: bytes | Path, name: str, scan: ManifestScan, default_prompt: str | None = None,
+                  allow_local: bool = False, max_prompts: int = DEFAULT_MAX_PROMPTS) -> Iterator[Iterator[VideoSpec | Rejected]]:
+    """``manifest_entries`` over a file (or bytes) read line by line: nothing but the current line
+    is held. ``scan``: from ``scan_manifest`` of the same source."""
+    with _open_binary(source) as binary:
+        text: TextIO = io.TextIOWrapper(binary, encoding="utf-8-sig", newline="")
+        yield manifest_entries(text, name, scan.first_char, default_prompt, allow_local, max_prompts)
+
+
+def _locate(location: str, storage_factory=None):
+    """(storage, key) for ``s3://bucket/key``, (None, path) for a local file."""
     try:
         uri = parse_uri(location)
     except BadUri as err:
@@ -217,14 +298,40 @@ def load_manifest_bytes(location: str, storage_factory=None) -> bytes:
 
             def storage_factory(name: str):
                 return open_storage(f"s3://{name}")
-        try:
-            return storage_factory(uri.bucket).get_bytes(uri.key)
-        except Exception as err:
-            raise InputError(f"cannot read manifest {location}: {err}") from None
+        return storage_factory(uri.bucket), uri.key
     if not uri.is_local:
         raise InputError(f"manifest {location}: scheme {uri.scheme.value!r} is not supported "
                          "(s3://bucket/key or a local path)")
     path = Path(uri.path).expanduser()
     if not path.is_file():
         raise InputError(f"no such manifest: {location}")
-    return path.read_bytes()
+    return None, path
+
+
+def load_manifest_bytes(location: str, storage_factory=None) -> bytes:
+    """A manifest from a local path or ``s3://bucket/key``. ``storage_factory(bucket)`` gives the
+    S3 storage to read it with (default: ``open_storage("s3://bucket")``, boto3's standard chain)."""
+    storage, where = _locate(location, storage_factory)
+    if storage is None:
+        return where.read_bytes()
+    try:
+        return storage.get_bytes(where)
+    except Exception as err:
+        raise InputError(f"cannot read manifest {location}: {err}") from None
+
+
+@contextmanager
+def manifest_file(location: str, storage_factory=None) -> Iterator[Path]:
+    """A local file holding the manifest, for streaming: the file itself, or an S3 manifest
+    downloaded to a temporary file (deleted afterwards) rather than read into memory."""
+    storage, where = _locate(location, storage_factory)
+    if storage is None:
+        yield where
+        return
+    with tempfile.TemporaryDirectory(prefix="sam3v-manifest-") as tmp:
+        path = Path(tmp) / "manifest"
+        try:
+            storage.get_file(where, path)
+        except Exception as err:
+            raise InputError(f"cannot read manifest {location}: {err}") from None
+        yield path

@@ -28,8 +28,15 @@ _TRANSITION = """
 local old = redis.call('HGET', KEYS[1], ARGV[1])
 if (old or '') ~= ARGV[6] then return -1 end
 local old_state = nil
-if old then old_state = cjson.decode(old)['status'] end
+local old_entry = {}
+if old then old_entry = cjson.decode(old); old_state = old_entry['status'] end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+-- The job's frame counters move with its videos' (`sam3v status` reads them, not every video).
+local new_entry = cjson.decode(ARGV[3])
+for _, f in ipairs({'frames_done', 'frames_total'}) do
+  local delta = (tonumber(new_entry[f]) or 0) - (tonumber(old_entry[f]) or 0)
+  if delta ~= 0 then redis.call('HINCRBYFLOAT', KEYS[3], f, delta) end
+end
 if old_state ~= ARGV[2] then
   if old_state then redis.call('HINCRBY', KEYS[2], old_state, -1) end
   redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
@@ -44,6 +51,31 @@ if done >= tonumber(ARGV[4]) and old_state ~= ARGV[2] then
 end
 return 0
 """
+
+
+# KEYS: items hash, videos hash, counts hash, order list, job hash. ARGV[1]: 1 for a submit's last
+# batch; then (id, item JSON, first status entry JSON) triples in manifest order. A video whose id is
+# taken is not recorded: its index in the batch and the first line are returned, flat.
+_ADD_VIDEOS = """
+local added, repeats = 0, {}
+for i = 2, #ARGV, 3 do
+  if redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) == 1 then
+    redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 2])
+    redis.call('RPUSH', KEYS[4], ARGV[i])
+    added = added + 1
+  else
+    local first = cjson.decode(redis.call('HGET', KEYS[1], ARGV[i]))['line']
+    table.insert(repeats, (i - 2) / 3)
+    table.insert(repeats, tonumber(first) or 0)
+  end
+end
+if added > 0 then redis.call('HINCRBY', KEYS[3], 'queued', added) end
+local sentinel = 1
+if ARGV[1] == '1' then sentinel = 0 end
+redis.call('HSET', KEYS[5], 'total', redis.call('HLEN', KEYS[1]) + sentinel)
+return repeats
+"""
+CANCELLED_BY_USER = "cancelled by the user"
 
 
 def _k(*parts: str) -> str:
@@ -80,6 +112,7 @@ class StatusStore:
     def __init__(self, redis_client):
         self.r = redis_client
         self._transition = self.r.register_script(_TRANSITION)
+        self._add_videos = self.r.register_script(_ADD_VIDEOS)
 
     # --- jobs ---------------------------------------------------------------------------------
     def new_job_id(self) -> str:
@@ -106,10 +139,8 @@ class StatusStore:
         for start in range(0, len(items), 1000):
             part = items[start:start + 1000]
             pipe.hset(_k("job", job_id, "items"), mapping={i["id"]: json.dumps(i) for i in part})
-            pipe.hset(_k("job", job_id, "videos"), mapping={
-                i["id"]: json.dumps({"id": i["id"], "status": "queued", "video": i["video"], "line": i.get("line")})
-                for i in part
-            })
+            pipe.rpush(_k("job", job_id, "order"), *[i["id"] for i in part])
+            pipe.hset(_k("job", job_id, "videos"), mapping={i["id"]: json.dumps(_queued_entry(i)) for i in part})
         if items:
             pipe.hset(_k("job", job_id, "counts"), mapping={"queued": len(items)})
         if rejected:
@@ -125,6 +156,10 @@ class StatusStore:
         raw = self.r.hget(_k("job", job_id), "spec")
         return json.loads(raw) if raw else {}
 
+    def set_job_fields(self, job_id: str, **fields: str) -> None:
+        """Extra facts about a job on its record (its completion hook's outcome)."""
+        self.r.hset(_k("job", job_id), mapping=fields)
+
     def item(self, job_id: str, video_id: str) -> dict:
         raw = self.r.hget(_k("job", job_id, "items"), video_id)
         if raw is None:
@@ -136,12 +171,7 @@ class StatusStore:
 
     def mark_cancelled(self, job_id: str) -> int:
         self.r.hset(_k("job", job_id), "cancelled", 1)
-        n = 0
-        for vid, raw in self.r.hgetall(_k("job", job_id, "videos")).items():
-            entry = json.loads(raw)
-            if entry["status"] in ("queued", "processing"):
-                self.update_video(job_id, _s(vid), status="cancelled", error="cancelled by the user")
-                n += 1
+        n = self.cancel_videos(job_id)
         self.event(job_id, "job_cancelled", {})
         return n
 
@@ -224,17 +254,16 @@ class StatusStore:
 
     # --- queries ------------------------------------------------------------------------------
     def summary(self, job_id: str) -> JobSummary:
-        job = {_s(k): _s(v) for k, v in self.r.hgetall(_k("job", job_id)).items()}
-        if not job:
+        summary = _summary(job_id, self.r.hgetall(_k("job", job_id)), self.r.hgetall(_k("job", job_id, "counts")))
+        if summary is None:
             raise KeyError(job_id)
-        counts = {s: 0 for s in VIDEO_STATES}
-        counts.update({_s(k): int(v) for k, v in self.r.hgetall(_k("job", job_id, "counts")).items()})
-        total = int(job["total"])
-        return JobSummary(job_id, job.get("name", ""), job_status(counts, total, job.get("cancelled") == "1"),
-                          total, counts, float(job["created"]), float(job["updated"]))
+        return summary
 
-    def status_document(self, job_id: str) -> dict:
-        """What `sam3v status --json` prints."""
+    def status_document(self, job_id: str, offset: int = 0, limit: int | None = None) -> dict:
+        """What `sam3v status --json` prints: every video (``limit`` None: a scan of them all), or a
+        page of ``limit`` videos and rejected lines from ``offset`` (``status_page``)."""
+        if limit is not None:
+            return self.status_page(job_id, offset, limit)
         s = self.summary(job_id)
         videos = [json.loads(v) for v in self.r.hvals(_k("job", job_id, "videos"))]
         videos.sort(key=lambda v: (v.get("line") or 0, v["id"]))
@@ -246,13 +275,112 @@ class StatusStore:
                 "updated": s.updated, "videos": videos, "rejected": rejected}
 
     def jobs(self, limit: int = 50) -> list[JobSummary]:
+        """The newest ``limit`` jobs, read in one round trip however many jobs Redis holds."""
         ids = [_s(j) for j in self.r.zrevrange(_k("jobs"), 0, limit - 1)]
-        return [self.summary(j) for j in ids if self.job_exists(j)]
+        pipe = self.r.pipeline(transaction=False)
+        for j in ids:
+            pipe.hgetall(_k("job", j))
+            pipe.hgetall(_k("job", j, "counts"))
+        raw = pipe.execute()
+        found = (_summary(j, raw[2 * i], raw[2 * i + 1]) for i, j in enumerate(ids))
+        return [s for s in found if s is not None]
+
+    # --- large jobs: streamed in, counted as they run, paged out, cancelled in batches ----------
+    def add_videos(self, job_id: str, items: list[dict], last: bool) -> list[tuple[int, int]]:
+        """Record one batch of a submit's videos, in manifest order, in one round trip; returns
+        (index in ``items``, first line) of each whose id an earlier line of the job already took.
+        Until the ``last`` batch the job's total stays one above the videos recorded, so the videos
+        already running cannot complete the job while later lines are still read."""
+        args: list = [1 if last else 0]
+        for i in items:
+            args += [i["id"], json.dumps(i), json.dumps(_queued_entry(i))]
+        repeats = self._add_videos(keys=[_k("job", job_id, "items"), _k("job", job_id, "videos"),
+                                         _k("job", job_id, "counts"), _k("job", job_id, "order"),
+                                         _k("job", job_id)], args=args)
+        return [(int(repeats[n]), int(repeats[n + 1])) for n in range(0, len(repeats), 2)]
+
+    def add_rejected(self, job_id: str, rejected: list[dict]) -> None:
+        if rejected:
+            self.r.rpush(_k("job", job_id, "rejected"), *[json.dumps(r) for r in rejected])
+
+    def open_job(self, job_id: str, name: str, spec: dict) -> None:
+        """Make a job whose videos ``add_videos`` records visible (its total is theirs to set)."""
+        now = time.time()
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(_k("job", job_id), mapping={"id": job_id, "name": name, "created": now, "updated": now,
+                                              "spec": json.dumps(spec), "cancelled": 0})
+        pipe.zadd(_k("jobs"), {job_id: now})
+        pipe.execute()
+
+    def discard_job(self, job_id: str) -> None:
+        """Forget a job refused while it was streamed in (nothing of it was enqueued)."""
+        self.r.delete(*[_k("job", job_id, *part) for part in ((), ("items",), ("videos",), ("counts",),
+                                                               ("order",), ("rejected",))])
+        self.r.zrem(_k("jobs"), job_id)
+
+    def release_idempotency(self, key: str, job_id: str, digest: str) -> None:
+        """Give back a key this job claimed and did not use (its manifest was refused)."""
+        if _s(self.r.get(_k("idem", key)) or "") == f"{job_id}|{digest}":
+            self.r.delete(_k("idem", key))
+
+    def video_ids(self, job_id: str, start: int, count: int) -> list[str]:
+        """``count`` video ids from ``start``, in manifest order."""
+        return [_s(v) for v in self.r.lrange(_k("job", job_id, "order"), start, start + count - 1)]
+
+    def status_page(self, job_id: str, offset: int, limit: int) -> dict:
+        """The status document from the job's counters and one page of its videos and rejected lines:
+        the same cost for 10 videos or 100,000."""
+        s = self.summary(job_id)
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hmget(_k("job", job_id), "frames_done", "frames_total")
+        pipe.exists(_k("job", job_id, "order"))
+        pipe.lrange(_k("job", job_id, "rejected"), offset, offset + limit - 1)
+        pipe.llen(_k("job", job_id, "rejected"))
+        frames, ordered, rejected, rejected_total = pipe.execute()
+        if ordered or not s.total:
+            ids = self.video_ids(job_id, offset, limit)
+            videos = [json.loads(v) for v in self.r.hmget(_k("job", job_id, "videos"), ids) if v] if ids else []
+        else:  # a job recorded before the order list existed
+            videos = self.status_document(job_id)["videos"][offset:offset + limit]
+        return {"id": s.id, "name": s.name, "status": s.status, "total": s.total, "counts": s.counts,
+                "frames_done": int(float(frames[0] or 0)), "frames_total": int(float(frames[1] or 0)),
+                "created": s.created, "updated": s.updated, "videos": videos,
+                "rejected": [json.loads(r) for r in rejected], "rejected_total": int(rejected_total),
+                "page": {"offset": offset, "limit": limit}}
+
+    def cancel_videos(self, job_id: str, batch: int = 1000) -> int:
+        """Every video not yet ended becomes cancelled, ``batch`` at a time, each batch one pipelined
+        round trip of compare-and-set transitions (the counters move with them) and their events;
+        returns how many. An entry that changed under us goes through ``update_video``."""
+        key, counts, job = _k("job", job_id, "videos"), _k("job", job_id, "counts"), _k("job", job_id)
+        total = int(self.r.hget(job, "total") or 0)
+        cursor, n = 0, 0
+        while True:
+            cursor, entries = self.r.hscan(key, cursor, count=batch)
+            open_ = [(_s(vid), _s(raw)) for vid, raw in entries.items()
+                     if json.loads(raw).get("status") not in TERMINAL]
+            if open_:
+                now = time.time()
+                pipe = self.r.pipeline(transaction=False)
+                for vid, raw in open_:
+                    entry = {**json.loads(raw), "status": "cancelled", "error": CANCELLED_BY_USER, "updated": now}
+                    self._transition(keys=[key, counts, job], args=[vid, "cancelled", json.dumps(entry), total, now, raw],
+                                     client=pipe)
+                    pipe.xadd(EVENTS, _event_fields(job_id, "video_cancelled", {
+                        "video": vid, "status": "cancelled", "error": CANCELLED_BY_USER}),
+                        maxlen=EVENTS_MAXLEN, approximate=True)
+                results = pipe.execute()[::2]
+                for (vid, _), result in zip(open_, results):
+                    if int(result) >= 0:
+                        n += 1
+                    elif self._merge(job_id, vid, None, {"status": "cancelled", "error": CANCELLED_BY_USER}) != "refused":
+                        n += 1  # it moved under us (a task started it): cancelled from a fresh read
+            if int(cursor) == 0:
+                return n
 
     # --- events -------------------------------------------------------------------------------
     def event(self, job_id: str, kind: str, data: dict) -> None:
-        self.r.xadd(EVENTS, {"job": job_id, "kind": kind, "data": json.dumps(data), "time": time.time()},
-                    maxlen=EVENTS_MAXLEN, approximate=True)
+        self.r.xadd(EVENTS, _event_fields(job_id, kind, data), maxlen=EVENTS_MAXLEN, approximate=True)
 
     def read_events(self, last_id: str = "0-0", block_ms: int | None = None, count: int = 500) -> list[tuple[str, dict]]:
         got = self.r.xread({EVENTS: last_id}, block=block_ms, count=count) or []
@@ -267,3 +395,25 @@ class StatusStore:
 
 def _s(value) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _event_fields(job_id: str, kind: str, data: dict) -> dict:
+    return {"job": job_id, "kind": kind, "data": json.dumps(data), "time": time.time()}
+
+
+def _queued_entry(item: dict) -> dict:
+    """A video's first status entry."""
+    return {"id": item["id"], "status": "queued", "video": item["video"], "line": item.get("line")}
+
+
+def _summary(job_id: str, job_raw: dict, counts_raw: dict) -> JobSummary | None:
+    """From the job's hash and counts hash as read (None: no such job, or one still being
+    recorded)."""
+    job = {_s(k): _s(v) for k, v in job_raw.items()}
+    if "created" not in job:
+        return None
+    counts = {s: 0 for s in VIDEO_STATES}
+    counts.update({_s(k): int(v) for k, v in counts_raw.items()})
+    total = int(job["total"])
+    return JobSummary(job_id, job.get("name", ""), job_status(counts, total, job.get("cancelled") == "1"),
+                      total, counts, float(job["created"]), float(job["updated"]))

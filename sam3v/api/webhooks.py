@@ -19,14 +19,11 @@ redirects are not followed.
 
 from __future__ import annotations
 
-import hashlib
 import heapq
-import hmac
 import itertools
 import json
 import logging
 import os
-import secrets
 import socket
 import threading
 import time
@@ -39,25 +36,13 @@ from sam3v.api.service import EVENT_NAMES, Generations, gen_key
 from pipeline.core.errors import InputError
 from pipeline.core.status import EVENTS, _s
 from pipeline.core.urls import post_json
+# The signing lives in the core, shared with job hooks; imported here under the names callers use.
+from pipeline.core.webhook_signing import SECRET_KEY, key_secret, server_secret, signature, signed_headers  # noqa: F401
 
 log = logging.getLogger(__name__)
 GROUP = "sam3v-webhooks"
-SECRET_KEY = "sam3v:api:webhook-secret"
 CLAIM_IDLE_MS = 15 * 60 * 1000
 TIMEOUT = 10.0
-
-
-def server_secret(r: redis.Redis, configured: str | None) -> str:
-    """SAM3V_API_WEBHOOK_SECRET, else one made once and shared by every API process through Redis."""
-    if configured:
-        return configured
-    r.set(SECRET_KEY, secrets.token_hex(32), nx=True)
-    return _s(r.get(SECRET_KEY))
-
-
-def key_secret(server: str, owner: str) -> str:
-    """The signing secret of one API key (by its digest): one caller cannot sign as another."""
-    return "whsec_" + hmac.new(server.encode(), owner.encode(), hashlib.sha256).hexdigest()
 
 
 def claim_idle_ms(attempts: int, backoff: float) -> int:
@@ -66,11 +51,6 @@ def claim_idle_ms(attempts: int, backoff: float) -> int:
     still retrying is never doubled."""
     longest_pause = backoff * 2 ** max(attempts - 2, 0)
     return max(CLAIM_IDLE_MS, int(2 * (longest_pause + TIMEOUT) * 1000))
-
-
-def signature(secret: str, timestamp: int, body: bytes) -> str:
-    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
-    return f"t={timestamp},v1={mac}"
 
 
 @dataclass
@@ -182,9 +162,7 @@ class WebhookDispatcher:
                 completion = self.g.completion(d.job, d.meta, d.meta.get("base_url", ""), d.fields)
                 d.body = json.dumps({"event": d.event, **completion}, separators=(",", ":")).encode()
             d.attempts += 1
-            headers = {"Content-Type": "application/json", "User-Agent": "sam3v-webhooks",
-                       "X-Sam3v-Event": d.event, "X-Sam3v-Delivery": d.eid,
-                       "X-Sam3v-Signature": signature(key_secret(self.secret, d.meta["owner"]), int(time.time()), d.body)}
+            headers = signed_headers(key_secret(self.secret, d.meta["owner"]), d.event, d.eid, d.body)
             try:
                 status = post_json(d.url, d.body, headers, self.settings.url_allowlist, TIMEOUT)
                 error = None if 200 <= status < 300 else f"HTTP {status}"

@@ -21,7 +21,8 @@ def summary_line(doc: dict) -> str:
     c = doc["counts"]
     return (f"job {doc['id']}: {doc['status']} - {c['succeeded']} succeeded, {c['failed']} failed, "
             f"{c['cancelled']} cancelled, {c['processing']} processing, {c['queued']} queued of {doc['total']}"
-            + (f"; {len(doc['rejected'])} manifest line(s) rejected" if doc["rejected"] else ""))
+            + (f"; {rejected} manifest line(s) rejected" if (rejected := doc.get("rejected_total", len(doc["rejected"])))
+               else ""))
 
 
 def watch_job(store, job_id: str, poll: float = 0.5) -> dict:
@@ -31,7 +32,7 @@ def watch_job(store, job_id: str, poll: float = 0.5) -> dict:
         frames = bar.add_task("frames", total=None, detail="")
         started, first_frames = time.monotonic(), None
         while True:
-            doc = store.status_document(job_id)
+            doc = store.status_document(job_id, limit=0)  # the job's counters: no scan of its videos
             c = doc["counts"]
             done = c["succeeded"] + c["failed"] + c["cancelled"]
             bar.update(videos, total=doc["total"], completed=done,
@@ -42,7 +43,7 @@ def watch_job(store, job_id: str, poll: float = 0.5) -> dict:
             bar.update(frames, total=doc["frames_total"] or None, completed=doc["frames_done"],
                        detail=f"{rate:.1f} frames/s")
             if doc["status"] in FINAL_STATES:
-                return doc
+                return store.status_document(job_id)
             time.sleep(poll)
 
 
@@ -73,15 +74,16 @@ def submit(
     wait: Annotated[bool, typer.Option(help="Show progress; exit 0 if every video succeeded, else 1.")] = False,
 ) -> None:
     """Submit a manifest to the distributed pipeline; prints the job id on the last line."""
-    from pipeline.control.manifest import load_manifest_bytes
+    from pipeline.control.manifest import manifest_file
     from pipeline.control.producer import submit_manifest
 
     settings, celery_app, store = context()
     if not settings.broker_url:
         raise InputError("SAM3V_BROKER_URL is not set: use `sam3v run` for the embedded mode, or set a broker")
-    done = submit_manifest(celery_app, store, load_manifest_bytes(manifest), manifest, name=name,
-                           default_prompt=prompt, idempotency_key=idempotency_key, strict=strict,
-                           max_prompts=settings.max_prompts)
+    with manifest_file(manifest) as data:  # read line by line: memory flat in the manifest's size
+        done = submit_manifest(celery_app, store, data, manifest, name=name,
+                               default_prompt=prompt, idempotency_key=idempotency_key, strict=strict,
+                               max_prompts=settings.max_prompts)
     err_console.print(f"{'submitted' if done.created else 'already submitted'}: {done.accepted} video(s), "
                       f"{done.rejected} rejected line(s)")
     if wait:
@@ -91,21 +93,35 @@ def submit(
 
 @app.command()
 @user_errors
-def status(job: str, as_json: Annotated[bool, typer.Option("--json", help="Machine-readable.")] = False) -> None:
-    """A job's state, counts per state, each video, and rejected manifest lines."""
+def status(
+    job: str,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable.")] = False,
+    page: Annotated[int, typer.Option(min=1, help="Which page of videos and rejected lines, in manifest order.")] = 1,
+    limit: Annotated[int, typer.Option(min=0, help="Videos (and rejected lines) a page.")] = 50,
+    videos: Annotated[str, typer.Option(
+        help="'page' (the counts, and one page of videos: the same cost for any job size) or 'all' (every "
+             "video and rejected line: a scan of them all).")] = "page",
+) -> None:
+    """A job's state and counts (kept as it runs), and a page of its videos and rejected manifest lines."""
+    if videos not in ("page", "all"):
+        raise InputError(f"--videos {videos!r}: expected page or all")
     _, _, store = job_context(job)
-    doc = store.status_document(job)
+    doc = store.status_document(job) if videos == "all" else store.status_document(job, (page - 1) * limit, limit)
     if as_json:
         typer.echo(json.dumps(doc, indent=1))
         return
     out_console.print(summary_line(doc), highlight=False)
-    table = Table("video", "status", "frames", "error / outputs")
-    for v in doc["videos"][:200]:
+    table = Table("line", "video", "status", "frames", "error / outputs")
+    for v in doc["videos"]:
         extra = v.get("error") or ", ".join((v.get("outputs") or {}).values())
-        table.add_row(v["id"], v["status"], f"{v.get('frames_done') or 0}/{v.get('frames_total') or '?'}", extra)
+        table.add_row(str(v.get("line") or ""), v["id"], v["status"],
+                      f"{v.get('frames_done') or 0}/{v.get('frames_total') or '?'}", extra)
     out_console.print(table)
     for r in doc["rejected"]:
         out_console.print(f"line {r['line']}: {r['reason']}", highlight=False)
+    if videos == "page" and (page * limit < doc["total"] or page * limit < doc["rejected_total"]):
+        out_console.print(f"page {page} of {-(-max(doc['total'], doc['rejected_total']) // max(limit, 1))}: "
+                          f"--page {page + 1} for more, --videos all for everything", highlight=False)
 
 
 @app.command()

@@ -30,6 +30,10 @@ def _options(apply_mask, outputs, max_frames, chunk_frames, mask_opacity, start_
     if chunk_frames is not None and chunk_frames < 0:
         raise InputError(f"--chunk-frames {chunk_frames}: must be 0 (one chunk) or more")
     parsed_outputs = _parse_outputs(outputs)
+    if not apply_mask and parsed_outputs and "overlay" in parsed_outputs:
+        # --no-apply-mask asks for no overlay; writing one anyway would silently ignore it.
+        raise InputError("--outputs overlay and --no-apply-mask contradict each other: drop --no-apply-mask, "
+                         "or ask for --outputs mask")
     return options_from_flags(apply_mask=apply_mask, outputs=list(parsed_outputs) if parsed_outputs else None,
                               max_frames=max_frames, chunk_frames=chunk_frames or None, mask_opacity=mask_opacity,
                               start_frame=start_frame, detection_threshold=detection_threshold)

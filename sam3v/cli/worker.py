@@ -32,7 +32,7 @@ def worker(
              "(read interactive first). Default: all four.")] = "interactive-gpu,interactive-cpu,gpu,cpu",
     concurrency: Annotated[int, typer.Option(help="Processes (one per GPU for the gpu queue).")] = 1,
     max_tasks_per_child: Annotated[int, typer.Option(help="Recycle a process after this many tasks.")] = 200,
-    loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
+    loglevel: Annotated[str, typer.Option("--log-level", "--loglevel", help="Celery log level.")] = "INFO",
     hostname: Annotated[Optional[str], typer.Option(help="Celery node name.")] = None,
 ) -> None:
     """Start a Celery worker (prefork; the model loads once per process, in the child, before it takes
@@ -55,7 +55,7 @@ def worker(
 
 @app.command()
 @user_errors
-def beat(loglevel: Annotated[str, typer.Option(help="Log level.")] = "INFO") -> None:
+def beat(loglevel: Annotated[str, typer.Option("--log-level", "--loglevel", help="Log level.")] = "INFO") -> None:
     """Run the scheduler (celery beat with RedBeat; several may run, one holds the lock)."""
     schedules_app().start(["beat", "-S", "redbeat.RedBeatScheduler", "--loglevel", loglevel])
 

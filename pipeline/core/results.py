@@ -1,0 +1,29 @@
+"""A job's results.jsonl: one line for every manifest line, in line order, rejected lines included.
+
+Each line: ``{"line", "id", "source", "state", "error", "frames", "objects", "outputs"}``. ``state``
+is a video's final state (succeeded, failed, cancelled) or ``rejected`` for a manifest line that
+never became a video (``error`` says why; ``id`` is null, ``source`` the input it named, if any).
+``frames`` and ``objects`` are those of masks.json (0 and null for a video that did not succeed).
+Built from the status document (what ``sam3v status --json`` prints), so both say the same.
+"""
+
+from __future__ import annotations
+
+import json
+
+
+def video_result(v: dict) -> dict:
+    return {"line": v.get("line"), "id": v["id"], "source": v.get("video"), "state": v["status"],
+            "error": v.get("error"), "frames": v.get("num_frames") or 0, "objects": v.get("num_objects"),
+            "outputs": v.get("outputs") or {}}
+
+
+def rejected_result(r: dict) -> dict:
+    return {"line": r["line"], "id": None, "source": r.get("video"), "state": "rejected", "error": r["reason"],
+            "frames": 0, "objects": None, "outputs": {}}
+
+
+def results_jsonl(doc: dict) -> bytes:
+    rows = [video_result(v) for v in doc["videos"]] + [rejected_result(r) for r in doc["rejected"]]
+    rows.sort(key=lambda row: (row["line"] or 0, row["id"] or ""))
+    return "".join(json.dumps(row) + "\n" for row in rows).encode()
