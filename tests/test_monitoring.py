@@ -118,7 +118,8 @@ def test_every_schedule_fires_once_per_slot_at_its_interval_with_two_beats(env, 
     assert "every4" not in cli(env, "schedule", "list").stdout
 
 
-def test_cron_schedule_is_saved_listed_and_checked(env, redis_server):
+def test_cron_schedule_is_saved_listed_and_checked(env, s3, redis_server):
+    _put_manifest(s3)  # schedule add refuses a manifest that does not exist
     add = cli(env, "schedule", "add", "minutely", "--cron", "* * * * *", "--manifest", MANIFEST, "--prompt", "dog")
     try:
         assert add.returncode == 0 and "saved" in add.stderr, add.stderr
@@ -139,11 +140,13 @@ def test_cron_schedule_is_saved_listed_and_checked(env, redis_server):
         cli(env, "schedule", "remove", "minutely")
 
 
-def test_new_cron_schedule_is_first_due_at_its_next_cron_time(env, redis_server):
+def test_new_cron_schedule_is_first_due_at_its_next_cron_time(env, s3, redis_server):
     """A nightly schedule added in the afternoon runs at night: its first run is the cron's next
     time, not the moment it is added (RedBeat runs an entry with no last run at once)."""
+    _put_manifest(s3)
     before = datetime.now(timezone.utc)
-    add = cli(env, "schedule", "add", "at2", "--cron", "0 2 * * *", "--manifest", MANIFEST)
+    # --prompt: the manifest's line has none, and schedule add refuses a manifest with no valid line.
+    add = cli(env, "schedule", "add", "at2", "--cron", "0 2 * * *", "--manifest", MANIFEST, "--prompt", "dog")
     try:
         assert add.returncode == 0, add.stderr
         entry = _entry(redis_server.url, "at2")
@@ -247,7 +250,9 @@ def test_flower_sees_our_workers_and_tasks(env, redis_server, tmp_path):
                  lambda: f"Flower never saw the worker's events\n{_logs(*logs)}", poll=0.5)
         missing = tmp_path / "missing.jsonl"
         missing.write_text(json.dumps({"video": f"s3://{BUCKET}/inputs/nope.mp4"}) + "\n")
-        job = cli(env, "submit", missing, "--prompt", "dog").stdout.strip().splitlines()[-1]
+        # --check-inputs none: submit refuses a manifest whose inputs are all missing; this test
+        # wants its probe task to run (and fail the video).
+        job = cli(env, "submit", missing, "--prompt", "dog", "--check-inputs", "none").stdout.strip().splitlines()[-1]
 
         def task_names() -> set:
             return {t.get("name") for t in httpx.get(f"{base}/api/tasks", timeout=5).json().values()}

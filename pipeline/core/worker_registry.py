@@ -90,3 +90,21 @@ def keep_published(r, record: WorkerRecord, stop: threading.Event | None = None)
 def new_record(node: str, queues: list[str], storage_url: str) -> WorkerRecord:
     return WorkerRecord(node=node, queues=list(queues), storage_url=storage_url, endpoint_url=storage_endpoint(),
                         pid=os.getpid(), started=time.time())
+
+
+def unserved(records: list[WorkerRecord], queues) -> list[str]:
+    """Which of ``queues`` no live worker consumes."""
+    consumed = {q for r in records for q in r.queues}
+    return [q for q in queues if q not in consumed]
+
+
+def interactive_warning(r) -> str | None:
+    """Why API generations would wait forever now (no live worker on an interactive queue), or None."""
+    from pipeline.core.celery_app import ALL_QUEUES
+    from pipeline.core.queue_order import is_interactive
+
+    missing = unserved(live_workers(r), [q for q in ALL_QUEUES if is_interactive(q)])
+    if not missing:
+        return None
+    return (f"no live worker consumes {', '.join(missing)}: API generations stay queued until one does "
+            "(`sam3v worker` with no --queues consumes every queue)")

@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from sam3v.api import errors
 from sam3v.api.auth import load_key_digests
 from sam3v.api.hub import EventHub
-from sam3v.api.routes import events, models, queue, sync, uploads
+from sam3v.api.routes import events, health, models, queue, sync, uploads
 from sam3v.api.service import Generations
 from sam3v.api.uploads import sweep_forever
 from sam3v.api.webhooks import WebhookDispatcher
@@ -98,4 +98,5 @@ def create_app(settings=None) -> FastAPI:
     app.include_router(uploads.router, max_body_size=settings.api_upload_max_bytes + 64 * 1024)
     app.include_router(uploads.webhooks_router)
     app.include_router(models.router)
+    app.include_router(health.router)
     return app

@@ -11,6 +11,17 @@ from sam3v.cli.common import user_errors
 app = typer.Typer()
 
 
+def _interactive_warning(settings) -> str | None:
+    """Checked once at start (GET /health reports it live)."""
+    from pipeline.core.redis_conn import connect
+    from pipeline.core.worker_registry import interactive_warning
+
+    try:
+        return interactive_warning(connect(settings))
+    except Exception as err:  # Redis down: the API starts anyway; its routes report the outage
+        return f"cannot check for workers ({type(err).__name__}: {err})"
+
+
 @app.command()
 @user_errors
 def api(
@@ -35,7 +46,10 @@ def api(
 
     if not load_key_digests():
         typer.echo("warning: no API keys (SAM3V_API_KEYS / SAM3V_API_KEYS_FILE): every request gets 401", err=True)
-    if workers > 1 and not get_settings().broker_url:
+    settings = get_settings()
+    if settings.broker_url and (problem := _interactive_warning(settings)):
+        typer.echo(f"warning: {problem}", err=True)
+    if workers > 1 and not settings.broker_url:
         raise typer.BadParameter("embedded mode (no SAM3V_BROKER_URL) runs the pipeline inside the API "
                                  "process: it needs --workers 1", param_hint="--workers")
     # An import string, so that each of several processes builds its own app.

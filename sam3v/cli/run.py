@@ -30,6 +30,9 @@ def run(
     from sam3v.embedded import embedded_app, embedded_settings, embedded_worker
 
     settings = embedded_settings(out, model)
+    from sam3v.local_checks import check_model
+
+    check_model(settings.model)  # in well under a second, before the model load
     celery_app = embedded_app(settings)
     from workers.runtime import context, model as worker_model
 

@@ -24,7 +24,11 @@ def schedule_add(
 ) -> None:
     """Add (or replace) a schedule that submits MANIFEST at each firing."""
     from pipeline.control import schedules
+    from pipeline.control.submit_checks import check_scheduled_manifest
+    from pipeline.core.settings import get_settings
 
+    for warning in check_scheduled_manifest(manifest, prompt, get_settings().max_prompts):
+        err_console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     schedules.add(schedules_app(), name, manifest, prompt, cron, every)
     err_console.print(f"schedule {name!r} saved")
 

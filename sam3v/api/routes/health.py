@@ -1,0 +1,22 @@
+"""``health``: is this server able to run what it accepts? Open without a key (load balancers and
+probes call it); it names no host, only whether each interactive queue has a live worker."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+
+from pipeline.core import worker_registry
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/health", summary="Whether live workers serve the interactive queues")
+def health(request: Request):
+    gens = request.app.state.gens
+    if not gens.settings.broker_url:  # embedded: this process runs every queue itself
+        return {"status": "ok", "problems": []}
+    try:
+        problem = worker_registry.interactive_warning(gens.r)
+    except Exception as err:  # Redis down: a health route reports it rather than answering 500
+        problem = f"Redis unreachable: {type(err).__name__}"
+    return {"status": "degraded" if problem else "ok", "problems": [problem] if problem else []}
