@@ -95,6 +95,9 @@ def segment(
     if video.is_dir():
         raise InputError(f"{video} is a directory, not a video file")
     opts = _options(apply_mask, outputs, max_frames, chunk_frames, mask_opacity, start_frame, detection_threshold)
+    from sam3v.local_checks import check_segment
+
+    check_segment(video, prompt, model, device)  # before torch and the model load
     from pipeline.core.settings import get_settings
     from pipeline.core.storage import LocalStorage
     from workers.model import load_model
