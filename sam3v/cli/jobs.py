@@ -10,7 +10,8 @@ import typer
 from rich.table import Table
 
 from pipeline.core.errors import InputError
-from sam3v.cli.common import context, err_console, job_context, out_console, progress_bar, user_errors
+from sam3v.cli import job_output
+from sam3v.cli.common import context, err_console, is_terminal, job_context, out_console, progress_bar, user_errors
 
 app = typer.Typer()
 
@@ -25,8 +26,11 @@ def summary_line(doc: dict) -> str:
                else ""))
 
 
-def watch_job(store, job_id: str, poll: float = 0.5) -> dict:
-    """Live progress until the job ends; returns the final status document."""
+def watch_job(store, job_id: str, poll: float = 0.5, as_json: bool = False) -> dict:
+    """Live progress until the job ends; returns the final status document. Without a terminal (a
+    log, a pipe) or with ``as_json``: one line per video as it ends, on stdout (sam3v/cli/job_output.py)."""
+    if as_json or not is_terminal():
+        return job_output.follow(store, job_id, job_output.echo, as_json, poll)
     with progress_bar("{task.fields[detail]}") as bar:
         videos = bar.add_task("videos", total=None, detail="")
         frames = bar.add_task("frames", total=None, detail="")
@@ -47,19 +51,31 @@ def watch_job(store, job_id: str, poll: float = 0.5) -> dict:
             time.sleep(poll)
 
 
-def finish(doc: dict, *notes: str) -> NoReturn:
-    """End a command that waited for its job: what went wrong, the summary, the job id last; exit 0 only
-    when every video succeeded."""
+def finish(doc: dict, *notes: str, results: str | None = None, as_json: bool = False) -> NoReturn:
+    """End a command that waited for its job: what went wrong, the summary, where the results are, the
+    job id last (``as_json``: the job record only); exit 0 only when every video succeeded, else 1."""
+    if as_json:
+        typer.echo(json.dumps(job_output.job_record(doc, results)))
+        raise typer.Exit(job_output.exit_code(doc))
+    if not is_terminal():  # each video and rejected line had its own line already
+        for line in job_output.end_lines(doc, results, summary_line(doc)):
+            typer.echo(line)
+        for note in notes:
+            typer.echo(note)
+        typer.echo(doc["id"])
+        raise typer.Exit(job_output.exit_code(doc))
     for r in doc["rejected"]:
         err_console.print(f"[yellow]manifest line {r['line']}:[/] {r['reason']}", highlight=False)
     for v in doc["videos"]:
         if v["status"] == "failed":
             err_console.print(f"[red]video {v['id']} failed:[/] {v.get('error')}", highlight=False)
     err_console.print(summary_line(doc))
+    if results:
+        err_console.print(f"results: {results}", highlight=False)
     for note in notes:
         err_console.print(note)
     typer.echo(doc["id"])
-    raise typer.Exit(0 if doc["status"] == "succeeded" else 1)
+    raise typer.Exit(job_output.exit_code(doc))
 
 
 @app.command()
@@ -71,7 +87,13 @@ def submit(
     idempotency_key: Annotated[Optional[str], typer.Option(
         help="Submitting again with the same key and manifest returns the same job and enqueues nothing.")] = None,
     strict: Annotated[bool, typer.Option(help="Refuse the whole job if any manifest line is bad.")] = False,
-    wait: Annotated[bool, typer.Option(help="Show progress; exit 0 if every video succeeded, else 1.")] = False,
+    wait: Annotated[bool, typer.Option(
+        help="Wait for the job: a live bar on a terminal, else one timestamped line per finished video (id, "
+             "state, results URI or reason) and the results location. Exit 0 if every video succeeded, 1 if "
+             "any failed or was cancelled.")] = False,
+    on_done: Annotated[Optional[str], typer.Option(
+        help="POST the job's outcome to this URL when it ends, signed like the API's webhooks (secret: "
+             "`sam3v hook-secret`); sent by the worker that ends the job, retried on failure.")] = None,
 ) -> None:
     """Submit a manifest to the distributed pipeline; prints the job id on the last line."""
     from pipeline.control.manifest import manifest_file
@@ -80,15 +102,35 @@ def submit(
     settings, celery_app, store = context()
     if not settings.broker_url:
         raise InputError("SAM3V_BROKER_URL is not set: use `sam3v run` for the embedded mode, or set a broker")
+    if on_done:
+        from pipeline.core.uris import Scheme, parse_uri
+
+        try:
+            scheme = parse_uri(on_done).scheme
+        except ValueError as err:
+            raise InputError(f"--on-done {on_done!r}: {err}") from None
+        if scheme not in (Scheme.HTTP, Scheme.HTTPS):
+            raise InputError(f"--on-done {on_done!r}: expected an http(s):// URL")
     with manifest_file(manifest) as data:  # read line by line: memory flat in the manifest's size
         done = submit_manifest(celery_app, store, data, manifest, name=name,
                                default_prompt=prompt, idempotency_key=idempotency_key, strict=strict,
-                               max_prompts=settings.max_prompts)
+                               max_prompts=settings.max_prompts, on_done=on_done)
     err_console.print(f"{'submitted' if done.created else 'already submitted'}: {done.accepted} video(s), "
                       f"{done.rejected} rejected line(s)")
     if wait:
-        finish(watch_job(store, done.job_id))
+        finish(watch_job(store, done.job_id), results=job_output.results_uri(settings, done.job_id))
     typer.echo(done.job_id)
+
+
+@app.command("hook-secret")
+@user_errors
+def hook_secret() -> None:
+    """The secret `submit --on-done` hooks are signed with: X-Sam3v-Signature is t=<unix time>,v1=<hex
+    HMAC-SHA256 of "<t>.<raw body>"> under it, as the API's webhooks."""
+    from pipeline.core.webhook_signing import JOB_HOOKS, key_secret, server_secret
+
+    settings, _, store = context()
+    typer.echo(key_secret(server_secret(store.r, settings.api_webhook_secret), JOB_HOOKS))
 
 
 @app.command()
@@ -126,11 +168,13 @@ def status(
 
 @app.command()
 @user_errors
-def watch(job: str) -> None:
-    """Live progress of a job: videos done/failed, frames/s, ETA."""
-    _, _, store = job_context(job)
-    doc = watch_job(store, job)
-    err_console.print(summary_line(doc))
+def watch(job: str, as_json: Annotated[bool, typer.Option(
+        "--json", help="One JSON object a line: each video as it ends, then the job (shapes: "
+                       "sam3v/cli/job_output.py).")] = False) -> None:
+    """Follow a job until it ends: a live bar on a terminal, else one timestamped line per finished video.
+    Exit 0 if every video succeeded, 1 if any failed or was cancelled (as `submit --wait`)."""
+    settings, _, store = job_context(job)
+    finish(watch_job(store, job, as_json=as_json), results=job_output.results_uri(settings, job), as_json=as_json)
 
 
 # `sam3v jobs` lists; `sam3v jobs prune` is its subcommand (sam3v/cli/__init__.py adds it as a group).
@@ -139,11 +183,19 @@ jobs_app = typer.Typer()
 
 @jobs_app.callback(invoke_without_command=True)
 @user_errors
-def jobs(ctx: typer.Context, limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20) -> None:
+def jobs(ctx: typer.Context, limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20,
+         as_json: Annotated[bool, typer.Option("--json", help='A JSON array: [{"id", "name", "status", "total", '
+                                                            '"counts", "created", "updated"}], times ISO 8601 UTC.')] = False,
+         ) -> None:
     """Recent jobs (`sam3v jobs prune` removes old ones)."""
     if ctx.invoked_subcommand:
         return
     _, _, store = context()
+    if as_json:
+        typer.echo(json.dumps([{"id": s.id, "name": s.name, "status": s.status, "total": s.total, "counts": s.counts,
+                                "created": job_output.stamp(s.created), "updated": job_output.stamp(s.updated)}
+                               for s in store.jobs(limit)], indent=1))
+        return
     table = Table("job", "name", "status", "videos", "succeeded", "failed", "created")
     for s in store.jobs(limit):
         table.add_row(s.id, s.name, s.status, str(s.total), str(s.counts["succeeded"]), str(s.counts["failed"]),
