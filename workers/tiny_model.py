@@ -1,13 +1,19 @@
-"""A tiny, randomly initialised SAM 3 video model for tests, CI and the demo.
+"""A tiny, randomly initialised SAM 3 video model for tests, CI and the demo; also a full-size one
+for GPU benchmarks.
 
 Its masks are MEANINGLESS: it runs the real architecture (detector, tracker, memory, hotstart) at a
 size that runs on two CPU cores. It is tuned only so that it produces objects: with plain random
 weights the tracker's object-score head calls every object absent (masks filled with -1024) and every
 output would be empty, which would make every downstream test vacuous.
+
+``build_model("full")`` is transformers' default ``Sam3VideoConfig`` (~860 M parameters, 1008 px)
+with the same tweaks, built in memory for ``benchmarks/bench_gpu.py``: its timings are SAM 3's, its
+masks are as meaningless. It is never saved (3.4 GB of random numbers help nobody).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -94,14 +100,34 @@ def tiny_config() -> Sam3VideoConfig:
     )
 
 
-def build_tiny_model(seed: int = 0) -> Sam3VideoModel:
+def full_config() -> Sam3VideoConfig:
+    """SAM 3's real size (transformers' defaults) with the tiny model's detection thresholds."""
+    # Random detector scores sit near 0.25: thresholds at 0 let detections through at all (every
+    # one of the 200 queries; benchmarks cap them per frame).
+    return Sam3VideoConfig(score_threshold_detection=0.0, new_det_thresh=0.0)
+
+
+_CONFIGS = {"tiny": tiny_config, "full": full_config}
+SIZES = tuple(_CONFIGS)
+
+
+def build_model(size: str = "tiny", seed: int = 0, device: str | torch.device | None = None) -> Sam3VideoModel:
+    """A random SAM 3 video model of ``size`` ("tiny" or "full"). ``device``: where the weights
+    are made (None: torch's default; "cuda" initialises the full model in seconds instead of minutes)."""
+    if size not in _CONFIGS:
+        raise ValueError(f"model size {size!r}: expected one of {', '.join(SIZES)}")
     torch.manual_seed(seed)
-    model = Sam3VideoModel(tiny_config()).eval()
+    with torch.device(device) if device is not None else contextlib.nullcontext():
+        model = Sam3VideoModel(_CONFIGS[size]()).eval()
     with torch.no_grad():
         # Random weights put the object-score logit below 0, so the tracker calls every object
         # absent; +5 makes tracked objects present.
         model.tracker_model.mask_decoder.pred_obj_score_head.proj_out.bias.fill_(5.0)
     return model
+
+
+def build_tiny_model(seed: int = 0) -> Sam3VideoModel:
+    return build_model("tiny", seed)
 
 
 def save_tiny_model(directory: str | Path, seed: int = 0) -> Path:

@@ -1,0 +1,557 @@
+"""GPU throughput of SAM 3 video tracking: the frame engine beside main at 038fd06's per-frame loop, one run.
+
+What it runs: a randomly initialised SAM 3 video model built in memory (``--size full``: transformers'
+default architecture, ~860 M parameters at 1008 px; never saved), with the tiny model's tweaks
+(object-score bias +5, detection thresholds 0), over 720p frames (``02_cups.mp4`` decoded once with
+PyAV when it is importable, a ``--frames-file``, or synthetic moving shapes).
+
+Detections are controlled so the cost resembles real weights: random weights with thresholds at 0
+detect all ~200 queries on every frame, where real weights detect a handful. ``DetectionCap`` keeps
+the N top-scoring detections of each frame and caps the tracker at N objects, so N objects appear in
+the first frames and later frames bring at most N detections. Each figure reports the detections and
+objects it actually saw per frame, so a cap that did not hold shows.
+
+Figures, one JSON line each (every line names the card, commit, torch/transformers versions and the
+config):
+
+- ``baseline``: main at 038fd06's per-frame loop (``benchmarks/frozen_038fd06``: ``push`` then
+  ``prune``), one stream, for each object count;
+- ``engine``: ``workers.engine.FrameEngine``, for each object count N, frame batch B and K streams
+  (K threads, each driving its own stream on the one engine): ms a frame per stream, frames/s per
+  GPU in aggregate, peak GPU memory per stream (null on CPU), and the speed-up over the baseline.
+
+Timing: every stream starts from a steady state (a tracker that has already tracked ``--prewarm``
+frames with the current per-frame loop, copied through the state codec for each stream, so memory
+and object-pointer windows are full), runs one frame group (B frames) of warm-up, then the K
+streams start together and are timed over whole groups; ``torch.cuda.synchronize`` before the start
+and after the end (each push returns host masks, so a stream's own end is synchronised too).
+bf16 autocast on CUDA, as ``workers.model`` does. ``--budget-s``: figures not started within it are
+printed as ``skipped`` (the most important run first: 4 objects).
+
+Imports only torch, numpy, transformers and the model path of ``workers`` (PyAV when present), so
+it runs on a GPU machine with no project setup.
+
+Run: .venv/bin/python -m benchmarks.bench_gpu [--smoke] [--out FILE]
+     (on a GPU: benchmarks/run_bench_gpu_device.sh)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import math
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import transformers
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as a script (python benchmarks/bench_gpu.py) as well as -m
+    sys.path.insert(0, str(REPO))
+
+from benchmarks.frozen_038fd06.prune import prune as frozen_prune  # noqa: E402
+from benchmarks.frozen_038fd06.tracker import VideoTracker as FrozenTracker  # noqa: E402
+from workers.model import LoadedModel  # noqa: E402
+from workers.state_codec import TrackerState  # noqa: E402
+from workers.state_pruning import prune  # noqa: E402
+from workers.tiny_model import SIZES, build_model  # noqa: E402
+from workers.tokenizer import build_clip_tokenizer  # noqa: E402
+from workers.tracker import VideoTracker, check_prompts  # noqa: E402
+
+SHARED = Path(os.environ.get("SAM3V_SHARED", REPO.parent / "shared"))
+VIDEO = SHARED / "videos" / "02_cups.mp4"
+PROMPT = "cup"
+GIB = 1024**3
+
+
+# --- frames -------------------------------------------------------------------------------------
+
+def decode_frames(path: Path, count: int) -> list[np.ndarray] | None:
+    """The first ``count`` frames of ``path`` as RGB arrays, or None without PyAV or the file."""
+    try:
+        import av  # optional: the GPU machine has no PyAV
+    except ImportError:
+        return None
+    if not path.is_file():
+        return None
+    frames = []
+    with av.open(str(path)) as container:
+        for frame in container.decode(video=0):
+            frames.append(frame.to_ndarray(format="rgb24"))
+            if len(frames) == count:
+                break
+    return frames
+
+
+def synthetic_frames(count: int, height: int = 720, width: int = 1280) -> list[np.ndarray]:
+    """Coloured discs and boxes drifting over a gradient: textured, moving, deterministic."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    background = np.stack([xx * 255 // width, yy * 255 // height, np.full_like(xx, 96)], axis=-1).astype(np.uint8)
+    rng = np.random.default_rng(0)
+    shapes = [(rng.uniform(0.1, 0.9, 2), rng.uniform(-0.01, 0.01, 2), rng.integers(0, 256, 3), rng.uniform(0.05, 0.15))
+              for _ in range(6)]
+    frames = []
+    for t in range(count):
+        frame = background.copy()
+        for k, (pos, vel, colour, radius) in enumerate(shapes):
+            cy, cx = (pos + t * vel) % 1.0 * (height, width)
+            r = radius * height
+            inside = ((yy - cy) ** 2 + (xx - cx) ** 2 < r * r) if k % 2 else ((abs(yy - cy) < r) & (abs(xx - cx) < r))
+            frame[inside] = colour
+        frames.append(frame)
+    return frames
+
+
+@dataclass
+class Frames:
+    images: list[np.ndarray]
+    source: str
+
+    def __call__(self, frame_idx: int) -> np.ndarray:
+        # Ping-pong through the decoded frames: any frame count, and no scene cut at the wrap.
+        n = len(self.images)
+        period = max(1, 2 * n - 2)
+        i = frame_idx % period
+        return self.images[i if i < n else period - i]
+
+    @property
+    def height(self) -> int:
+        return self.images[0].shape[0]
+
+    @property
+    def width(self) -> int:
+        return self.images[0].shape[1]
+
+
+def load_frames(frames_file: str | None, count: int, synthetic_size: tuple[int, int]) -> Frames:
+    if frames_file:
+        with np.load(frames_file) as data:
+            images = list(data["frames"])
+        return Frames(images, f"{Path(frames_file).name} ({len(images)} pre-decoded frames)")
+    decoded = decode_frames(VIDEO, count)
+    if decoded:
+        return Frames(decoded, f"{VIDEO.name} (first {len(decoded)} frames, PyAV)")
+    height, width = synthetic_size
+    return Frames(synthetic_frames(count, height, width), "synthetic moving shapes")
+
+
+# --- the model and its detections ---------------------------------------------------------------
+
+def random_model(size: str, device: torch.device, build_on: str, seed: int = 0) -> LoadedModel:
+    model = build_model(size, seed, device=device if build_on == "device" else None)
+    model = model.to(device).eval()  # stray buffers made outside the device context, if any
+    return LoadedModel(model, build_clip_tokenizer(), device, f"random {size}", f"random-seed{seed}", size == "tiny")
+
+
+def _top(detections: dict, n: int) -> dict:
+    scores = detections["scores"]
+    if scores.shape[0] <= n:
+        return detections
+    keep = scores.topk(n).indices
+    return {key: value[keep] for key, value in detections.items()}
+
+
+class DetectionCap:
+    """At most ``n`` detections a frame (the top-scoring ones, per prompt) and ``n`` objects.
+
+    Replaces the model instance's ``run_detection`` (the model calls ``self.run_detection``), so
+    every path through the model, the engine's included, sees the cap; counts what it let through.
+    """
+
+    def __init__(self, model) -> None:
+        self._model = model
+        self._run_detection = model.run_detection  # the bound original
+        self._lock = threading.Lock()
+        self.n = 0
+        self.calls = 0
+        self.detections = 0
+        model.run_detection = self._capped
+
+    def set(self, n: int) -> None:
+        self.n = n
+        self._model.max_num_objects = n
+        self.reset()
+
+    def reset(self) -> None:
+        with self._lock:
+            self.calls = 0
+            self.detections = 0
+
+    def per_frame(self) -> float | None:
+        with self._lock:
+            return self.detections / self.calls if self.calls else None
+
+    def _capped(self, *args, **kwargs):
+        capped = {pid: _top(det, self.n) for pid, det in self._run_detection(*args, **kwargs).items()}
+        with self._lock:
+            self.calls += 1
+            self.detections += sum(int(det["scores"].shape[0]) for det in capped.values())
+        return capped
+
+
+# --- measuring ----------------------------------------------------------------------------------
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@contextlib.contextmanager
+def gpu_memory(device: torch.device) -> Iterator[dict]:
+    """Yields a dict that holds, afterwards, the peak bytes allocated above what was held before."""
+    result: dict = {"peak": None, "above": None}
+    if device.type != "cuda":
+        yield result
+        return
+    gc.collect()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    yield result
+    result["peak"] = torch.cuda.max_memory_allocated(device)
+    result["above"] = result["peak"] - before
+
+
+@dataclass
+class Stream:
+    """One video being tracked, whichever path: push(frame_idx, rgb) -> finished frames."""
+
+    push: Callable
+    close: Callable  # the last partial group and the hotstart buffer
+    tracker: VideoTracker | FrozenTracker
+
+    def tracked(self) -> int:
+        return len(self.tracker.session.obj_ids)
+
+
+@dataclass
+class StreamRun:
+    frames: int = 0
+    end: float = 0.0
+    tracked: list[int] = field(default_factory=list)  # objects in the tracker, after each push
+    output: list[int] = field(default_factory=list)  # objects in each finished frame
+
+
+def _drive(stream: Stream, frames: Frames, start: int, warmup: int, measured: int,
+           ready: threading.Barrier, go: threading.Barrier, done: threading.Barrier, result: StreamRun) -> None:
+    idx = start
+    for _ in range(warmup):
+        stream.push(idx, frames(idx))
+        idx += 1
+    ready.wait()
+    go.wait()
+    for _ in range(measured):
+        result.output += [len(f.object_ids) for f in stream.push(idx, frames(idx))]
+        result.tracked.append(stream.tracked())
+        idx += 1
+    result.end = time.perf_counter()
+    result.frames = measured
+    done.wait()
+    stream.close()  # untimed
+
+
+def run_streams(device: torch.device, frames: Frames, streams: list[Stream], start: int,
+                warmup: int, measured: int) -> tuple[float, list[StreamRun]]:
+    """Drive each stream in its own thread from frame ``start``: ``warmup`` untimed frames,
+    then ``measured`` timed frames, all streams starting together. Returns (start time, runs)."""
+    k = len(streams)
+    ready, go, done = (threading.Barrier(k + 1) for _ in range(3))
+    runs = [StreamRun() for _ in streams]
+    errors: list[BaseException] = []
+
+    def body(stream, result):
+        try:
+            _drive(stream, frames, start, warmup, measured, ready, go, done, result)
+        except BaseException as err:  # noqa: BLE001 - re-raised in the main thread
+            errors.append(err)
+            for barrier in (ready, go, done):
+                barrier.abort()
+
+    threads = [threading.Thread(target=body, args=(stream, run), name=f"stream-{i}", daemon=True)
+               for i, (stream, run) in enumerate(zip(streams, runs))]
+    for thread in threads:
+        thread.start()
+    try:
+        ready.wait()
+        synchronize(device)
+        t0 = time.perf_counter()
+        go.wait()
+        done.wait()
+    except threading.BrokenBarrierError:
+        pass
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return t0, runs
+
+
+@dataclass
+class Figure:
+    ms_per_frame: list[float]
+    fps_aggregate: float
+    frames_measured: int
+    objects_tracked: float | None
+    objects_output: float | None
+
+
+def _mean(values: list[int]) -> float | None:
+    return round(sum(values) / len(values), 3) if values else None
+
+
+def figure_of(t0: float, runs: list[StreamRun], device: torch.device) -> Figure:
+    synchronize(device)
+    end = max(r.end for r in runs)
+    total = sum(r.frames for r in runs)
+    return Figure(
+        ms_per_frame=[1000 * (r.end - t0) / r.frames for r in runs],
+        fps_aggregate=total / (end - t0),
+        frames_measured=total,
+        objects_tracked=_mean([n for r in runs for n in r.tracked]),
+        objects_output=_mean([n for r in runs for n in r.output]),
+    )
+
+
+# --- the two paths ------------------------------------------------------------------------------
+
+def baseline_stream(loaded: LoadedModel, frames: Frames) -> Stream:
+    """038fd06's loop as its chunk.py ran it: push, then prune, frame by frame."""
+    tracker = FrozenTracker(loaded, [PROMPT], frames.height, frames.width)
+
+    def push(idx, rgb):
+        finished = tracker.push(idx, rgb)
+        frozen_prune(tracker, idx)
+        return finished
+
+    return Stream(push, tracker.flush, tracker)
+
+
+def warm_tracker(loaded: LoadedModel, frames: Frames, count: int) -> VideoTracker:
+    """A tracker in steady state: ``count`` frames tracked with today's per-frame loop."""
+    tracker = VideoTracker(loaded, check_prompts(loaded.tokenizer, [PROMPT]), frames.height, frames.width)
+    for idx in range(count):
+        tracker.push(idx, frames(idx))
+        prune(tracker, idx)
+    return tracker
+
+
+def engine_stream(engine, loaded: LoadedModel, warm: VideoTracker, frame_batch: int) -> Stream:
+    # Capture copies every tensor, so each stream owns its state (restore alone may share them on CPU).
+    tracker = TrackerState.capture(warm).restore(loaded)
+    stream = engine.open_stream(tracker, frame_batch=frame_batch)
+    return Stream(stream.push, stream.finish, tracker)
+
+
+# --- the run ------------------------------------------------------------------------------------
+
+def parse_ints(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated integers, e.g. 1,4,16") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected positive integers")
+    return values
+
+
+def git_commit() -> str | None:
+    if os.environ.get("SAM3V_BENCH_COMMIT"):
+        return os.environ["SAM3V_BENCH_COMMIT"]
+    try:
+        out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (out.stdout.strip() or None) if out.returncode == 0 else None
+
+
+def card(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def per_stream_measured(frames: int, streams: int, frame_batch: int) -> int:
+    """Whole groups, about ``frames`` in all across the streams, at least one group each."""
+    return frame_batch * max(1, math.ceil(frames / (streams * frame_batch)))
+
+
+class Report:
+    def __init__(self, out, common: dict) -> None:
+        self._out = out
+        self._common = common
+
+    def line(self, record: dict) -> None:
+        text = json.dumps({**record, **self._common})
+        print(text, flush=True)
+        if self._out:
+            self._out.write(text + "\n")
+            self._out.flush()
+
+
+def _gib(value: int | None) -> float | None:
+    return None if value is None else round(value / GIB, 3)
+
+
+def _record(kind: str, n: int, b: int, k: int, fig: Figure, memory: dict, cap: DetectionCap, warmup: int,
+            baseline_fps: float | None) -> dict:
+    return {
+        "figure": kind, "objects": n, "frame_batch": b, "streams": k,
+        "ms_per_frame_per_stream": round(sum(fig.ms_per_frame) / len(fig.ms_per_frame), 2),
+        "ms_per_frame_streams": [round(v, 2) for v in fig.ms_per_frame],
+        "fps_aggregate": round(fig.fps_aggregate, 3),
+        "speedup_vs_baseline": round(fig.fps_aggregate / baseline_fps, 3) if baseline_fps else None,
+        "peak_gpu_gib": _gib(memory["peak"]),
+        "gpu_gib_per_stream": _gib(None if memory["above"] is None else memory["above"] // k),
+        "detections_per_frame": cap.per_frame(),
+        "objects_tracked_per_frame": fig.objects_tracked,
+        "objects_output_per_frame": fig.objects_output,
+        "frames_measured": fig.frames_measured,
+        "warmup_frames_per_stream": warmup,
+    }
+
+
+def _skipped(kind: str, n: int, b: int, k: int, reason: str) -> dict:
+    return {"figure": kind, "objects": n, "frame_batch": b, "streams": k, "skipped": reason}
+
+
+def run(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    transformers.logging.set_verbosity_error()  # "hitting max_num_objects" on every capped frame
+    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    frames = load_frames(args.frames_file, args.decode_frames, (args.height, args.width))
+    loaded = random_model(args.size, device, args.build_on)
+    cap = DetectionCap(loaded.model)
+    from workers.engine import FrameEngine  # the new path; imported here so a missing one fails after setup
+
+    engine = FrameEngine(loaded, max_batch=args.max_batch)
+    common = {
+        "card": card(device),
+        "commit": git_commit(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "config": {
+            "model": args.size,
+            "parameters_m": round(sum(p.numel() for p in loaded.model.parameters()) / 1e6, 1),
+            "image_size": loaded.image_size,
+            "device": device.type,
+            "autocast": str(loaded.autocast_dtype).removeprefix("torch.") if loaded.autocast_dtype else None,
+            "frames": frames.source,
+            "resolution": f"{frames.width}x{frames.height}",
+            "prompt": PROMPT,
+            "max_batch": args.max_batch,
+            "prewarm_frames": args.prewarm,
+            "threads": torch.get_num_threads(),
+        },
+    }
+    out = open(args.out, "a") if args.out else None  # noqa: SIM115 - closed below
+    report = Report(out, common)
+    print(f"# setup {time.perf_counter() - started:.1f} s: {common['card']}, {common['config']}", file=sys.stderr)
+    try:
+        for n in args.objects:
+            if args.budget_s and time.perf_counter() - started > args.budget_s:
+                reason = f"time budget spent (--budget-s {args.budget_s})"
+                report.line(_skipped("baseline", n, 1, 1, reason))
+                for b in args.frame_batch:
+                    for k in args.streams:
+                        report.line(_skipped("engine", n, b, k, reason))
+                continue
+            cap.set(n)
+            with gpu_memory(device) as memory:
+                t0, runs = run_streams(device, frames, [baseline_stream(loaded, frames)], 0, args.prewarm,
+                                       args.baseline_frames)
+                fig = figure_of(t0, runs, device)
+            baseline_fps = fig.fps_aggregate
+            report.line(_record("baseline", n, 1, 1, fig, memory, cap, args.prewarm, None))
+            warm = warm_tracker(loaded, frames, args.prewarm)
+            for b in args.frame_batch:
+                for k in args.streams:
+                    if args.budget_s and time.perf_counter() - started > args.budget_s:
+                        report.line(_skipped("engine", n, b, k, f"time budget spent (--budget-s {args.budget_s})"))
+                        continue
+                    measured = per_stream_measured(args.frames, k, b)
+                    cap.reset()
+                    with gpu_memory(device) as memory:
+                        streams = [engine_stream(engine, loaded, warm, b) for _ in range(k)]
+                        t0, runs = run_streams(device, frames, streams, args.prewarm, b, measured)
+                        fig = figure_of(t0, runs, device)
+                        del streams
+                    report.line(_record("engine", n, b, k, fig, memory, cap, b, baseline_fps))
+            del warm
+    finally:
+        if out:
+            out.close()
+    print(f"# done in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    return 0
+
+
+SMOKE = {"size": "tiny", "device": "cpu", "objects": [1, 4], "frame_batch": [1, 4], "streams": [1, 2],
+         "frames": 4, "prewarm": 4, "baseline_frames": 4, "decode_frames": 8}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--smoke", action="store_true",
+                   help=f"a reduced matrix on CPU with the tiny model (CI): {SMOKE}; explicit options still win")
+    p.add_argument("--size", choices=SIZES, default=None, help="model size (default full; tiny with --smoke)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None, help="default auto (cpu with --smoke)")
+    p.add_argument("--build-on", choices=("device", "cpu"), default="device",
+                   help="where the random weights are initialised (device: seconds on a GPU)")
+    p.add_argument("--objects", type=parse_ints, default=None, help="object counts N, in run order (default 4,1,16)")
+    p.add_argument("--frame-batch", type=parse_ints, default=None, help="frame batches B (default 1,8,16)")
+    p.add_argument("--streams", type=parse_ints, default=None, help="stream counts K (default 1,2,4,8)")
+    p.add_argument("--frames", type=int, default=None,
+                   help="timed frames per engine figure, across its streams, rounded up to whole groups (default 32)")
+    p.add_argument("--baseline-frames", type=int, default=None, help="timed frames of the baseline (default 16)")
+    p.add_argument("--prewarm", type=int, default=None,
+                   help="frames tracked before timing (default 16: past SAM 3's 15-frame hotstart and memory windows)")
+    p.add_argument("--max-batch", type=int, default=16, help="FrameEngine's max_batch")
+    p.add_argument("--frames-file", default=None, help=".npz with 'frames' (F, H, W, 3) uint8, e.g. from --save-frames")
+    p.add_argument("--save-frames", default=None, metavar="NPZ",
+                   help="decode the frames (PyAV), write them for --frames-file on a machine without PyAV, and exit")
+    p.add_argument("--decode-frames", type=int, default=None, help="frames decoded or made (default 16)")
+    p.add_argument("--height", type=int, default=720, help="synthetic frames' height")
+    p.add_argument("--width", type=int, default=1280, help="synthetic frames' width")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--budget-s", type=float, default=None,
+                   help="start no figure after this many seconds; the rest print as skipped (default 240; none with --smoke)")
+    p.add_argument("--out", default=None, help="also append the JSON lines to this file")
+    return p
+
+
+def resolve(args: argparse.Namespace) -> argparse.Namespace:
+    defaults = {"size": "full", "device": "auto", "objects": [4, 1, 16], "frame_batch": [1, 8, 16],
+                "streams": [1, 2, 4, 8], "frames": 32, "prewarm": 16, "baseline_frames": 16,
+                "decode_frames": 16, "budget_s": 240.0}
+    if args.smoke:
+        defaults.update(SMOKE, budget_s=0.0)
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = resolve(parser().parse_args(argv))
+    if args.save_frames:
+        decoded = decode_frames(VIDEO, args.decode_frames)
+        if not decoded:
+            sys.exit(f"--save-frames: cannot decode {VIDEO} (PyAV importable? file there? SAM3V_SHARED)")
+        np.savez_compressed(args.save_frames, frames=np.stack(decoded))
+        print(f"wrote {len(decoded)} frames of {VIDEO.name} to {args.save_frames}")
+        return 0
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# bench_gpu.py's full matrix on a lent GPU machine, in one command.
+#
+# The GPU machine has torch and numpy but transformers 5.17, no PyAV and no `make setup`; nothing
+# can be fetched there. So, two steps:
+#
+# 1. Here (network, PyAV):   bash benchmarks/run_bench_gpu_device.sh --prepare
+#    fills out/bench_gpu_carry/ (git-ignored): the transformers 5.24 wheel (pure Python; its
+#    dependencies are already there), the first 16 frames of 02_cups.mp4 (frames.npz, ~18 MB)
+#    and the commit being measured (commit.txt). ~32 MB of the device tool's 64 MiB.
+# 2. There, with the device tool:
+#       run(command="bash benchmarks/run_bench_gpu_device.sh", carry=["out/bench_gpu_carry"], timeout_s=420)
+#    The JSON lines come back in $OUT/bench_gpu.jsonl, stderr in $OUT/bench_gpu.log and the card
+#    in $OUT/nvidia-smi.txt. The matrix gets a 240 s budget (figures not started by then print as
+#    skipped, 4 objects first) inside a 330 s timeout; extra arguments go to bench_gpu.py.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CARRY=out/bench_gpu_carry
+
+if [ "${1:-}" = "--prepare" ]; then
+  PY=${PYTHON:-.venv/bin/python}
+  mkdir -p "$CARRY"
+  rm -f "$CARRY"/transformers-*.whl
+  "$PY" -m pip download -q --no-deps --only-binary=:all: -d "$CARRY" transformers==5.24.0
+  "$PY" -m benchmarks.bench_gpu --save-frames "$CARRY/frames.npz" --decode-frames 16
+  commit=$(git rev-parse HEAD)
+  git diff --quiet HEAD -- workers benchmarks || commit="$commit+uncommitted-changes"
+  echo "$commit" > "$CARRY/commit.txt"
+  du -sh "$CARRY"
+  exit 0
+fi
+
+OUT=${OUT:-out/bench_gpu}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/nvidia-smi.txt" 2>&1 || true
+
+wheel=$(ls "$CARRY"/transformers-*.whl 2>/dev/null | head -1 || true)
+if [ -n "$wheel" ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/bench_site "$wheel"
+  export PYTHONPATH=/tmp/bench_site${PYTHONPATH:+:$PYTHONPATH}
+else
+  echo "warning: no $CARRY/transformers-*.whl (run --prepare here first): using the machine's transformers" >&2
+fi
+python3 -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__,
+                                              "cuda", torch.cuda.is_available())' | tee -a "$OUT/nvidia-smi.txt"
+
+args=(--budget-s 240 --out "$OUT/bench_gpu.jsonl")
+[ -f "$CARRY/frames.npz" ] && args+=(--frames-file "$CARRY/frames.npz")
+[ -f "$CARRY/commit.txt" ] && export SAM3V_BENCH_COMMIT="${SAM3V_BENCH_COMMIT:-$(cat "$CARRY/commit.txt")}"
+
+status=0
+timeout 330 python3 -m benchmarks.bench_gpu "${args[@]}" "$@" 2> >(tee "$OUT/bench_gpu.log" >&2) || status=$?
+echo "bench_gpu exit $status; $(grep -c . "$OUT/bench_gpu.jsonl" 2>/dev/null || echo 0) figures in $OUT/bench_gpu.jsonl" >&2
+exit $status
