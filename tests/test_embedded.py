@@ -24,7 +24,8 @@ def test_run_manifest_embedded(media_dir, tiny_model_dir, tmp_path):
                           env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     job = done.stdout.strip().splitlines()[-1]
-    assert "manifest line 2" in done.stderr and "max_frames" in done.stderr
+    # Not a terminal: each finished video and each rejected line is a timestamped line on stdout.
+    assert f" {job} line 2 rejected: max_frames" in done.stdout, done.stdout
     out = tmp_path / "out" / job
     doc = json.loads((out / "dog" / "masks.json").read_text())
     assert doc["video"]["num_frames"] == 8
@@ -32,5 +33,9 @@ def test_run_manifest_embedded(media_dir, tiny_model_dir, tmp_path):
     assert (out / "dog" / "overlay.mp4").stat().st_size > 0
     assert not (out / "dog" / "work").exists()
     results = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
-    assert results == [{"id": "dog", "state": "succeeded", "error": None,
-                        "outputs": {"masks": str(out / "dog" / "masks.json"), "overlay": str(out / "dog" / "overlay.mp4")}}]
+    assert results == [{"line": 1, "id": "dog", "source": str(clip), "state": "succeeded", "error": None, "frames": 8,
+                        "objects": len(doc["objects"]),
+                        "outputs": {"masks": str(out / "dog" / "masks.json"), "overlay": str(out / "dog" / "overlay.mp4")}},
+                       {"line": 2, "id": None, "source": str(clip), "state": "rejected",
+                        "error": results[1]["error"], "frames": 0, "objects": None, "outputs": {}}]
+    assert results[1]["error"].startswith("max_frames")
