@@ -94,6 +94,9 @@ def submit(
     on_done: Annotated[Optional[str], typer.Option(
         help="POST the job's outcome to this URL when it ends, signed like the API's webhooks (secret: "
              "`sam3v hook-secret`); sent by the worker that ends the job, retried on failure.")] = None,
+    check_inputs: Annotated[str, typer.Option(
+        help="HEAD the manifest's s3:// inputs first: sample (the first 20), all, or none. All checked "
+             "missing refuses the job; some missing warns per line.")] = "sample",
 ) -> None:
     """Submit a manifest to the distributed pipeline; prints the job id on the last line."""
     from pipeline.control.manifest import manifest_file
@@ -102,6 +105,8 @@ def submit(
     settings, celery_app, store = context()
     if not settings.broker_url:
         raise InputError("SAM3V_BROKER_URL is not set: use `sam3v run` for the embedded mode, or set a broker")
+    from pipeline.control.submit_checks import preflight_submit
+
     if on_done:
         from pipeline.core.uris import Scheme, parse_uri
 
@@ -111,7 +116,11 @@ def submit(
             raise InputError(f"--on-done {on_done!r}: {err}") from None
         if scheme not in (Scheme.HTTP, Scheme.HTTPS):
             raise InputError(f"--on-done {on_done!r}: expected an http(s):// URL")
+    if check_inputs not in ("sample", "all", "none"):
+        raise InputError(f"--check-inputs {check_inputs!r}: expected sample, all or none")
     with manifest_file(manifest) as data:  # read line by line: memory flat in the manifest's size
+        for warning in preflight_submit(settings, store.r, data, manifest, prompt, strict, check_inputs):
+            err_console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
         done = submit_manifest(celery_app, store, data, manifest, name=name,
                                default_prompt=prompt, idempotency_key=idempotency_key, strict=strict,
                                max_prompts=settings.max_prompts, on_done=on_done)
