@@ -16,22 +16,13 @@ import redis
 from pipeline.core import retention
 from pipeline.core.settings import Settings
 from pipeline.core.status import StatusStore
-from tests.services import RedisServer
-from tests.test_pipeline import cli, write_manifest
+from tests.test_pipeline import cli, redis_server, write_manifest  # noqa: F401
 
 DAY = 86400
 
 
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    server.start()
-    yield server
-    server.stop()
-
-
 @pytest.fixture
-def env(redis_server, tmp_path):
+def env(redis_server, tmp_path):  # noqa: F811
     return {**os.environ, "SAM3V_BROKER_URL": redis_server.url, "SAM3V_STORAGE_URL": str(tmp_path / "data"),
             "PYTHONUNBUFFERED": "1"}
 
@@ -53,7 +44,7 @@ def age(r, job: str, created_days: float, ended_days: float | None) -> None:
         r.hset(f"sam3v:job:{job}", "completed", time.time() - ended_days * DAY)
 
 
-def test_prune_removes_old_ended_jobs_and_keeps_running_and_recent_ones(env, redis_server, tmp_path):
+def test_prune_removes_old_ended_jobs_and_keeps_running_and_recent_ones(env, redis_server, tmp_path):  # noqa: F811
     r = redis.Redis.from_url(redis_server.url)
     r.flushdb()
     store = StatusStore(r)
@@ -92,7 +83,7 @@ def test_prune_removes_old_ended_jobs_and_keeps_running_and_recent_ones(env, red
     assert bad.returncode == 2 and "--older-than" in bad.stderr, bad.stderr
 
 
-def test_the_listing_still_works_as_a_group_with_prune(env, redis_server, tmp_path):
+def test_the_listing_still_works_as_a_group_with_prune(env, redis_server, tmp_path):  # noqa: F811
     line = json.dumps({"id": "v", "video": "s3://bucket/in/v.mp4", "prompt": "dog"})
     job = submit(env, write_manifest(tmp_path / "m.jsonl", [line]))
     listed = cli(env, "jobs", "--limit", "50")
