@@ -190,3 +190,14 @@ def test_counters_agree_with_a_scan_and_no_chunk_starts_after_cancel(env, s3, st
     assert {k: page[k] for k in ("counts", "frames_done", "frames_total")} == scanned(full)
     assert page["frames_done"] > 0 and page["status"] == full["status"] == "cancelled"
     assert [v["id"] for v in page["videos"]] == ["ok", "bad"]
+
+
+def test_a_page_of_no_videos_reads_only_the_counters(store, celery):
+    """``watch`` polls with limit 0: no video and no rejected line is read (LRANGE 0 -1 would be all)."""
+    data = "\n".join(["oops"] + lines(30)).encode()
+    from pipeline.control.producer import submit_manifest
+
+    job = submit_manifest(celery, store, data, "m.jsonl", default_prompt="dog").job_id
+    doc = store.status_document(job, 0, 0)
+    assert doc["videos"] == [] and doc["rejected"] == [] and doc["rejected_total"] == 1
+    assert doc["total"] == 30 and doc["counts"]["queued"] == 30

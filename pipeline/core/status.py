@@ -325,6 +325,8 @@ class StatusStore:
 
     def video_ids(self, job_id: str, start: int, count: int) -> list[str]:
         """``count`` video ids from ``start``, in manifest order."""
+        if count <= 0:  # LRANGE's end of -1 would mean "to the end"
+            return []
         return [_s(v) for v in self.r.lrange(_k("job", job_id, "order"), start, start + count - 1)]
 
     def status_page(self, job_id: str, offset: int, limit: int) -> dict:
@@ -334,7 +336,7 @@ class StatusStore:
         pipe = self.r.pipeline(transaction=False)
         pipe.hmget(_k("job", job_id), "frames_done", "frames_total")
         pipe.exists(_k("job", job_id, "order"))
-        pipe.lrange(_k("job", job_id, "rejected"), offset, offset + limit - 1)
+        pipe.lrange(_k("job", job_id, "rejected"), offset, offset + max(limit, 1) - 1)
         pipe.llen(_k("job", job_id, "rejected"))
         frames, ordered, rejected, rejected_total = pipe.execute()
         if ordered or not s.total:
@@ -345,7 +347,7 @@ class StatusStore:
         return {"id": s.id, "name": s.name, "status": s.status, "total": s.total, "counts": s.counts,
                 "frames_done": int(float(frames[0] or 0)), "frames_total": int(float(frames[1] or 0)),
                 "created": s.created, "updated": s.updated, "videos": videos,
-                "rejected": [json.loads(r) for r in rejected], "rejected_total": int(rejected_total),
+                "rejected": [json.loads(r) for r in rejected][:limit], "rejected_total": int(rejected_total),
                 "page": {"offset": offset, "limit": limit}}
 
     def cancel_videos(self, job_id: str, batch: int = 1000) -> int:
