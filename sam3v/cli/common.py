@@ -112,7 +112,9 @@ def job_context(job: str):
     """``context()`` for a command about one job; a clear error when there is no such job."""
     settings, celery_app, store = context()
     if not store.job_exists(job):
-        raise InputError(f"no such job: {job}")
+        from sam3v.embedded_jobs import where_message
+
+        raise InputError(where_message(settings, job) or f"no such job: {job}")
     return settings, celery_app, store
 
 

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from pipeline.core.errors import InputError
-from sam3v.cli.common import user_errors
+from sam3v.cli.common import err_console, is_terminal, user_errors
 from sam3v.cli.jobs import finish, watch_job
 
 app = typer.Typer()
@@ -27,6 +27,8 @@ def run(
     if not manifest.is_file():
         raise InputError(f"no such manifest: {manifest}")
     from pipeline.control.producer import submit_manifest
+    from pipeline.core.settings import get_settings
+    from sam3v import embedded_jobs
     from sam3v.embedded import embedded_app, embedded_settings, embedded_worker
 
     settings = embedded_settings(out, model)
@@ -41,5 +43,11 @@ def run(
     with embedded_worker(celery_app):
         done = submit_manifest(celery_app, store, manifest.read_bytes(), str(manifest), name=name,
                                default_prompt=prompt, allow_local=True, max_prompts=settings.max_prompts)
+        folder = embedded_jobs.record(get_settings(), done.job_id, out, manifest)
+        err_console.print(f"embedded job {done.job_id}: results in {folder}", highlight=False, soft_wrap=True)
+        # On a terminal the bar hides them until the end: say them now (without one, each is a line already).
+        for r in store.status_document(done.job_id)["rejected"] if is_terminal() else []:
+            err_console.print(f"[yellow]manifest line {r['line']}:[/] {r['reason']}", highlight=False, soft_wrap=True)
         doc = watch_job(store, done.job_id)
+    embedded_jobs.save_status(folder, store.status_document(done.job_id))
     finish(doc, f"results: {out / done.job_id / 'results.jsonl'}")

@@ -1,0 +1,46 @@
+"""Embedded runs (`sam3v run`) can be found again (issue 12): the run says where its job lives,
+writes the final status next to the results, and `sam3v status` / `watch` on its id say plainly
+that it is an embedded job and show the folder, instead of "no such job"."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from tests import media
+
+
+def _sam3v(env: dict, *args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sam3v.cli", *map(str, args)], env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_an_embedded_job_is_found_in_its_output_folder(dog24, media_dir, tiny_model_dir, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("SAM3V_BROKER_URL", "SAM3V_REDIS_URL")}
+    env.update({"SAM3V_CACHE": str(tmp_path / "cache"), "SAM3V_TORCH_THREADS": "1"})
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("\n".join([
+        json.dumps({"id": "good", "video": str(dog24), "max_frames": 4}),
+        json.dumps({"id": "bad", "video": str(dog24), "max_frames": "many"}),
+        json.dumps({"id": "gone", "video": str(tmp_path / "missing.mp4")}),
+        json.dumps({"id": "noise", "video": str(media.random_bytes(media_dir))}),
+    ]) + "\n")
+    out = tmp_path / "out"
+    done = _sam3v(env, "run", manifest, "--out", out, "--prompt", "dog", "--model", tiny_model_dir)
+    assert done.returncode == 1, done.stderr  # partial
+    job = done.stdout.strip().splitlines()[-1]
+    folder = (out / job).resolve()
+    assert f"embedded job {job}: results in {folder}" in done.stderr
+    saved = json.loads((folder / "status.json").read_text())
+    assert saved["status"] == "partial" and saved["counts"]["succeeded"] == 1 and saved["counts"]["failed"] == 2
+    assert [r["line"] for r in saved["rejected"]] == [2]
+    assert (folder / "results.jsonl").is_file()
+    for command in ("status", "watch"):
+        asked = _sam3v(env, command, job)
+        assert asked.returncode == 2, asked.stderr
+        assert f"job {job} is an embedded run (`sam3v run`) (it ended partial)" in asked.stderr
+        assert str(folder) in asked.stderr.replace("\n", "")
+    unknown = _sam3v(env, "status", "20260101-000000-deadbeef")
+    assert unknown.returncode == 2 and "no such job" in unknown.stderr
