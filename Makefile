@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 SHARED ?= ../shared
 TINY   ?= models/tiny
 
-.PHONY: setup demo demo-segment test bench clean flower
+.PHONY: setup demo demo-segment test bench bench-gpu-smoke clean flower
 
 setup: $(VENV)/.installed
 
@@ -50,6 +50,11 @@ bench: setup
 	$(BIN)/python -m benchmarks.bench_pipeline
 	$(BIN)/python -m benchmarks.bench_api
 	$(BIN)/python -m benchmarks.bench_limits
+
+# GPU throughput (benchmarks/bench_gpu.py), its reduced matrix on CPU with the tiny model; the full
+# matrix on a GPU machine: benchmarks/run_bench_gpu_device.sh (README, Internals and performance).
+bench-gpu-smoke: setup
+	$(BIN)/python -m benchmarks.bench_gpu --smoke
 
 # Flower against SAM3V_BROKER_URL (set FLOWER_BASIC_AUTH=user:password to enable its API).
 flower: setup

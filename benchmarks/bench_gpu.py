@@ -242,7 +242,7 @@ class StreamRun:
     output: list[int] = field(default_factory=list)  # objects in each finished frame
 
 
-def _drive(stream: Stream, frames: Frames, start: int, warmup: int, measured: int,
+def _drive(device: torch.device, stream: Stream, frames: Frames, start: int, warmup: int, measured: int,
            ready: threading.Barrier, go: threading.Barrier, done: threading.Barrier, result: StreamRun) -> None:
     idx = start
     for _ in range(warmup):
@@ -254,6 +254,7 @@ def _drive(stream: Stream, frames: Frames, start: int, warmup: int, measured: in
         result.output += [len(f.object_ids) for f in stream.push(idx, frames(idx))]
         result.tracked.append(stream.tracked())
         idx += 1
+    synchronize(device)  # the whole card: a stream that ends first also waits out the others' current step
     result.end = time.perf_counter()
     result.frames = measured
     done.wait()
@@ -271,7 +272,7 @@ def run_streams(device: torch.device, frames: Frames, streams: list[Stream], sta
 
     def body(stream, result):
         try:
-            _drive(stream, frames, start, warmup, measured, ready, go, done, result)
+            _drive(device, stream, frames, start, warmup, measured, ready, go, done, result)
         except BaseException as err:  # noqa: BLE001 - re-raised in the main thread
             errors.append(err)
             for barrier in (ready, go, done):
@@ -309,8 +310,7 @@ def _mean(values: list[int]) -> float | None:
     return round(sum(values) / len(values), 3) if values else None
 
 
-def figure_of(t0: float, runs: list[StreamRun], device: torch.device) -> Figure:
-    synchronize(device)
+def figure_of(t0: float, runs: list[StreamRun]) -> Figure:
     end = max(r.end for r in runs)
     total = sum(r.frames for r in runs)
     return Figure(
@@ -346,9 +346,10 @@ def warm_tracker(loaded: LoadedModel, frames: Frames, count: int) -> VideoTracke
 
 
 def engine_stream(engine, loaded: LoadedModel, warm: VideoTracker, frame_batch: int) -> Stream:
+    """A stream continuing ``warm``, pruned after each step as a chunk's stream is."""
     # Capture copies every tensor, so each stream owns its state (restore alone may share them on CPU).
     tracker = TrackerState.capture(warm).restore(loaded)
-    stream = engine.open_stream(tracker, frame_batch=frame_batch)
+    stream = engine.open_stream(tracker, frame_batch=frame_batch, after_step=lambda idx: prune(tracker, idx))
     return Stream(stream.push, stream.finish, tracker)
 
 
@@ -378,39 +379,53 @@ def card(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
+def warmup_frames(start: int, frame_batch: int) -> int:
+    """To the next group boundary (groups sit on the frame grid gB), then one whole group."""
+    return -start % frame_batch + frame_batch
+
+
 def per_stream_measured(frames: int, streams: int, frame_batch: int) -> int:
     """Whole groups, about ``frames`` in all across the streams, at least one group each."""
     return frame_batch * max(1, math.ceil(frames / (streams * frame_batch)))
 
 
-class Report:
-    def __init__(self, out, common: dict) -> None:
-        self._out = out
-        self._common = common
+@dataclass
+class Bench:
+    """What every figure shares: the model, its detection cap, the engine, the frames, the output."""
+
+    args: argparse.Namespace
+    device: torch.device
+    loaded: LoadedModel
+    cap: DetectionCap
+    engine: object  # workers.engine.FrameEngine
+    frames: Frames
+    common: dict
+    out: object | None
+    started: float
+
+    def budget_spent(self) -> bool:
+        return bool(self.args.budget_s) and time.perf_counter() - self.started > self.args.budget_s
 
     def line(self, record: dict) -> None:
-        text = json.dumps({**record, **self._common})
+        text = json.dumps({**record, **self.common})
         print(text, flush=True)
-        if self._out:
-            self._out.write(text + "\n")
-            self._out.flush()
+        if self.out:
+            self.out.write(text + "\n")
+            self.out.flush()
 
 
 def _gib(value: int | None) -> float | None:
     return None if value is None else round(value / GIB, 3)
 
 
-def _record(kind: str, n: int, b: int, k: int, fig: Figure, memory: dict, cap: DetectionCap, warmup: int,
-            baseline_fps: float | None) -> dict:
+def _record(kind: str, n: int, b: int, k: int, fig: Figure, memory: dict, warmup: int) -> dict:
     return {
         "figure": kind, "objects": n, "frame_batch": b, "streams": k,
         "ms_per_frame_per_stream": round(sum(fig.ms_per_frame) / len(fig.ms_per_frame), 2),
         "ms_per_frame_streams": [round(v, 2) for v in fig.ms_per_frame],
         "fps_aggregate": round(fig.fps_aggregate, 3),
-        "speedup_vs_baseline": round(fig.fps_aggregate / baseline_fps, 3) if baseline_fps else None,
         "peak_gpu_gib": _gib(memory["peak"]),
         "gpu_gib_per_stream": _gib(None if memory["above"] is None else memory["above"] // k),
-        "detections_per_frame": cap.per_frame(),
         "objects_tracked_per_frame": fig.objects_tracked,
         "objects_output_per_frame": fig.objects_output,
         "frames_measured": fig.frames_measured,
@@ -422,7 +437,40 @@ def _skipped(kind: str, n: int, b: int, k: int, reason: str) -> dict:
     return {"figure": kind, "objects": n, "frame_batch": b, "streams": k, "skipped": reason}
 
 
-def run(args: argparse.Namespace) -> int:
+def baseline_figure(bench: Bench, n: int) -> float:
+    """038fd06's loop, one stream, ``n`` objects; returns its frames/s."""
+    bench.cap.set(n)
+    with gpu_memory(bench.device) as memory:
+        streams = [baseline_stream(bench.loaded, bench.frames)]
+        t0, runs = run_streams(bench.device, bench.frames, streams, 0, bench.args.prewarm, bench.args.baseline_frames)
+        del streams
+    fig = figure_of(t0, runs)
+    bench.line({**_record("baseline", n, 1, 1, fig, memory, bench.args.prewarm),
+                "detections_per_frame": bench.cap.per_frame()})
+    return fig.fps_aggregate
+
+
+def engine_figure(bench: Bench, warm: VideoTracker, n: int, b: int, k: int, baseline_fps: float) -> None:
+    """K streams of frame batch B on the engine, each continuing ``warm`` (``n`` objects)."""
+    start = bench.args.prewarm
+    warmup, measured = warmup_frames(start, b), per_stream_measured(bench.args.frames, k, b)
+    with gpu_memory(bench.device) as memory:
+        streams = [engine_stream(bench.engine, bench.loaded, warm, b) for _ in range(k)]
+        bench.cap.reset()
+        if hasattr(bench.engine, "batches"):
+            bench.engine.batches = []  # its record of frames per backbone call (the last 1000)
+        t0, runs = run_streams(bench.device, bench.frames, streams, start, warmup, measured)
+        del streams
+    fig = figure_of(t0, runs)
+    # Did the backbone batch across streams? (B = 1 computes features inside each step: none.)
+    calls = list(getattr(bench.engine, "batches", []))
+    bench.line({**_record("engine", n, b, k, fig, memory, warmup),
+                "speedup_vs_baseline": round(fig.fps_aggregate / baseline_fps, 3),
+                "detections_per_frame": bench.cap.per_frame(),
+                "backbone_frames_per_call": _mean(calls)})
+
+
+def setup(args: argparse.Namespace, out) -> Bench:
     started = time.perf_counter()
     transformers.logging.set_verbosity_error()  # "hitting max_num_objects" on every capped frame
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -430,10 +478,8 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     frames = load_frames(args.frames_file, args.decode_frames, (args.height, args.width))
     loaded = random_model(args.size, device, args.build_on)
-    cap = DetectionCap(loaded.model)
-    from workers.engine import FrameEngine  # the new path; imported here so a missing one fails after setup
+    from workers.engine import FrameEngine  # the new path
 
-    engine = FrameEngine(loaded, max_batch=args.max_batch)
     common = {
         "card": card(device),
         "commit": git_commit(),
@@ -450,47 +496,39 @@ def run(args: argparse.Namespace) -> int:
             "prompt": PROMPT,
             "max_batch": args.max_batch,
             "prewarm_frames": args.prewarm,
-            "threads": torch.get_num_threads(),
+            "torch_threads": torch.get_num_threads(),
         },
     }
+    return Bench(args, device, loaded, DetectionCap(loaded.model), FrameEngine(loaded, max_batch=args.max_batch),
+                 frames, common, out, started)
+
+
+def run(args: argparse.Namespace) -> int:
     out = open(args.out, "a") if args.out else None  # noqa: SIM115 - closed below
-    report = Report(out, common)
-    print(f"# setup {time.perf_counter() - started:.1f} s: {common['card']}, {common['config']}", file=sys.stderr)
     try:
+        bench = setup(args, out)
+        print(f"# setup {time.perf_counter() - bench.started:.1f} s: {bench.common['card']}, {bench.common['config']}",
+              file=sys.stderr)
         for n in args.objects:
-            if args.budget_s and time.perf_counter() - started > args.budget_s:
-                reason = f"time budget spent (--budget-s {args.budget_s})"
-                report.line(_skipped("baseline", n, 1, 1, reason))
-                for b in args.frame_batch:
-                    for k in args.streams:
-                        report.line(_skipped("engine", n, b, k, reason))
+            engine_keys = [(b, k) for b in args.frame_batch for k in args.streams]
+            if bench.budget_spent():
+                reason = f"time budget spent (--budget-s {args.budget_s:g})"
+                bench.line(_skipped("baseline", n, 1, 1, reason))
+                for b, k in engine_keys:
+                    bench.line(_skipped("engine", n, b, k, reason))
                 continue
-            cap.set(n)
-            with gpu_memory(device) as memory:
-                t0, runs = run_streams(device, frames, [baseline_stream(loaded, frames)], 0, args.prewarm,
-                                       args.baseline_frames)
-                fig = figure_of(t0, runs, device)
-            baseline_fps = fig.fps_aggregate
-            report.line(_record("baseline", n, 1, 1, fig, memory, cap, args.prewarm, None))
-            warm = warm_tracker(loaded, frames, args.prewarm)
-            for b in args.frame_batch:
-                for k in args.streams:
-                    if args.budget_s and time.perf_counter() - started > args.budget_s:
-                        report.line(_skipped("engine", n, b, k, f"time budget spent (--budget-s {args.budget_s})"))
-                        continue
-                    measured = per_stream_measured(args.frames, k, b)
-                    cap.reset()
-                    with gpu_memory(device) as memory:
-                        streams = [engine_stream(engine, loaded, warm, b) for _ in range(k)]
-                        t0, runs = run_streams(device, frames, streams, args.prewarm, b, measured)
-                        fig = figure_of(t0, runs, device)
-                        del streams
-                    report.line(_record("engine", n, b, k, fig, memory, cap, b, baseline_fps))
+            baseline_fps = baseline_figure(bench, n)
+            warm = warm_tracker(bench.loaded, bench.frames, args.prewarm)
+            for b, k in engine_keys:
+                if bench.budget_spent():
+                    bench.line(_skipped("engine", n, b, k, f"time budget spent (--budget-s {args.budget_s:g})"))
+                else:
+                    engine_figure(bench, warm, n, b, k, baseline_fps)
             del warm
+        print(f"# done in {time.perf_counter() - bench.started:.1f} s", file=sys.stderr)
     finally:
         if out:
             out.close()
-    print(f"# done in {time.perf_counter() - started:.1f} s", file=sys.stderr)
     return 0
 
 
