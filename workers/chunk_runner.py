@@ -31,6 +31,7 @@ from pipeline.core.layout import WorkKeys
 from pipeline.core.planning import PART_FRAMES, Chunk, encode_limit
 from pipeline.core.storage import Storage
 from workers.decode import DecodeThread, Frame, open_reader, yuv_capable
+from workers.engine import FrameEngine, engine_for
 from workers.encode import EncoderSettings
 from workers.masks_document import FrameLog
 from workers.model import LoadedModel
@@ -89,6 +90,7 @@ class ChunkInputs:
     start_frame: int = 0  # the video's first processed frame (chunk 0 starts there)
     detection_threshold: float | None = None  # None: the model's own
     decoder: str = "pyav"  # the decoder tried first (SAM3V_DECODER)
+    frame_batch: int = 1  # frames per detector batch, on the video's own grid (recorded when planned)
 
 
 @dataclass
@@ -114,8 +116,10 @@ class ChunkRunner:
 
     def __init__(self, inputs: ChunkInputs, loaded: LoadedModel, artifacts: Storage, work: WorkKeys,
                  workdir: Path, progress: Callable[[int], None] | None = None,
-                 should_stop: Callable[[], bool] | None = None):
+                 should_stop: Callable[[], bool] | None = None, engine: FrameEngine | None = None,
+                 alone: bool = False):
         self.inputs, self.loaded, self.artifacts, self.work = inputs, loaded, artifacts, work
+        self.engine, self.alone = engine or engine_for(loaded), alone
         self.workdir, self.progress = workdir, progress
         # Asked before every frame, so it must be cheap (the task side reads Redis at most every second).
         self.should_stop = should_stop
@@ -137,8 +141,13 @@ class ChunkRunner:
                           job.part_frames, self.limit, yuv=yuv_capable(job.info), start_frame=origin)
         self.render = RenderStage(self.workdir, job.videos, spec, self.log, self._publish_part)
         self.pending = {entry["frame"]: entry for entry in self.carry.pending}
-        self.reader = open_reader(job.info, start=self.carry.render_from, count=chunk.stop - self.carry.render_from,
-                                  first=job.decoder)
+        self.stream = self.engine.open_stream(self.tracker, job.frame_batch, self._pruned, self.alone)
+        # Whole detector groups: the frames of the first and last group outside [start, stop) are
+        # decoded as context (features only), so batches match an unchunked run's.
+        self.context_from, last = (origin + g for g in self.stream.group_bounds(chunk.start - origin,
+                                                                                chunk.stop - origin))
+        first, context_to = min(self.context_from, self.carry.render_from), min(last, end)
+        self.reader = open_reader(job.info, start=first, count=context_to - first, first=job.decoder)
         self.decode = DecodeThread(self.reader)
         self.seen = self.carry.render_from
 
@@ -175,6 +184,13 @@ class ChunkRunner:
             i = frame.index
             if self.should_stop and self.should_stop():
                 raise Cancelled(f"stopped at frame {i}: its video is no longer wanted")
+            if i >= chunk.stop:  # context after the chunk: features for its last group only
+                self._push(i, frame, context=True)
+                continue
+            if self.context_from <= i < chunk.start:
+                self._push(i, frame, context=True)  # context before the chunk, in its first group
+            if i < self.carry.render_from:
+                continue
             self.seen = i + 1
             if i < self.carry.emitted_to:
                 if i < self.limit:
@@ -183,17 +199,30 @@ class ChunkRunner:
             self.held[i] = frame
             if i < chunk.start:
                 continue  # already in the model's hotstart buffer; drawn once emitted
-            t0 = time.perf_counter()
-            finished = self.tracker.push(i - origin, frame.rgb)
-            prune(self.tracker, i - origin)
-            self.timings["model"] += time.perf_counter() - t0
-            for found in finished:
-                self._emit(found)
+            self._push(i, frame, context=False)
             if self.progress:
                 self.progress(i + 1 - origin)  # frames processed so far
+        self._drain()
         if chunk.index == 0 and origin > 0 and self.seen == origin:
             raise InputError(f"{self.inputs.info.path}: start_frame {origin} is past the end of the video: no frame "
                              f"decodes from there ({self.reader.warning or 'the stream ends before it'})")
+
+    def _push(self, i: int, frame: Frame, context: bool) -> None:
+        t0 = time.perf_counter()
+        finished = self.stream.push(i - self.inputs.start_frame, frame.rgb, context)
+        self.timings["model"] += time.perf_counter() - t0
+        for found in finished:
+            self._emit(found)
+
+    def _drain(self) -> None:
+        t0 = time.perf_counter()
+        finished = self.stream.drain()
+        self.timings["model"] += time.perf_counter() - t0
+        for found in finished:
+            self._emit(found)
+
+    def _pruned(self, frame_idx: int) -> None:
+        prune(self.tracker, frame_idx)
 
     def _emit(self, found: FrameObjects) -> None:
         found = _to_source(found, self.inputs.start_frame)
@@ -274,11 +303,13 @@ class ChunkRunner:
 
 def run_chunk_inputs(inputs: ChunkInputs, loaded: LoadedModel, artifacts: Storage, work: WorkKeys,
                      progress: Callable[[int], None] | None = None,
-                     should_stop: Callable[[], bool] | None = None) -> ChunkResult:
+                     should_stop: Callable[[], bool] | None = None, engine: FrameEngine | None = None,
+                     alone: bool = False) -> ChunkResult:
     """Run one chunk and publish its artifacts under ``work``; raises ``Cancelled`` (nothing more
-    published) once ``should_stop()`` says so."""
+    published) once ``should_stop()`` says so. ``engine``: this process's (``engine_for``) unless
+    given; ``alone``: the caller holds the engine to itself (``engine.exclusive.alone()``)."""
     with tempfile.TemporaryDirectory(prefix=f"sam3v-chunk{inputs.chunk.index}-") as tmp:
-        runner = ChunkRunner(inputs, loaded, artifacts, work, Path(tmp), progress, should_stop)
+        runner = ChunkRunner(inputs, loaded, artifacts, work, Path(tmp), progress, should_stop, engine, alone)
         runner.load_state()
         try:
             runner.run()

@@ -18,19 +18,15 @@ from transformers.models.sam3_video.modeling_sam3_video import (
     Sam3VideoInferenceSession,
     Sam3VideoSegmentationOutput,
 )
-from transformers.models.sam3_video.processing_sam3_video import Sam3VideoProcessor
 
 from pipeline.core.errors import InputError
+from workers.frame_features import FrameFeatures, provided
 from workers.model import LoadedModel
 from workers.tokenizer import TEXT_MAX_TOKENS
 
 # SAM 3's image processor normalises with mean 0.5 / std 0.5 after scaling to [0, 1].
 _MEAN = 0.5
 _STD = 0.5
-
-# Only its mask-overlap helpers are used; they read no processor attributes. The processor itself
-# cannot be built here: its image processor needs torchvision, which has no build for torch 2.13 CPU.
-_OVERLAP = Sam3VideoProcessor.__new__(Sam3VideoProcessor)
 
 
 @dataclass
@@ -138,42 +134,55 @@ class VideoTracker:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self._loaded.device.type, dtype=dtype)
 
+    def pixels(self, rgb: np.ndarray) -> torch.Tensor:
+        """A decoded frame as the model reads it."""
+        return preprocess(rgb, self._loaded.image_size, self._loaded.device)
+
     @torch.inference_mode()
-    def push(self, frame_idx: int, rgb: np.ndarray) -> list[FrameObjects]:
-        pixels = preprocess(rgb, self._loaded.image_size, self._loaded.device)
+    def step(self, frame_idx: int, pixels: torch.Tensor,
+             features: FrameFeatures | None = None) -> list[Sam3VideoSegmentationOutput]:
+        """One frame through the model (``features``: its vision features, computed ahead; None: the
+        model computes them); returns the raw outputs whose hotstart window closed, oldest first."""
         self.session.add_new_frame(pixels, frame_idx)
-        with self._autocast(), model_thresholds(self._model, self.detection_threshold):
+        with self._autocast(), model_thresholds(self._model, self.detection_threshold), provided(self._model, features):
             out = self._model(inference_session=self.session, frame_idx=frame_idx)
         # The model never reads a past frame's pixels again; keep the key (num_frames counts keys).
         self.session.processed_frames[frame_idx] = None
         self.session.hotstart_removed_obj_ids.update(out.removed_obj_ids)
         self.buffer.append(out)
         delay = self._loaded.hotstart_delay
-        finished: list[FrameObjects] = []
+        closed: list[Sam3VideoSegmentationOutput] = []
         while delay > 0 and len(self.buffer) >= delay:
-            finished.append(self._finalise(self.buffer.pop(0)))
+            closed.append(self.buffer.pop(0))
         if delay <= 0:
-            finished.extend(self._finalise(o) for o in self.buffer)
+            closed.extend(self.buffer)
             self.buffer.clear()
-        return finished
+        return closed
+
+    @torch.inference_mode()
+    def finalise(self, closed: list[Sam3VideoSegmentationOutput]) -> list[FrameObjects]:
+        """Final objects of frames whose window closed (``step``'s outputs)."""
+        return [postprocess(self.session, out, self.height, self.width) for out in closed]
+
+    def push(self, frame_idx: int, rgb: np.ndarray) -> list[FrameObjects]:
+        """``step`` and ``finalise`` for one decoded frame, its features computed by the model."""
+        return self.finalise(self.step(frame_idx, self.pixels(rgb)))
 
     @torch.inference_mode()
     def flush(self) -> list[FrameObjects]:
         """End of the video: every buffered frame is final."""
-        finished = [self._finalise(o) for o in self.buffer]
-        self.buffer.clear()
-        return finished
-
-    def _finalise(self, out: Sam3VideoSegmentationOutput) -> FrameObjects:
-        return postprocess(self.session, out, self.height, self.width)
+        closed, self.buffer = self.buffer, []
+        return self.finalise(closed)
 
 
 def postprocess(session: Sam3VideoInferenceSession, out: Sam3VideoSegmentationOutput,
                 height: int, width: int) -> FrameObjects:
     """Sam3VideoProcessor.postprocess_outputs, minus torchvision's boxes (RLE gives them later).
 
-    Objects whose mask is empty after the non-overlap constraint are dropped: an entry with no
-    pixels tells a user nothing.
+    Objects whose mask is empty, before or after the non-overlap constraint, are dropped: an entry
+    with no pixels tells a user nothing. Everything stays on the model's device until one transfer
+    brings back the masks and what is needed to pick the objects (one host sync a frame, where the
+    per-object filtering of transformers' processor waits on the device several times).
     """
     obj_ids = sorted(out.obj_id_to_mask.keys())
     hidden = set(out.suppressed_obj_ids or ()) | set(session.hotstart_removed_obj_ids)
@@ -183,20 +192,46 @@ def postprocess(session: Sam3VideoInferenceSession, out: Sam3VideoSegmentationOu
     low_res = torch.cat([out.obj_id_to_mask[i] for i in obj_ids], dim=0).float()
     logits = F.interpolate(low_res.unsqueeze(1), size=(height, width), mode="bilinear", align_corners=False)
     masks = logits.squeeze(1) > 0
-    keep = masks.flatten(1).any(dim=1).cpu().tolist()
-    obj_ids = [i for i, k in zip(obj_ids, keep) if k]
-    masks = masks[torch.tensor(keep, device=masks.device)]
-    if len(obj_ids) > 1:
-        tracker_scores = torch.tensor(
-            [float(out.obj_id_to_tracker_score.get(i, 0.0)) for i in obj_ids], device=masks.device
-        )
-        prompt_ids = [session.obj_id_to_prompt_id[i] for i in obj_ids]
-        masks = _OVERLAP._apply_object_wise_non_overlapping_constraints(
-            masks.unsqueeze(1), tracker_scores.unsqueeze(1), background_value=0, prompt_ids=prompt_ids
-        ).squeeze(1) > 0
-        nonempty = masks.flatten(1).any(dim=1).cpu().tolist()
-        obj_ids = [i for i, k in zip(obj_ids, nonempty) if k]
-        masks = masks[torch.tensor(nonempty, device=masks.device)]
-    scores = [min(1.0, max(0.0, float(out.obj_id_to_score[i]))) for i in obj_ids]
-    prompts = [session.prompts[session.obj_id_to_prompt_id[i]] for i in obj_ids]
-    return FrameObjects(out.frame_idx, obj_ids, scores, prompts, masks.cpu().numpy())
+    empty = ~masks.flatten(1).any(dim=1)
+    prompt_ids = [session.obj_id_to_prompt_id[i] for i in obj_ids]
+    tracker_scores = [float(out.obj_id_to_tracker_score.get(i, 0.0)) for i in obj_ids]
+    masks = exclusive_masks(masks, empty, tracker_scores, prompt_ids)
+    keep = masks.flatten(1).any(dim=1)
+    masks_host, keep_host = masks.to("cpu", non_blocking=True), keep.to("cpu", non_blocking=True)
+    if masks.device.type == "cuda":
+        torch.cuda.current_stream(masks.device).synchronize()
+    keep_list = keep_host.tolist()
+    kept = [i for i, k in enumerate(keep_list) if k]
+    return FrameObjects(
+        out.frame_idx,
+        [obj_ids[i] for i in kept],
+        [min(1.0, max(0.0, float(out.obj_id_to_score[obj_ids[i]]))) for i in kept],
+        [session.prompts[prompt_ids[i]] for i in kept],
+        masks_host.numpy()[kept] if len(kept) < len(obj_ids) else masks_host.numpy(),
+    )
+
+
+def exclusive_masks(masks: torch.Tensor, empty: torch.Tensor, scores: list[float],
+                    prompt_ids: list[int]) -> torch.Tensor:
+    """transformers' object-wise non-overlap constraint, exactly, on the device and without a host sync.
+
+    What the processor does, applied (as there) only when more than one object has pixels: within
+    each prompt, a pixel stays with the object of the highest tracker score (ties to the lower id),
+    and only if that score is above 0. The processor leaves empty masks out first; here they stay in
+    the stack but can never win a pixel (-1, below every score and below background 0), so every
+    other object gets exactly the pixels it would get without them.
+    """
+    if len(prompt_ids) < 2:
+        return masks
+    score = torch.tensor(scores, dtype=torch.float32).to(masks.device, non_blocking=True)
+    values = torch.where(masks, score[:, None, None], torch.where(empty, -1.0, 0.0)[:, None, None])
+    constrained = masks & (score > 0)[:, None, None]
+    for prompt in dict.fromkeys(prompt_ids):
+        rows = [i for i, p in enumerate(prompt_ids) if p == prompt]
+        if len(rows) < 2:
+            continue
+        index = torch.tensor(rows).to(masks.device, non_blocking=True)
+        winner = torch.argmax(values.index_select(0, index), dim=0, keepdim=True)
+        own = torch.arange(len(rows), device=masks.device)[:, None, None]
+        constrained[index] = constrained.index_select(0, index) & (winner == own)
+    return torch.where((~empty).sum() > 1, constrained, masks)

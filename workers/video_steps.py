@@ -29,6 +29,7 @@ from pipeline.core.specs import VideoOptions
 from pipeline.core.storage import LocalStorage, Storage
 from workers.chunk_runner import ChunkInputs, ChunkResult, run_chunk_inputs
 from workers.encode import EncoderSettings
+from workers.engine import engine_for
 from workers.finalize import finalize_video
 from workers.model import LoadedModel
 from workers.probe import VideoInfo, probe
@@ -114,11 +115,13 @@ class VideoRun:
     num_frames: int  # planned frames from start_frame on
     part_frames: int = PART_FRAMES
     decoder: str = "pyav"
+    frame_batch: int = 1  # the video's detector batch (recorded when it is planned)
 
     def inputs(self, chunk: Chunk) -> ChunkInputs:
         o = self.opts
         return ChunkInputs(self.info, chunk, self.num_frames, self.prompts, o.video_outputs(), o.mask_opacity,
-                           EncoderSettings(), self.part_frames, o.start_frame, o.detection_threshold, self.decoder)
+                           EncoderSettings(), self.part_frames, o.start_frame, o.detection_threshold, self.decoder,
+                           self.frame_batch)
 
 
 def chunk_done(artifacts: Storage, work: WorkKeys, k: int) -> dict | None:
@@ -136,13 +139,18 @@ def chunk_needed(artifacts: Storage, work: WorkKeys, k: int) -> bool:
 
 def run_chunk(video: VideoRun, chunk: Chunk, loaded: LoadedModel, artifacts: Storage, work: WorkKeys,
               progress: Callable[[int], None] | None = None,
-              should_stop: Callable[[], bool] | None = None) -> ChunkResult | None:
+              should_stop: Callable[[], bool] | None = None, alone: bool = False) -> ChunkResult | None:
     """Run ``chunk``, carrying the tracker in from chunk k-1's state; None when not needed.
     ``should_stop`` is asked before every frame; once it says yes the chunk raises ``Cancelled``
-    and publishes nothing more (no frames, state or done marker)."""
+    and publishes nothing more (no frames, state or done marker). ``alone``: with this process's
+    engine to itself (a chunk that ran out of GPU memory beside others runs again so)."""
     if not chunk_needed(artifacts, work, chunk.index):
         return None
-    return run_chunk_inputs(video.inputs(chunk), loaded, artifacts, work, progress, should_stop)
+    if not alone:
+        return run_chunk_inputs(video.inputs(chunk), loaded, artifacts, work, progress, should_stop)
+    engine = engine_for(loaded)
+    with engine.exclusive.alone():
+        return run_chunk_inputs(video.inputs(chunk), loaded, artifacts, work, progress, should_stop, engine, True)
 
 
 # --- step 3: finalize ----------------------------------------------------------------------------
@@ -185,7 +193,7 @@ class _Tally:
 
 def segment_video(source: str | Path, loaded: LoadedModel, opts: VideoOptions, prompts: list[str],
                   storage: Storage, prefix: str = "", progress: Progress | None = None,
-                  part_frames: int = PART_FRAMES, decoder: str = "pyav") -> SegmentResult:
+                  part_frames: int = PART_FRAMES, decoder: str = "pyav", frame_batch: int = 1) -> SegmentResult:
     """Run every step of one video here: masks.json and the requested videos under ``prefix``.
 
     Chunk artifacts go to a temporary directory; every chunk boundary goes through the tracker
@@ -194,7 +202,7 @@ def segment_video(source: str | Path, loaded: LoadedModel, opts: VideoOptions, p
     prompts = check_prompts(loaded.tokenizer, prompts)
     name = Path(source).name
     plan = prepare(Path(source), opts, name, chunk_seconds=None)
-    video = VideoRun(plan.info, opts, prompts, plan.num_frames, part_frames, decoder)
+    video = VideoRun(plan.info, opts, prompts, plan.num_frames, part_frames, decoder, frame_batch)
     tally = _Tally()
     work = WorkKeys()
     with tempfile.TemporaryDirectory(prefix="sam3v-chunks-") as tmp:

@@ -56,6 +56,13 @@ class Settings(BaseSettings):
         300.0, gt=0, description="A worker's new process (after a crash, an OOM kill or --max-tasks-per-child) must be "
                                  "ready within this, seconds (imports, storage client, the model on a GPU queue); "
                                  "one that is not is killed and started again")
+    frame_batch: int = Field(
+        8, ge=1, le=64, description="Frames per batched detector call within one video (B); fixed for a video when it is "
+                                    "planned, so all its chunks share it. 8 is not yet measured on a GPU")
+    streams: int | None = Field(
+        None, ge=1, le=64, description="Chunks a GPU worker process runs at once around one model (K); unset: 2 with "
+                                       "CUDA (not yet measured), 1 on CPU. Above 1 the worker runs a threads pool")
+    max_batch: int = Field(16, ge=1, le=256, description="Most frames in one batched detector call across a worker's streams")
 
     job_retention: float = Field(
         30 * 86400.0, ge=0, description="A finished job's Redis records (state, videos, counts) expire this long after it "
