@@ -62,10 +62,15 @@ def fire(app: Celery, store: StatusStore, name: str, manifest: str, prompt: str 
     return done.job_id
 
 
-def add(app: Celery, name: str, manifest: str, prompt: str | None, cron: str | None, every: float | None) -> None:
+def timing(cron: str | None, every: float | None) -> crontab | schedule:
+    """The schedule of ``--cron`` or ``--every`` (exactly one), or ``InputError`` naming the flag."""
     if bool(cron) == bool(every):
         raise InputError("give exactly one of --cron or --every")
-    when = parse_cron(cron) if cron else schedule(every)
+    return parse_cron(cron) if cron else schedule(every)
+
+
+def add(app: Celery, name: str, manifest: str, prompt: str | None, cron: str | None, every: float | None) -> None:
+    when = timing(cron, every)
     entry = RedBeatSchedulerEntry(name, SCHEDULED_SUBMIT, when, args=[name, manifest, prompt, cron, every], app=app)
     entry.save()
 

@@ -27,6 +27,7 @@ def schedule_add(
     from pipeline.control.submit_checks import check_scheduled_manifest
     from pipeline.core.settings import get_settings
 
+    schedules.timing(cron, every)  # a usage error first, before the manifest is read
     for warning in check_scheduled_manifest(manifest, prompt, get_settings().max_prompts):
         err_console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     schedules.add(schedules_app(), name, manifest, prompt, cron, every)
