@@ -21,10 +21,12 @@ config):
   GPU in aggregate, peak GPU memory per stream (null on CPU), and the speed-up over the baseline.
 
 Timing: every stream starts from a steady state (a tracker that has already tracked ``--prewarm``
-frames with the current per-frame loop, copied through the state codec for each stream, so memory
-and object-pointer windows are full), runs one frame group (B frames) of warm-up, then the K
-streams start together and are timed over whole groups; ``torch.cuda.synchronize`` before the start
-and after the end (each push returns host masks, so a stream's own end is synchronised too).
+frames with the current per-frame loop, past the 15-frame hotstart and the memory and
+object-pointer windows; copied through the state codec for each stream), runs untimed up to the
+next boundary of its frame groups (groups sit on the grid gB; the default 28 frames leave a 4-frame
+warm-up group for B = 8 and 16, one frame for B = 1), then the K streams start together and are
+timed over whole groups. ``torch.cuda.synchronize`` before the start and at each stream's end.
+The baseline warms up over the same ``--prewarm`` frames.
 bf16 autocast on CUDA, as ``workers.model`` does. ``--budget-s``: figures not started within it are
 printed as ``skipped`` (the most important run first: 4 objects).
 
@@ -180,7 +182,6 @@ class DetectionCap:
     def set(self, n: int) -> None:
         self.n = n
         self._model.max_num_objects = n
-        self.reset()
 
     def reset(self) -> None:
         with self._lock:
@@ -262,9 +263,10 @@ def _drive(device: torch.device, stream: Stream, frames: Frames, start: int, war
 
 
 def run_streams(device: torch.device, frames: Frames, streams: list[Stream], start: int,
-                warmup: int, measured: int) -> tuple[float, list[StreamRun]]:
+                warmup: int, measured: int, on_start: Callable[[], None]) -> tuple[float, list[StreamRun]]:
     """Drive each stream in its own thread from frame ``start``: ``warmup`` untimed frames,
-    then ``measured`` timed frames, all streams starting together. Returns (start time, runs)."""
+    then ``measured`` timed frames, all streams starting together (``on_start`` just before).
+    Returns (start time, runs)."""
     k = len(streams)
     ready, go, done = (threading.Barrier(k + 1) for _ in range(3))
     runs = [StreamRun() for _ in streams]
@@ -285,6 +287,7 @@ def run_streams(device: torch.device, frames: Frames, streams: list[Stream], sta
     try:
         ready.wait()
         synchronize(device)
+        on_start()
         t0 = time.perf_counter()
         go.wait()
         done.wait()
@@ -380,8 +383,9 @@ def card(device: torch.device) -> str:
 
 
 def warmup_frames(start: int, frame_batch: int) -> int:
-    """To the next group boundary (groups sit on the frame grid gB), then one whole group."""
-    return -start % frame_batch + frame_batch
+    """Frames up to the next group boundary (groups sit on the grid gB); a whole group when
+    ``start`` is on one. The timed frames then begin with a group."""
+    return -start % frame_batch or frame_batch
 
 
 def per_stream_measured(frames: int, streams: int, frame_batch: int) -> int:
@@ -442,7 +446,8 @@ def baseline_figure(bench: Bench, n: int) -> float:
     bench.cap.set(n)
     with gpu_memory(bench.device) as memory:
         streams = [baseline_stream(bench.loaded, bench.frames)]
-        t0, runs = run_streams(bench.device, bench.frames, streams, 0, bench.args.prewarm, bench.args.baseline_frames)
+        t0, runs = run_streams(bench.device, bench.frames, streams, 0, bench.args.prewarm, bench.args.baseline_frames,
+                               bench.cap.reset)
         del streams
     fig = figure_of(t0, runs)
     bench.line({**_record("baseline", n, 1, 1, fig, memory, bench.args.prewarm),
@@ -456,10 +461,13 @@ def engine_figure(bench: Bench, warm: VideoTracker, n: int, b: int, k: int, base
     warmup, measured = warmup_frames(start, b), per_stream_measured(bench.args.frames, k, b)
     with gpu_memory(bench.device) as memory:
         streams = [engine_stream(bench.engine, bench.loaded, warm, b) for _ in range(k)]
-        bench.cap.reset()
-        if hasattr(bench.engine, "batches"):
-            bench.engine.batches = []  # its record of frames per backbone call (the last 1000)
-        t0, runs = run_streams(bench.device, bench.frames, streams, start, warmup, measured)
+
+        def on_start() -> None:
+            bench.cap.reset()
+            if hasattr(bench.engine, "batches"):
+                bench.engine.batches = []  # its record of frames per backbone call (the last 1000)
+
+        t0, runs = run_streams(bench.device, bench.frames, streams, start, warmup, measured, on_start)
         del streams
     fig = figure_of(t0, runs)
     # Did the backbone batch across streams? (B = 1 computes features inside each step: none.)
@@ -533,7 +541,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 SMOKE = {"size": "tiny", "device": "cpu", "objects": [1, 4], "frame_batch": [1, 4], "streams": [1, 2],
-         "frames": 4, "prewarm": 4, "baseline_frames": 4, "decode_frames": 8}
+         "frames": 4, "prewarm": 2, "baseline_frames": 4, "decode_frames": 8}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -549,10 +557,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--frame-batch", type=parse_ints, default=None, help="frame batches B (default 1,8,16)")
     p.add_argument("--streams", type=parse_ints, default=None, help="stream counts K (default 1,2,4,8)")
     p.add_argument("--frames", type=int, default=None,
-                   help="timed frames per engine figure, across its streams, rounded up to whole groups (default 32)")
+                   help="timed frames per engine figure, across its streams, rounded up to whole groups (default 16)")
     p.add_argument("--baseline-frames", type=int, default=None, help="timed frames of the baseline (default 16)")
     p.add_argument("--prewarm", type=int, default=None,
-                   help="frames tracked before timing (default 16: past SAM 3's 15-frame hotstart and memory windows)")
+                   help="frames tracked before timing (default 28: past SAM 3's 15-frame hotstart and its "
+                        "16-frame pointer window, 4 frames short of a group boundary)")
     p.add_argument("--max-batch", type=int, default=16, help="FrameEngine's max_batch")
     p.add_argument("--frames-file", default=None, help=".npz with 'frames' (F, H, W, 3) uint8, e.g. from --save-frames")
     p.add_argument("--save-frames", default=None, metavar="NPZ",
@@ -562,15 +571,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, default=1280, help="synthetic frames' width")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--budget-s", type=float, default=None,
-                   help="start no figure after this many seconds; the rest print as skipped (default 240; none with --smoke)")
+                   help="start no figure after this many seconds; the rest print as skipped (default 250; none with --smoke)")
     p.add_argument("--out", default=None, help="also append the JSON lines to this file")
     return p
 
 
 def resolve(args: argparse.Namespace) -> argparse.Namespace:
     defaults = {"size": "full", "device": "auto", "objects": [4, 1, 16], "frame_batch": [1, 8, 16],
-                "streams": [1, 2, 4, 8], "frames": 32, "prewarm": 16, "baseline_frames": 16,
-                "decode_frames": 16, "budget_s": 240.0}
+                "streams": [1, 2, 4, 8], "frames": 16, "prewarm": 28, "baseline_frames": 16,
+                "decode_frames": 16, "budget_s": 250.0}
     if args.smoke:
         defaults.update(SMOKE, budget_s=0.0)
     for name, value in defaults.items():

@@ -11,8 +11,8 @@
 # 2. There, with the device tool:
 #       run(command="bash benchmarks/run_bench_gpu_device.sh", carry=["out/bench_gpu_carry"], timeout_s=420)
 #    The JSON lines come back in $OUT/bench_gpu.jsonl, stderr in $OUT/bench_gpu.log and the card
-#    in $OUT/nvidia-smi.txt. The matrix gets a 240 s budget (figures not started by then print as
-#    skipped, 4 objects first) inside a 330 s timeout; extra arguments go to bench_gpu.py.
+#    in $OUT/nvidia-smi.txt. The matrix gets a 250 s budget (figures not started by then print as
+#    skipped, 4 objects first) inside a 320 s timeout; extra arguments go to bench_gpu.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CARRY=out/bench_gpu_carry
@@ -45,11 +45,11 @@ fi
 python3 -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__,
                                               "cuda", torch.cuda.is_available())' | tee -a "$OUT/nvidia-smi.txt"
 
-args=(--budget-s 240 --out "$OUT/bench_gpu.jsonl")
+args=(--budget-s 250 --out "$OUT/bench_gpu.jsonl")
 [ -f "$CARRY/frames.npz" ] && args+=(--frames-file "$CARRY/frames.npz")
 [ -f "$CARRY/commit.txt" ] && export SAM3V_BENCH_COMMIT="${SAM3V_BENCH_COMMIT:-$(cat "$CARRY/commit.txt")}"
 
 status=0
-timeout 330 python3 -m benchmarks.bench_gpu "${args[@]}" "$@" 2> >(tee "$OUT/bench_gpu.log" >&2) || status=$?
+timeout 320 python3 -m benchmarks.bench_gpu "${args[@]}" "$@" 2> >(tee "$OUT/bench_gpu.log" >&2) || status=$?
 echo "bench_gpu exit $status; $(grep -c . "$OUT/bench_gpu.jsonl" 2>/dev/null || echo 0) figures in $OUT/bench_gpu.jsonl" >&2
 exit $status
