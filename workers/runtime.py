@@ -10,6 +10,7 @@ the model there too when the worker consumes a GPU queue; the parent waits for t
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -47,7 +48,7 @@ def configure(settings: Settings, preload_model: bool = False) -> None:
     global _configured
     _configured = Configured(settings, preload_model)
     context.cache_clear()
-    model.cache_clear()
+    _load.cache_clear()
 
 
 def settings() -> Settings:
@@ -60,13 +61,23 @@ def context() -> Context:
     return Context(s, StatusStore(connect(s)), open_storage(s.storage_url))
 
 
+_model_lock = threading.Lock()
+
+
 @lru_cache(maxsize=1)
-def model():
-    """Loaded once per worker process, never in a prefork parent (CUDA cannot survive a fork)."""
+def _load():
     from workers.model import load_model
 
     s = settings()
     return load_model(s.model, s.device, s.torch_threads)
+
+
+def model():
+    """Loaded once per worker process, never in a prefork parent (CUDA cannot survive a fork); a
+    threads pool's first tasks wait for the one load."""
+    with _model_lock:
+        return _load()
+
 
 
 def worker_app(settings: Settings, preload_model: bool = False) -> Celery:

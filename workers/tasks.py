@@ -178,7 +178,7 @@ def probe_task(self, job_id: str, video_id: str, attempt: int = 0) -> None:
         plan = prepare(path, spec, spec.video, ctx.settings.chunk_seconds)
         ctx.status.update_video(job_id, video_id, fence=attempt, source=source, frames_total=plan.num_frames,
                                 frames_done=0, chunks_total=len(plan.chunks), chunks_done=0,
-                                part_frames=ctx.settings.part_frames)
+                                part_frames=ctx.settings.part_frames, frame_batch=ctx.settings.frame_batch)
         return plan
 
     plan = _guarded(self, ctx, job_id, video_id, attempt, "probe", step)
@@ -216,12 +216,24 @@ def _wanted(ctx: Context, job_id: str, video_id: str, attempt: int) -> bool:
     return True
 
 
-def _stop_check(ctx: Context, job_id: str, video_id: str, attempt: int, every: float = 1.0) -> Callable[[], bool]:
+def _soft_deadline(task: Task) -> float:
+    """When the task's soft time limit passes (monotonic clock). Celery enforces its limits only in
+    prefork (and gevent) pools; a GPU worker with several streams runs a threads pool, so the chunk
+    enforces the same limit itself, at its next frame."""
+    limit = task.soft_time_limit or task.app.conf.task_soft_time_limit or task.app.conf.task_time_limit
+    return time.monotonic() + limit if limit else float("inf")
+
+
+def _stop_check(ctx: Context, job_id: str, video_id: str, attempt: int, every: float = 1.0,
+                deadline: float = float("inf")) -> Callable[[], bool]:
     """A running chunk's ``should_stop``: asked every frame, it reads Redis at most every ``every``
-    seconds. A Redis blip is not a reason to stop: the next check asks again."""
+    seconds. A Redis blip is not a reason to stop: the next check asks again. Past ``deadline`` it
+    raises ``SoftTimeLimitExceeded``, as Celery's own soft limit would."""
     next_check = [time.monotonic() + every]
 
     def should_stop() -> bool:
+        if time.monotonic() > deadline:
+            raise SoftTimeLimitExceeded("the chunk ran past its soft time limit")
         if time.monotonic() < next_check[0]:
             return False
         next_check[0] = time.monotonic() + every
@@ -236,8 +248,10 @@ def _stop_check(ctx: Context, job_id: str, video_id: str, attempt: int, every: f
 
 @shared_task(name=SEGMENT_CHUNK, bind=True, base=VideoTask)
 def segment_chunk_task(self, job_id: str, video_id: str, k: int, start: int, stop: int, final: bool,
-                       num_frames: int, attempt: int = 0) -> None:
-    """Step 2, run chunk k: frames [start, stop), tracker memory carried in from chunk k-1."""
+                       num_frames: int, attempt: int = 0, alone: bool = False) -> None:
+    """Step 2, run chunk k: frames [start, stop), tracker memory carried in from chunk k-1.
+    ``alone``: run with the worker's engine to itself (it ran out of GPU memory beside others)."""
+    from workers.engine import OutOfMemory
     from workers.probe import probe
     from workers.tracker import check_prompts
     from workers.video_steps import VideoRun, chunk_needed, document_header, run_chunk
@@ -266,10 +280,17 @@ def segment_chunk_task(self, job_id: str, video_id: str, k: int, start: int, sto
             header_model, params = document_header(loaded, spec, prompts)
             ctx.status.update_video(job_id, video_id, fence=attempt,
                                     header={"model": header_model, "params": params, "prompts": prompts})
+        # Videos planned before frame batches were recorded ran with 1: their chunks keep it.
         video = VideoRun(info, spec, prompts, num_frames, entry.get("part_frames") or PART_FRAMES,
-                         ctx.settings.decoder)
-        result = run_chunk(video, Chunk(k, start, stop, final), loaded, ctx.storage, work,
-                           _progress(ctx, job_id, video_id, attempt), _stop_check(ctx, job_id, video_id, attempt))
+                         ctx.settings.decoder, int(entry.get("frame_batch") or 1))
+        try:
+            result = run_chunk(video, Chunk(k, start, stop, final), loaded, ctx.storage, work,
+                               _progress(ctx, job_id, video_id, attempt),
+                               _stop_check(ctx, job_id, video_id, attempt, deadline=_soft_deadline(self)), alone)
+        except OutOfMemory as err:
+            if err.alone:
+                raise OutOfMemory(f"chunk {k} ran out of GPU memory even with the GPU to itself: {err}", True) from err
+            return err  # beside other streams: run again alone (below), not counted
         warnings = result.warnings if result else []
         ctx.status.update_video(job_id, video_id, fence=attempt, frames_done=min(stop - spec.start_frame, num_frames),
                                 chunks_done=k + 1, warnings=(entry.get("warnings") or []) + warnings)
@@ -283,7 +304,13 @@ def segment_chunk_task(self, job_id: str, video_id: str, k: int, start: int, sto
         if not done:
             ctx.status.count_delivery(job_id, video_id, k, by=-1)
 
-    _guarded(self, ctx, job_id, video_id, attempt, f"chunk {k}", step, uncount)
+    out_of_memory = _guarded(self, ctx, job_id, video_id, attempt, f"chunk {k}", step, uncount)
+    if out_of_memory is not None:
+        log.warning("chunk %d of %s/%s: %s; running it again with the GPU to itself", k, job_id, video_id,
+                    out_of_memory)
+        uncount()
+        raise self.retry(kwargs={**(self.request.kwargs or {}), "alone": True}, countdown=0,
+                         max_retries=(self.request.retries or 0) + 1)
 
 
 @shared_task(name=FINALIZE, bind=True, base=VideoTask)

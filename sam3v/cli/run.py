@@ -22,6 +22,9 @@ def run(
     prompt: Annotated[Optional[str], typer.Option(help="Default prompt for lines without one.")] = None,
     model: Annotated[Optional[str], typer.Option(help="Model directory or Hugging Face id.")] = None,
     name: Annotated[str, typer.Option(help="A name for the job.")] = "",
+    frame_batch: Annotated[Optional[int], typer.Option(
+        min=1, max=64, help="Frames per batched detector call (B); results do not depend on it. "
+                            "Default SAM3V_FRAME_BATCH (8).")] = None,
 ) -> None:
     """Run a manifest here and now: in-process broker and worker, local storage. No Redis or S3."""
     if not manifest.is_file():
@@ -32,6 +35,8 @@ def run(
     from sam3v.embedded import embedded_app, embedded_settings, embedded_worker
 
     settings = embedded_settings(out, model)
+    if frame_batch:
+        settings = settings.model_copy(update={"frame_batch": frame_batch})
     from sam3v.local_checks import check_model
 
     check_model(settings.model)  # in well under a second, before the model load

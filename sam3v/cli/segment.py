@@ -88,6 +88,9 @@ def segment(
         help="Detection score threshold, 0-1: detections scoring below it are dropped. The score a detection "
              "needs to start a new object moves with it (SAM 3: 0.5 and 0.7). Lower finds more, higher "
              "fewer. Default: the model's own.")] = None,
+    frame_batch: Annotated[Optional[int], typer.Option(
+        min=1, max=64, help="Frames per batched detector call (B); results do not depend on it. "
+                            "Default SAM3V_FRAME_BATCH (8).")] = None,
 ) -> None:
     """Segment one video: masks.json plus overlay.mp4 and/or mask.mp4 in --out."""
     if not video.exists():
@@ -116,5 +119,6 @@ def segment(
             bar.update(task, completed=done, total=total, fps=done / elapsed if elapsed else 0.0)
 
         result = segment_video(video, loaded, opts, prompt, LocalStorage(out), progress=report,
-                               part_frames=settings.part_frames, decoder=settings.decoder)
+                               part_frames=settings.part_frames, decoder=settings.decoder,
+                               frame_batch=frame_batch or settings.frame_batch)
     _print_summary(result)

@@ -34,23 +34,54 @@ def worker(
     max_tasks_per_child: Annotated[int, typer.Option(help="Recycle a process after this many tasks.")] = 200,
     loglevel: Annotated[str, typer.Option("--log-level", "--loglevel", help="Celery log level.")] = "INFO",
     hostname: Annotated[Optional[str], typer.Option(help="Celery node name.")] = None,
+    streams: Annotated[Optional[int], typer.Option(
+        min=1, max=64, help="Chunks run at once in one process around one model (K), their detector frames batched "
+                            "together. Above 1: one process with a threads pool of K (use one worker per GPU). "
+                            "Default SAM3V_STREAMS, else 2 with CUDA, 1 on CPU.")] = None,
+    frame_batch: Annotated[Optional[int], typer.Option(
+        min=1, max=64, help="Frames per batched detector call (B) of the videos this worker plans; recorded per "
+                            "video, so all its chunks share it. Default SAM3V_FRAME_BATCH (8).")] = None,
 ) -> None:
-    """Start a Celery worker (prefork; the model loads once per process, in the child, before it takes
-    a task: a new process has SAM3V_WORKER_START_TIMEOUT to get ready)."""
+    """Start a Celery worker. With one stream: prefork; the model loads once per process, in the child,
+    before it takes a task (a new process has SAM3V_WORKER_START_TIMEOUT to get ready). With K streams:
+    one process, K threads, the model loaded once before the worker takes a task; the engine batches
+    the streams' detector frames and enforces each chunk's time limit itself."""
     settings = _settings_with_broker("a worker needs a broker (redis://... or amqp://...)")
+    if frame_batch:
+        settings = settings.model_copy(update={"frame_batch": frame_batch})
     from sam3v.worker_start import start_checks
     from workers.runtime import worker_app
 
     started = start_checks(settings, queues, concurrency, hostname)  # refuses to start naming the setting
-    celery_app = worker_app(settings, preload_model=started.runs_model)
-    argv = ["worker", "-Q", ",".join(started.queues), "-c", str(concurrency), "-P", "prefork", "-E",
-            "--max-tasks-per-child", str(max_tasks_per_child), "--loglevel", loglevel]
+    k = _streams(streams or settings.streams, started.runs_model)
+    if k > 1 and concurrency != 1:
+        raise InputError(f"--streams {k} runs one process with {k} threads: leave --concurrency at 1 "
+                         "(start one worker per GPU)")
+    celery_app = worker_app(settings, preload_model=started.runs_model and k == 1)
+    pool = ["-P", "threads", "-c", str(k)] if k > 1 else ["-P", "prefork", "-c", str(concurrency),
+                                                          "--max-tasks-per-child", str(max_tasks_per_child)]
+    if k > 1 and started.runs_model:
+        from workers.runtime import model
+
+        model()  # no worker_process_init in a threads pool: load before taking a task
+    argv = ["worker", "-Q", ",".join(started.queues), *pool, "-E", "--loglevel", loglevel]
     if hostname:
         argv += ["-n", hostname]
     try:
         celery_app.worker_main(argv)
     finally:
         started.stop.set()
+
+
+def _streams(asked: int | None, runs_model: bool) -> int:
+    """K: as asked, else 2 on a machine with CUDA (not yet measured on a GPU), else 1."""
+    if asked:
+        return asked
+    if not runs_model:
+        return 1
+    import torch
+
+    return 2 if torch.cuda.is_available() else 1
 
 
 @app.command()

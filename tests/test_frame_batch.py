@@ -1,0 +1,259 @@
+"""The GPU engine on CPU, with the tiny model and real clips: batching never changes results.
+
+- Frame batch B = 8 gives the masks.json of B = 1 (batched features differ by ~1e-6 on CPU; the
+  masks do not). When they ever differ, the failure names the first differing frame and the largest
+  feature difference between batched and one-by-one features.
+- Chunked == unchunked at B = 8, for chunk sizes that cut detector groups (7, 20), and for a run
+  that starts part-way: a chunk decodes its first and last groups whole (``Stream`` context frames).
+- K streams interleaved in one process around one engine give each video exactly the masks.json of
+  its own run, with different lengths, one chunked, one failing mid-way.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.core.errors import InputError
+from pipeline.core.layout import WorkKeys
+from pipeline.core.planning import Chunk
+from pipeline.core.specs import VideoOptions
+from pipeline.core.storage import LocalStorage
+from tests import media
+from workers import frame_features
+from workers.chunk_runner import run_chunk_inputs
+from workers.decode import open_reader
+from workers.engine import FrameEngine, OutOfMemory, engine_for
+from workers.probe import probe
+from workers.tracker import VideoTracker, preprocess
+from workers.video_steps import VideoRun, segment_video
+
+N = 40
+W, H = 426, 240
+SHARED = media.DOG.parent
+
+
+def _clip(folder: Path, source: Path, frames: int, name: str) -> Path:
+    path = folder / name
+    media.ffmpeg("-i", source, "-frames:v", str(frames), "-vf", f"scale={W}:{H}", "-c:v", "libx264", "-an", path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("frame-batch")
+    return {"dog": _clip(folder, media.DOG, N, "dog.mp4"),
+            "cups": _clip(folder, SHARED / "02_cups.mp4", 30, "cups.mp4"),
+            "bedroom": _clip(folder, SHARED / "bedroom.mp4", 20, "bedroom.mp4")}
+
+
+def masks_json(clip: Path, loaded, tmp: Path, frame_batch: int, **opts) -> bytes:
+    out = tmp / f"b{frame_batch}-{opts.get('chunk_frames')}-{opts.get('start_frame', 0)}-{clip.stem}"
+    segment_video(clip, loaded, VideoOptions(outputs=["rle"], **opts), ["dog"], LocalStorage(out),
+                  frame_batch=frame_batch)
+    return (out / "masks.json").read_bytes()
+
+
+def first_difference(a: bytes, b: bytes) -> str:
+    fa, fb = json.loads(a)["frames"], json.loads(b)["frames"]
+    for x, y in zip(fa, fb):
+        if x != y:
+            return f"frame {x.get('frame', x.get('frame_idx'))}"
+    return f"frame counts {len(fa)} vs {len(fb)}" if len(fa) != len(fb) else "the header"
+
+
+def feature_difference(loaded, clip: Path, batch: int) -> float:
+    """Largest |batched - one by one| over the first ``batch`` frames' features."""
+    info = probe(clip)
+    with open_reader(info, start=0, count=batch) as reader:
+        pixels = torch.stack([preprocess(f.rgb, loaded.image_size, loaded.device) for f in reader])
+    worst = 0.0
+    with torch.inference_mode():
+        together = frame_features.compute(loaded.model, pixels)
+        for i in range(pixels.shape[0]):
+            alone = frame_features.compute(loaded.model, pixels[i:i + 1])[0]
+            pairs = zip([together[i].vision_embeds.last_hidden_state, *together[i].tracker_feats],
+                        [alone.vision_embeds.last_hidden_state, *alone.tracker_feats])
+            worst = max(worst, max(float((x - y).abs().max()) for x, y in pairs))
+    return worst
+
+
+@pytest.mark.parametrize("name", ["dog", "cups"])
+def test_frame_batch_8_gives_the_masks_of_frame_batch_1(tiny, clips, tmp_path, name):
+    one = masks_json(clips[name], tiny, tmp_path, 1)
+    eight = masks_json(clips[name], tiny, tmp_path, 8)
+    assert json.loads(one)["frames"], "the clip gave no frames"
+    assert any(f.get("objects") for f in json.loads(one)["frames"]), "no objects: the comparison proves nothing"
+    if one != eight:
+        pytest.fail(f"B=8 differs from B=1 first at {first_difference(one, eight)}; largest feature difference "
+                    f"batched vs one by one: {feature_difference(tiny, clips[name], 8):.3g}")
+
+
+@pytest.fixture(scope="module")
+def unchunked8(tiny, clips, tmp_path_factory) -> dict[int, bytes]:
+    tmp = tmp_path_factory.mktemp("unchunked8")
+    return {0: masks_json(clips["dog"], tiny, tmp, 8), 5: masks_json(clips["dog"], tiny, tmp, 8, start_frame=5)}
+
+
+@pytest.mark.parametrize("chunk_frames,start_frame", [(7, 0), (20, 0), (6, 5)])
+def test_chunked_equals_unchunked_at_frame_batch_8(tiny, clips, unchunked8, tmp_path, chunk_frames, start_frame):
+    chunked = masks_json(clips["dog"], tiny, tmp_path, 8, chunk_frames=chunk_frames, start_frame=start_frame)
+    assert chunked == unchunked8[start_frame], first_difference(chunked, unchunked8[start_frame])
+
+
+# --- K streams in one process ----------------------------------------------------------------------
+
+class _FailAt:
+    """A chunk's ``should_stop`` that raises, as a broken input would, once ``frames`` frames ran."""
+
+    def __init__(self, frames: int):
+        self.left = frames
+
+    def __call__(self) -> bool:
+        self.left -= 1
+        if self.left < 0:
+            raise InputError("the input broke mid-way (test)")
+        return False
+
+
+def _run_video(loaded, clip: Path, out: Path, chunk_frames: int | None, engine: FrameEngine,
+               should_stop=None) -> bytes | None:
+    """All chunks of one video through ``engine`` (as a worker's chunks would), then masks.json."""
+    from workers.video_steps import finalize, document_header, prepare
+
+    opts = VideoOptions(outputs=["rle"], chunk_frames=chunk_frames)
+    plan = prepare(clip, opts, clip.name, None)
+    video = VideoRun(plan.info, opts, ["dog"], plan.num_frames, frame_batch=8)
+    work, artifacts = WorkKeys(), LocalStorage(out / "work")
+    for chunk in plan.chunks:
+        run_chunk_inputs(video.inputs(chunk), loaded, artifacts, work, should_stop=should_stop, engine=engine)
+    model, params = document_header(loaded, opts, ["dog"])
+    finalize(plan.info, {"model": model, "params": params, "prompts": ["dog"]}, artifacts, work, len(plan.chunks),
+             LocalStorage(out), "", 64)
+    return (out / "masks.json").read_bytes()
+
+
+def test_streams_interleaved_give_each_video_its_own_masks(tiny, clips, tmp_path):
+    plan = {"dog": (None, None), "cups": (10, None), "bedroom": (None, _FailAt(9))}
+    alone = {}
+    for name, (chunk_frames, _) in plan.items():
+        if name != "bedroom":
+            alone[name] = _run_video(tiny, clips[name], tmp_path / "alone" / name, chunk_frames, FrameEngine(tiny))
+    engine = FrameEngine(tiny, max_batch=16)
+    together, errors = {}, {}
+    start = threading.Barrier(len(plan))
+
+    def drive(name: str) -> None:
+        chunk_frames, stop = plan[name]
+        start.wait()
+        try:
+            together[name] = _run_video(tiny, clips[name], tmp_path / "together" / name, chunk_frames, engine, stop)
+        except Exception as err:  # the failing one
+            errors[name] = err
+
+    threads = [threading.Thread(target=drive, args=(name,)) for name in plan]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=600)
+    assert not any(t.is_alive() for t in threads), "a stream never finished"
+    assert set(errors) == {"bedroom"} and "mid-way" in str(errors["bedroom"]), errors
+    for name in ("dog", "cups"):
+        assert together[name] == alone[name], f"{name}: {first_difference(together[name], alone[name])}"
+    assert len(engine.batches) >= (N + 30) // 8, engine.batches  # every group went through the batched backbone
+
+
+# --- the engine's parts ------------------------------------------------------------------------------
+
+def _pixels(loaded, n: int, seed: int) -> torch.Tensor:
+    rng = np.random.default_rng(seed)
+    return torch.stack([preprocess(rng.integers(0, 255, (H, W, 3), dtype=np.uint8), loaded.image_size, loaded.device)
+                        for _ in range(n)])
+
+
+def test_waiting_groups_of_several_streams_share_one_backbone_call(tiny):
+    engine = FrameEngine(tiny, max_batch=16)
+    results = {}
+    with engine._backbone:  # a call is running: both groups wait for the next one
+        threads = [threading.Thread(target=lambda s=s: results.__setitem__(s, engine.features(_pixels(tiny, 8, s))))
+                   for s in (1, 2)]
+        for t in threads:
+            t.start()
+        while len(engine._pending) < 2:
+            threading.Event().wait(0.01)
+    for t in threads:
+        t.join(timeout=60)
+    assert engine.batches == [16]
+    alone = FrameEngine(tiny).features(_pixels(tiny, 8, 2))
+    assert all(torch.allclose(a.vision_embeds.last_hidden_state, b.vision_embeds.last_hidden_state, atol=1e-5)
+               for a, b in zip(results[2], alone))
+
+
+def test_out_of_memory_in_a_batched_call_splits_it_and_still_gives_every_frame(tiny, monkeypatch):
+    real = frame_features.compute
+
+    def small_memory(model, pixels):
+        if pixels.shape[0] > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (test: more than 2 frames)")
+        return real(model, pixels)
+
+    monkeypatch.setattr(frame_features, "compute", small_memory)
+    engine = FrameEngine(tiny, max_batch=16)
+    out = engine.features(_pixels(tiny, 8, 3))
+    assert len(out) == 8 and max(engine.batches) <= 2
+    monkeypatch.setattr(frame_features, "compute", real)
+    expected = FrameEngine(tiny).features(_pixels(tiny, 8, 3))
+    for a, b in zip(out, expected):
+        assert torch.allclose(a.vision_embeds.last_hidden_state, b.vision_embeds.last_hidden_state, atol=1e-5)
+
+
+def test_out_of_memory_in_a_tracker_step_fails_only_that_stream(tiny, monkeypatch):
+    engine = FrameEngine(tiny)
+    victims = [VideoTracker(tiny, ["dog"], H, W), VideoTracker(tiny, ["dog"], H, W)]
+    real_step = VideoTracker.step
+
+    def step(self, frame_idx, pixels, features=None):
+        if any(self is v for v in victims) and frame_idx == 3:
+            raise torch.OutOfMemoryError("CUDA out of memory (test)")
+        return real_step(self, frame_idx, pixels, features)
+
+    monkeypatch.setattr(VideoTracker, "step", step)
+    frames = np.random.default_rng(4).integers(0, 255, (8, H, W, 3), dtype=np.uint8)
+
+    def run(stream) -> int:
+        done = sum(len(stream.push(i, frames[i])) for i in range(8))
+        return done + len(stream.finish())
+
+    with pytest.raises(OutOfMemory) as caught:
+        run(engine.open_stream(victims[0], 4))
+    assert not caught.value.alone  # beside others: its chunk runs again alone, not counted
+    assert run(engine.open_stream(VideoTracker(tiny, ["dog"], H, W), 4)) == 8  # the engine goes on
+    with engine.exclusive.alone():
+        with pytest.raises(OutOfMemory) as again:
+            run(engine.open_stream(victims[1], 4, alone=True))
+    assert again.value.alone  # alone too: this one counts against the chunk's redeliveries
+
+
+def test_one_engine_per_loaded_model(tiny):
+    assert engine_for(tiny) is engine_for(tiny)
+
+
+def test_a_chunk_that_runs_alone_keeps_other_streams_out(tiny):
+    engine = FrameEngine(tiny)
+    entered = threading.Event()
+
+    def stream_group() -> None:
+        with engine.exclusive.shared():
+            entered.set()
+
+    with engine.exclusive.alone():
+        t = threading.Thread(target=stream_group)
+        t.start()
+        assert not entered.wait(0.3), "a stream ran while a chunk had the engine to itself"
+    assert entered.wait(10)
+    t.join()
