@@ -64,9 +64,9 @@ class Worker:
     log: Path
 
     @classmethod
-    def start(cls, env: dict, queues: str, name: str, logs: Path) -> Worker:
+    def start(cls, env: dict, queues: str, name: str, logs: Path, *extra: str) -> Worker:
         log = logs / f"{name}.log"
-        return cls(start_worker(env, queues, name, log), log)
+        return cls(start_worker(env, queues, name, log, *extra), log)
 
     @property
     def pid(self) -> int:

@@ -60,10 +60,10 @@ class RedisServer:
             self.proc.wait(10)
 
 
-def start_worker(env: dict, queues: str, name: str, log: Path) -> subprocess.Popen:
+def start_worker(env: dict, queues: str, name: str, log: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "sam3v.cli", "worker", "--queues", queues, "--concurrency", "1",
-         "--loglevel", "INFO", "--hostname", f"{name}@%h"],
+         "--loglevel", "INFO", "--hostname", f"{name}@%h", *extra],
         env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
 
 

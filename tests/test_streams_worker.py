@@ -1,0 +1,115 @@
+"""A GPU worker with K streams (``sam3v worker --streams 2``: one process, a threads pool, one model
+and engine), with real parts: redis-server, a moto S3 server, worker subprocesses, the tiny model.
+
+- Its outputs equal a one-stream (prefork) worker's, byte for byte: masks.json and decoded frames.
+- SIGKILL of the process while both streams are mid-chunk: both chunks are redelivered (and only
+  they run twice) and the job ends with the clean run's outputs.
+- Out of GPU memory in one stream's tracker step: that chunk runs again alone, not counted against
+  its redelivery limit; the other stream's video is not touched; outputs equal the clean run's.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from tests.fault_env import (CHUNKS, VIDEOS, Jobs, Worker, assert_ends_as_the_clean_run, run_clean,
+                             wait_for)
+from tests.test_pipeline import clips, env, redis_server, s3  # noqa: F401  (module fixtures)
+
+INJECT = Path(__file__).parent / "inject_oom"
+
+
+@pytest.fixture(scope="module")
+def jobs(env, redis_server, s3, clips, tmp_path_factory) -> Jobs:  # noqa: F811
+    return Jobs(env, redis_server.url, s3[0], tmp_path_factory.mktemp("streams"))
+
+
+@pytest.fixture(scope="module")
+def cpu(env, jobs):  # noqa: F811
+    worker = Worker.start(env, "cpu", "cpu-streams", jobs.workdir)
+    yield worker
+    worker.stop()
+
+
+@pytest.fixture(scope="module")
+def clean_job(env, jobs, cpu) -> str:  # noqa: F811
+    """The reference: one stream, prefork (as every other test's GPU worker)."""
+    gpu = Worker.start(env, "gpu", "gpu-one-stream", jobs.workdir, "--streams", "1")
+    try:
+        return run_clean(jobs, lambda: gpu.tail() + cpu.tail())
+    finally:
+        gpu.stop()
+
+
+def two_streams(env: dict, jobs: Jobs, name: str, **extra_env: str) -> Worker:
+    worker = Worker.start({**env, **extra_env}, "gpu", name, jobs.workdir, "--streams", "2")
+    wait_for(lambda: "ready." in worker.text(), 180, worker.tail)
+    assert "concurrency: 2 (thread" in worker.text(), worker.tail()
+    assert not worker.children(), "a K-stream worker is one process (a threads pool), with no prefork child"
+    return worker
+
+
+def test_two_streams_give_the_outputs_of_one(env, jobs, cpu, clean_job):  # noqa: F811
+    gpu = two_streams(env, jobs, "gpu-two-streams")
+    try:
+        job = jobs.submit(VIDEOS)
+        assert_ends_as_the_clean_run(jobs, clean_job, job, lambda: gpu.tail() + cpu.tail())
+        for vid in VIDEOS:
+            assert jobs.deliveries(job, vid) == {c.index: 1 for c in CHUNKS}, vid
+    finally:
+        gpu.stop()
+
+
+def both_mid_chunk(jobs: Jobs, job: str) -> dict[str, dict] | None:
+    """Each video's entry when both have a chunk under way (frames past its start, not done)."""
+    entries = {vid: jobs.video(job, vid) for vid in VIDEOS}
+    for entry in entries.values():
+        k = entry.get("chunks_done") or 0
+        if k >= len(CHUNKS) or (entry.get("frames_done") or 0) <= CHUNKS[k].start:
+            return None
+    return entries
+
+
+def test_killed_two_stream_worker_redelivers_both_chunks(env, jobs, cpu, clean_job):  # noqa: F811
+    gpu = two_streams(env, jobs, "gpu-killed")
+    job = jobs.submit(VIDEOS)
+    wait_for(lambda: both_mid_chunk(jobs, job), 240, lambda: f"{[jobs.video(job, v) for v in VIDEOS]}\n{gpu.tail()}",
+             poll=0.01)
+    os.kill(gpu.pid, signal.SIGSTOP)  # hold every thread while the proof is read
+    entries = both_mid_chunk(jobs, job)
+    assert entries, "both streams were mid-chunk when the process was stopped"
+    running = {vid: int(e.get("chunks_done") or 0) for vid, e in entries.items()}
+    for vid, k in running.items():
+        assert not jobs.exists(f"{job}/{vid}/work/chunks/{k:05d}/done.json"), f"{vid} chunk {k} had finished"
+        assert jobs.deliveries(job, vid)[k] == 1
+    gpu.kill(gpu.pid, signal.SIGKILL)
+    gpu.stop()
+
+    again = two_streams(env, jobs, "gpu-after-kill")  # restores the unacked messages past the visibility timeout
+    try:
+        assert_ends_as_the_clean_run(jobs, clean_job, job, lambda: again.tail() + cpu.tail())
+        for vid in VIDEOS:
+            want = {c.index: 2 if c.index == running[vid] else 1 for c in CHUNKS}
+            assert jobs.deliveries(job, vid) == want, f"{vid}: only the chunk in flight ran twice"
+    finally:
+        again.stop()
+
+
+def test_out_of_memory_in_one_stream_runs_that_chunk_again_alone(env, jobs, cpu, clean_job, tmp_path):  # noqa: F811
+    mark = tmp_path / "oom-injected"
+    pythonpath = os.pathsep.join(p for p in (str(INJECT), env.get("PYTHONPATH", "")) if p)
+    gpu = two_streams(env, jobs, "gpu-oom", PYTHONPATH=pythonpath, SAM3V_TEST_OOM_FRAME="10",
+                      SAM3V_TEST_OOM_MARK=str(mark))
+    try:
+        job = jobs.submit(VIDEOS)
+        assert_ends_as_the_clean_run(jobs, clean_job, job, lambda: gpu.tail() + cpu.tail())
+        assert mark.exists(), "the out-of-memory error was injected"
+        assert gpu.log_count("running it again with the GPU to itself") == 1, gpu.tail()
+        for vid in VIDEOS:  # the OOM start was not counted: every chunk counts one delivery
+            assert jobs.deliveries(job, vid) == {c.index: 1 for c in CHUNKS}, vid
+    finally:
+        gpu.stop()
