@@ -28,9 +28,12 @@ def embedded_app(settings: Settings) -> Celery:
     """The worker's Celery app for ``settings`` (which must name no broker), tasks registered."""
     if settings.broker_url:
         raise RuntimeError("the embedded runner needs the in-process broker (SAM3V_BROKER_URL unset)")
+    from sam3v.embedded_broker import TRANSPORT
     from workers.runtime import worker_app
 
-    return worker_app(settings)
+    app = worker_app(settings)
+    app.conf.broker_transport = TRANSPORT  # memory://, its queues read cpu first (see there)
+    return app
 
 
 @contextmanager

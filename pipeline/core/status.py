@@ -37,6 +37,15 @@ for _, f in ipairs({'frames_done', 'frames_total'}) do
   local delta = (tonumber(new_entry[f]) or 0) - (tonumber(old_entry[f]) or 0)
   if delta ~= 0 then redis.call('HINCRBYFLOAT', KEYS[3], f, delta) end
 end
+-- Videos whose frame count is known (probed) or that ended without one: until it reaches the
+-- job's total, frames_total is still growing and a watcher says "estimating" instead of an ETA.
+local function planned(e)
+  if tonumber(e['frames_total']) or e['status'] == 'succeeded' or e['status'] == 'failed'
+     or e['status'] == 'cancelled' then return 1 end
+  return 0
+end
+local planned_delta = planned(new_entry) - planned(old_entry)
+if planned_delta ~= 0 then redis.call('HINCRBY', KEYS[3], 'videos_planned', planned_delta) end
 if old_state ~= ARGV[2] then
   if old_state then redis.call('HINCRBY', KEYS[2], old_state, -1) end
   redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
@@ -134,7 +143,7 @@ class StatusStore:
         pipe = self.r.pipeline(transaction=True)
         pipe.hset(_k("job", job_id), mapping={
             "id": job_id, "name": name, "created": now, "updated": now, "total": len(items),
-            "spec": json.dumps(spec), "cancelled": 0,
+            "spec": json.dumps(spec), "cancelled": 0, "videos_planned": 0,
         })
         for start in range(0, len(items), 1000):
             part = items[start:start + 1000]
@@ -308,7 +317,7 @@ class StatusStore:
         now = time.time()
         pipe = self.r.pipeline(transaction=True)
         pipe.hset(_k("job", job_id), mapping={"id": job_id, "name": name, "created": now, "updated": now,
-                                              "spec": json.dumps(spec), "cancelled": 0})
+                                              "spec": json.dumps(spec), "cancelled": 0, "videos_planned": 0})
         pipe.zadd(_k("jobs"), {job_id: now})
         pipe.execute()
 
@@ -334,7 +343,7 @@ class StatusStore:
         the same cost for 10 videos or 100,000."""
         s = self.summary(job_id)
         pipe = self.r.pipeline(transaction=False)
-        pipe.hmget(_k("job", job_id), "frames_done", "frames_total")
+        pipe.hmget(_k("job", job_id), "frames_done", "frames_total", "videos_planned")
         pipe.exists(_k("job", job_id, "order"))
         pipe.lrange(_k("job", job_id, "rejected"), offset, offset + max(limit, 1) - 1)
         pipe.llen(_k("job", job_id, "rejected"))
@@ -346,6 +355,8 @@ class StatusStore:
             videos = self.status_document(job_id)["videos"][offset:offset + limit]
         return {"id": s.id, "name": s.name, "status": s.status, "total": s.total, "counts": s.counts,
                 "frames_done": int(float(frames[0] or 0)), "frames_total": int(float(frames[1] or 0)),
+                # None for a job recorded before the count existed (``_TRANSITION``)
+                "videos_planned": None if frames[2] is None else int(frames[2]),
                 "created": s.created, "updated": s.updated, "videos": videos,
                 "rejected": [json.loads(r) for r in rejected][:limit], "rejected_total": int(rejected_total),
                 "page": {"offset": offset, "limit": limit}}

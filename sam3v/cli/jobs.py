@@ -11,7 +11,7 @@ from rich.table import Table
 
 from pipeline.core.errors import InputError
 from sam3v.cli import job_output
-from sam3v.cli.common import context, err_console, is_terminal, job_context, out_console, progress_bar, user_errors
+from sam3v.cli.common import context, err_console, is_terminal, job_context, out_console, user_errors
 
 app = typer.Typer()
 
@@ -27,28 +27,16 @@ def summary_line(doc: dict) -> str:
 
 
 def watch_job(store, job_id: str, poll: float = 0.5, as_json: bool = False) -> dict:
-    """Live progress until the job ends; returns the final status document. Without a terminal (a
-    log, a pipe) or with ``as_json``: one line per video as it ends, on stdout (sam3v/cli/job_output.py)."""
+    """Live progress until the job ends; returns the final status document. On a terminal: bars, an
+    ETA once every video is planned and each failure as it happens (sam3v/cli/job_progress.py).
+    Without one (a log, a pipe) or with ``as_json``: one line per video as it ends, on stdout
+    (sam3v/cli/job_output.py)."""
     if as_json or not is_terminal():
         return job_output.follow(store, job_id, job_output.echo, as_json, poll)
-    with progress_bar("{task.fields[detail]}") as bar:
-        videos = bar.add_task("videos", total=None, detail="")
-        frames = bar.add_task("frames", total=None, detail="")
-        started, first_frames = time.monotonic(), None
-        while True:
-            doc = store.status_document(job_id, limit=0)  # the job's counters: no scan of its videos
-            c = doc["counts"]
-            done = c["succeeded"] + c["failed"] + c["cancelled"]
-            bar.update(videos, total=doc["total"], completed=done,
-                       detail=f"{c['succeeded']} ok, {c['failed']} failed, {c['processing']} running")
-            if first_frames is None:
-                first_frames = doc["frames_done"]
-            rate = (doc["frames_done"] - first_frames) / max(1e-6, time.monotonic() - started)
-            bar.update(frames, total=doc["frames_total"] or None, completed=doc["frames_done"],
-                       detail=f"{rate:.1f} frames/s")
-            if doc["status"] in FINAL_STATES:
-                return store.status_document(job_id)
-            time.sleep(poll)
+    from sam3v.cli.job_progress import Bars, bars, follow_live
+
+    with bars() as progress:
+        return follow_live(store, job_id, Bars(progress), poll)
 
 
 def finish(doc: dict, *notes: str, results: str | None = None, as_json: bool = False) -> NoReturn:
