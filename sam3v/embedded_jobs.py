@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.core.settings import Settings
@@ -38,19 +39,58 @@ def save_status(folder: Path, doc: dict) -> Path:
     return path
 
 
-def find(settings: Settings, job_id: str) -> Path | None:
-    """The folder of embedded job ``job_id``, if this machine ran it."""
+def _entries(settings: Settings) -> list[dict]:
+    """The index's entries, oldest first (a line that does not parse is skipped)."""
     path = _index(settings)
     if not path.is_file():
-        return None
+        return []
+    entries = []
     for line in path.read_text().splitlines():
         try:
             entry = json.loads(line)
         except ValueError:
             continue
-        if entry.get("id") == job_id:
+        if isinstance(entry, dict) and entry.get("id") and entry.get("folder"):
+            entries.append(entry)
+    return entries
+
+
+def find(settings: Settings, job_id: str) -> Path | None:
+    """The folder of embedded job ``job_id``, if this machine ran it."""
+    for entry in _entries(settings):
+        if entry["id"] == job_id:
             return Path(entry["folder"])
     return None
+
+
+#: An embedded job's state when its run never wrote status.json (still running, or interrupted).
+UNFINISHED = "unfinished"
+
+
+@dataclass(frozen=True)
+class EmbeddedJob:
+    id: str
+    folder: Path
+    created: float
+    status: str  # the job's final state, or UNFINISHED
+    name: str
+    total: int | None
+    counts: dict[str, int] | None
+    updated: float | None
+
+
+def recent(settings: Settings, limit: int) -> list[EmbeddedJob]:
+    """The newest ``limit`` embedded jobs this machine ran, newest first, with their saved states."""
+    found = []
+    for entry in sorted(_entries(settings), key=lambda e: float(e.get("created") or 0), reverse=True)[:limit]:
+        folder = Path(entry["folder"])
+        try:
+            doc = json.loads((folder / STATUS_FILE).read_text())
+        except (OSError, ValueError):
+            doc = {}
+        found.append(EmbeddedJob(entry["id"], folder, float(entry.get("created") or 0), doc.get("status", UNFINISHED),
+                                 doc.get("name", ""), doc.get("total"), doc.get("counts"), doc.get("updated")))
+    return found
 
 
 def where_message(settings: Settings, job_id: str) -> str | None:

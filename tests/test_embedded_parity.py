@@ -44,3 +44,28 @@ def test_an_embedded_job_is_found_in_its_output_folder(dog24, media_dir, tiny_mo
         assert str(folder) in asked.stderr.replace("\n", "")
     unknown = _sam3v(env, "status", "20260101-000000-deadbeef")
     assert unknown.returncode == 2 and "no such job" in unknown.stderr
+    # `sam3v jobs` lists it, marked as embedded, with its folder (and with no Redis configured at all).
+    listed = _sam3v(env, "jobs")
+    assert listed.returncode == 0, listed.stderr
+    row = next(line for line in listed.stdout.splitlines() if job in line)
+    assert "partial" in row and f"embedded: {folder}" in row, listed.stdout
+    as_json = _sam3v(env, "jobs", "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    [entry] = [j for j in json.loads(as_json.stdout) if j["id"] == job]
+    assert entry["embedded"] is True and entry["folder"] == str(folder) and entry["status"] == "partial"
+    assert entry["counts"]["succeeded"] == 1 and entry["total"] == 3
+
+
+def test_jobs_says_when_an_embedded_run_never_wrote_its_state(tmp_path):
+    from pipeline.core.settings import Settings
+    from sam3v import embedded_jobs
+
+    env = {k: v for k, v in os.environ.items() if k not in ("SAM3V_BROKER_URL", "SAM3V_REDIS_URL")}
+    env["SAM3V_CACHE"] = str(tmp_path / "cache")
+    # What `sam3v run` records before its first video runs; a run killed then leaves no status.json.
+    folder = embedded_jobs.record(Settings(cache=tmp_path / "cache"), "20260101-000000-0badc0de", tmp_path / "out",
+                                  tmp_path / "m.jsonl")
+    listed = json.loads(_sam3v(env, "jobs", "--json").stdout)
+    assert listed == [{"id": "20260101-000000-0badc0de", "name": "", "status": embedded_jobs.UNFINISHED, "total": None,
+                       "counts": None, "created": listed[0]["created"], "updated": None, "embedded": True,
+                       "folder": str(folder)}]

@@ -181,23 +181,46 @@ jobs_app = typer.Typer()
 @jobs_app.callback(invoke_without_command=True)
 @user_errors
 def jobs(ctx: typer.Context, limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20,
-         as_json: Annotated[bool, typer.Option("--json", help='A JSON array: [{"id", "name", "status", "total", '
-                                                            '"counts", "created", "updated"}], times ISO 8601 UTC.')] = False,
+         as_json: Annotated[bool, typer.Option("--json", help=(
+             'A JSON array: [{"id", "name", "status", "total", "counts", "created", "updated", "embedded", '
+             '"folder"}], times ISO 8601 UTC; "embedded": true for a `sam3v run` job, "folder" its output '
+             'folder (null for a job in Redis).'))] = False,
          ) -> None:
-    """Recent jobs (`sam3v jobs prune` removes old ones)."""
+    """Recent jobs: those in Redis and the embedded runs (`sam3v run`) this machine recorded under
+    SAM3V_CACHE, whose state is in their output folder ("unfinished": the run ended before writing it).
+    `sam3v jobs prune` removes old ones from Redis."""
     if ctx.invoked_subcommand:
         return
-    _, _, store = context()
+    settings, _, store = context()
+    rows = _job_rows(settings, store, limit)
     if as_json:
-        typer.echo(json.dumps([{"id": s.id, "name": s.name, "status": s.status, "total": s.total, "counts": s.counts,
-                                "created": job_output.stamp(s.created), "updated": job_output.stamp(s.updated)}
-                               for s in store.jobs(limit)], indent=1))
+        typer.echo(json.dumps([{k: v for k, v in r.items() if k != "_created"} for r in rows], indent=1))
         return
-    table = Table("job", "name", "status", "videos", "succeeded", "failed", "created")
-    for s in store.jobs(limit):
-        table.add_row(s.id, s.name, s.status, str(s.total), str(s.counts["succeeded"]), str(s.counts["failed"]),
-                      time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.created)))
+    table = Table("job", "name", "status", "videos", "succeeded", "failed", "created", "where")
+    for r in rows:
+        counts = r["counts"] or {}
+        table.add_row(r["id"], r["name"], r["status"], _cell(r["total"]), _cell(counts.get("succeeded")),
+                      _cell(counts.get("failed")), time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["_created"])),
+                      f"embedded: {r['folder']}" if r["embedded"] else "Redis")
     out_console.print(table)
+
+
+def _job_rows(settings, store, limit: int) -> list[dict]:
+    """The newest ``limit`` jobs of Redis and of the embedded index together, newest first (each row as
+    ``jobs --json`` prints it, plus "_created", the time to sort on)."""
+    from sam3v.embedded_jobs import recent
+
+    rows = [{"id": s.id, "name": s.name, "status": s.status, "total": s.total, "counts": s.counts,
+             "created": job_output.stamp(s.created), "updated": job_output.stamp(s.updated), "embedded": False,
+             "folder": None, "_created": s.created} for s in store.jobs(limit)]
+    rows += [{"id": e.id, "name": e.name, "status": e.status, "total": e.total, "counts": e.counts,
+              "created": job_output.stamp(e.created), "updated": None if e.updated is None else job_output.stamp(e.updated),
+              "embedded": True, "folder": str(e.folder), "_created": e.created} for e in recent(settings, limit)]
+    return sorted(rows, key=lambda r: r["_created"], reverse=True)[:limit]
+
+
+def _cell(value) -> str:
+    return "" if value is None else str(value)
 
 
 @app.command()
