@@ -29,4 +29,7 @@ def main() -> None:  # pragma: no cover - console entry
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # The in-process broker has no host name; kombu warns about it on every connection.
     logging.getLogger("kombu.connection").setLevel(logging.ERROR)
-    app()
+    from sam3v.cli.metavars import readable
+
+    # Typer's own labels (`<list[str]>`, `<bool>`, `{video}`) replaced by readable ones in every --help.
+    readable(typer.main.get_command(app))(prog_name="sam3v")

@@ -80,10 +80,10 @@ def submit(
              "state, results URI or reason) and the results location. Exit 0 if every video succeeded, 1 if "
              "any failed or was cancelled.")] = False,
     on_done: Annotated[Optional[str], typer.Option(
-        help="POST the job's outcome to this URL when it ends, signed like the API's webhooks (secret: "
+        metavar="URL", help="POST the job's outcome to this URL when it ends, signed like the API's webhooks (secret: "
              "`sam3v hook-secret`); sent by the worker that ends the job, retried on failure.")] = None,
     check_inputs: Annotated[str, typer.Option(
-        help="HEAD the manifest's s3:// inputs first: sample (the first 20), all, or none. All checked "
+        metavar="sample|all|none", help="HEAD the manifest's s3:// inputs first: sample (the first 20), all, or none. All checked "
              "missing refuses the job; some missing warns per line.")] = "sample",
 ) -> None:
     """Submit a manifest to the distributed pipeline; prints the job id on the last line."""
@@ -138,7 +138,7 @@ def status(
     page: Annotated[int, typer.Option(min=1, help="Which page of videos and rejected lines, in manifest order.")] = 1,
     limit: Annotated[int, typer.Option(min=0, help="Videos (and rejected lines) a page.")] = 50,
     videos: Annotated[str, typer.Option(
-        help="'page' (the counts, and one page of videos: the same cost for any job size) or 'all' (every "
+        metavar="page|all", help="'page' (the counts, and one page of videos: the same cost for any job size) or 'all' (every "
              "video and rejected line: a scan of them all).")] = "page",
 ) -> None:
     """A job's state and counts (kept as it runs), and a page of its videos and rejected manifest lines."""
@@ -244,7 +244,7 @@ def cancel(job: str) -> None:
 def retry(
     job: str,
     video: Annotated[Optional[list[str]], typer.Option(
-        "--video", help="Only this video (repeatable); it must be failed, or cancelled with --cancelled.")] = None,
+        "--video", metavar="ID", help="Only this video (repeatable); it must be failed, or cancelled with --cancelled.")] = None,
     cancelled: Annotated[bool, typer.Option(
         "--cancelled", help="Run cancelled videos again too (a cancelled job's unfinished work).")] = False,
 ) -> None:
@@ -273,7 +273,7 @@ def retry(
 @user_errors
 def prune(
     older_than: Annotated[str, typer.Option(
-        "--older-than", help="Jobs that ended more than this long ago: 30d, 12h, 90m or seconds.")],
+        "--older-than", metavar="DURATION", help="Jobs that ended more than this long ago: 30d, 12h, 90m or seconds.")],
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would be removed.")] = False,
 ) -> None:
     """Remove ended jobs' records from Redis now (running jobs never); their results stay in storage.

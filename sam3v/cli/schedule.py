@@ -17,9 +17,9 @@ app = typer.Typer(help="Nightly jobs (celery-redbeat: schedules live in Redis)."
 @user_errors
 def schedule_add(
     name: str,
-    manifest: Annotated[str, typer.Option(help="Manifest location (s3://bucket/key or a path workers can read).")],
-    cron: Annotated[Optional[str], typer.Option(help='Cron expression, e.g. "0 2 * * *" (UTC).')] = None,
-    every: Annotated[Optional[float], typer.Option(help="Or: fire every this many seconds.")] = None,
+    manifest: Annotated[str, typer.Option(metavar="URI", help="Manifest location (s3://bucket/key or a path workers can read).")],
+    cron: Annotated[Optional[str], typer.Option(metavar="EXPR", help='Cron expression, e.g. "0 2 * * *" (UTC).')] = None,
+    every: Annotated[Optional[float], typer.Option(metavar="SECONDS", help="Or: fire every this many seconds.")] = None,
     prompt: Annotated[Optional[str], typer.Option(help="Default prompt for lines without one.")] = None,
 ) -> None:
     """Add (or replace) a schedule that submits MANIFEST at each firing."""
