@@ -257,3 +257,34 @@ def test_a_chunk_that_runs_alone_keeps_other_streams_out(tiny):
         assert not entered.wait(0.3), "a stream ran while a chunk had the engine to itself"
     assert entered.wait(10)
     t.join()
+
+
+def test_a_group_that_cannot_fit_fails_alone_and_the_others_get_their_features(tiny, monkeypatch):
+    real = frame_features.compute
+    big = _pixels(tiny, 4, 5)
+
+    def no_room_for_big(model, pixels):
+        if pixels.shape[0] > 4 or any(torch.equal(p, big[0]) for p in pixels):
+            raise torch.OutOfMemoryError("CUDA out of memory (test)")
+        return real(model, pixels)
+
+    monkeypatch.setattr(frame_features, "compute", no_room_for_big)
+    engine = FrameEngine(tiny, max_batch=16)
+    results, errors = {}, {}
+
+    def ask(name, pixels):
+        try:
+            results[name] = engine.features(pixels)
+        except OutOfMemory as err:
+            errors[name] = err
+
+    with engine._backbone:
+        threads = [threading.Thread(target=ask, args=("big", big)),
+                   threading.Thread(target=ask, args=("small", _pixels(tiny, 4, 6)))]
+        for t in threads:
+            t.start()
+        while len(engine._pending) < 2:
+            threading.Event().wait(0.01)
+    for t in threads:
+        t.join(timeout=60)
+    assert set(errors) == {"big"} and len(results["small"]) == 4

@@ -163,8 +163,11 @@ class FrameEngine:
         except torch.OutOfMemoryError:
             _free_memory(self.loaded.device)
             if len(taken) > 1:
-                for request in taken:
-                    self._compute_together([request])
+                for request in taken:  # each stream's group alone; one that cannot fit fails alone
+                    try:
+                        self._compute_together([request])
+                    except OutOfMemory as err:
+                        request.future.set_exception(err)
                 return
             taken[0].future.set_result(self._compute_in_halves(taken[0].pixels))
             return
