@@ -146,8 +146,11 @@ def test_manifest_job_partial_with_a_corrupt_video_and_a_bad_line(env, s3, clips
     assert f"results/{job}/dog/overlay.mp4" in keys and f"results/{job}/bedroom/overlay.mp4" in keys
     assert not any("/work/" in k for k in keys), "chunk states and segments are deleted after finalize"
     results = [json.loads(x) for x in client.get_object(Bucket=BUCKET, Key=f"results/{job}/results.jsonl")["Body"].read().splitlines()]
-    assert {r["id"]: r["state"] for r in results} == {"dog": "succeeded", "bedroom": "succeeded",
-                                                       "corrupt": "failed", "dog-again": "succeeded"}
+    # Every manifest line, in line order; the rejected one (its id could not be read) with its reason.
+    assert [(r["line"], r["id"], r["state"]) for r in results] == [
+        (1, "dog", "succeeded"), (2, "bedroom", "succeeded"), (3, None, "rejected"), (4, "corrupt", "failed"),
+        (5, "dog-again", "succeeded")]
+    assert "max_frames" in results[2]["error"]
 
 
 def test_idempotency_key_returns_the_same_job(env, clips, redis_server, tmp_path):

@@ -53,8 +53,10 @@ def purge_queued(app: Celery, job_id: str, queues: list[str], batch: int = BATCH
     """Remove this job's messages from ``queues``, looking at ``batch`` messages per call; returns
     (messages removed, calls made). Other jobs' messages keep their places. A broker other than
     Redis (the embedded mode's in-memory one) is left alone: its messages drop themselves."""
-    # Every task's first argument is its job id; Celery writes the arguments' repr into the headers.
-    marker = f"['{job_id}',"
+    # Every task's first argument is its job id; Celery writes the arguments' repr into the headers:
+    # ['job', ...] for a list (the producer's send_task), ('job', ...) for a tuple (a probe's chain of
+    # chunks). The quoted id alone matches both, and only this job's messages hold it.
+    marker = f"'{job_id}'"
     removed = calls = 0
     with app.connection_for_write() as conn:
         if conn.transport.driver_type != "redis":
