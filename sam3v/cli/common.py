@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -14,6 +15,12 @@ from pipeline.core.errors import InputError, Sam3vError
 # Wider than any line we print: a log or a pipe must get whole lines (a job id cut to `2026…`, a
 # path split in two are useless there); a terminal keeps its own width.
 _NOT_A_TERMINAL_WIDTH = 100_000
+
+
+# --frame-batch of the commands that run the model here (segment, run): one definition.
+FrameBatchOption = Annotated[Optional[int], typer.Option(
+    "--frame-batch", min=1, max=64, help="Frames per batched detector call (B); results do not depend on it. "
+                                         "Default SAM3V_FRAME_BATCH (8).")]
 
 
 def _console(stderr: bool) -> Console:

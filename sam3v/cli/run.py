@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from pipeline.core.errors import InputError
-from sam3v.cli.common import err_console, is_terminal, user_errors
+from sam3v.cli.common import FrameBatchOption, err_console, is_terminal, user_errors
 from sam3v.cli.jobs import finish, watch_job
 
 app = typer.Typer()
@@ -22,9 +22,7 @@ def run(
     prompt: Annotated[Optional[str], typer.Option(help="Default prompt for lines without one.")] = None,
     model: Annotated[Optional[str], typer.Option(help="Model directory or Hugging Face id.")] = None,
     name: Annotated[str, typer.Option(help="A name for the job.")] = "",
-    frame_batch: Annotated[Optional[int], typer.Option(
-        min=1, max=64, help="Frames per batched detector call (B); results do not depend on it. "
-                            "Default SAM3V_FRAME_BATCH (8).")] = None,
+    frame_batch: FrameBatchOption = None,
 ) -> None:
     """Run a manifest here and now: in-process broker and worker, local storage. No Redis or S3."""
     if not manifest.is_file():

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from pipeline.core.errors import InputError
-from sam3v.cli.common import err_console, progress_bar, user_errors
+from sam3v.cli.common import FrameBatchOption, err_console, progress_bar, user_errors
 
 app = typer.Typer()
 
@@ -88,9 +88,7 @@ def segment(
         help="Detection score threshold, 0-1: detections scoring below it are dropped. The score a detection "
              "needs to start a new object moves with it (SAM 3: 0.5 and 0.7). Lower finds more, higher "
              "fewer. Default: the model's own.")] = None,
-    frame_batch: Annotated[Optional[int], typer.Option(
-        min=1, max=64, help="Frames per batched detector call (B); results do not depend on it. "
-                            "Default SAM3V_FRAME_BATCH (8).")] = None,
+    frame_batch: FrameBatchOption = None,
 ) -> None:
     """Segment one video: masks.json plus overlay.mp4 and/or mask.mp4 in --out."""
     if not video.exists():
