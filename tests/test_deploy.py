@@ -439,7 +439,8 @@ def test_compose_gpu_worker_gets_one_gpu_and_one_process():
     assert any(d.get("driver") == "nvidia" and "gpu" in d.get("capabilities", []) and d.get("count") == 1
                for d in devices), devices
     argv = as_argv(svc["command"])
-    assert argv[argv.index("--concurrency") + 1] == "1"
+    assert argv[argv.index("--concurrency") + 1] == "1"  # one process per GPU ...
+    assert argv[argv.index("--streams") + 1] == "2"  # ... running K chunks around one model
     assert set(argv[argv.index("--queues") + 1].split(",")) == {"gpu", "interactive-gpu"}
     cpu = as_argv(compose()["services"]["cpu-worker"]["command"])
     assert set(cpu[cpu.index("--queues") + 1].split(",")) == {"cpu", "interactive-cpu"}
@@ -463,7 +464,7 @@ def test_k8s_gpu_worker_requests_a_gpu():
     (gpu,) = deployments["sam3v-gpu-worker"]["spec"]["template"]["spec"]["containers"]
     assert str(gpu["resources"]["limits"]["nvidia.com/gpu"]) == "1"
     args = as_argv(gpu["args"])
-    assert args[args.index("--concurrency") + 1] == "1"
+    assert args[args.index("--concurrency") + 1] == "1" and args[args.index("--streams") + 1] == "2"
     for name in ("sam3v-cpu-worker", "sam3v-beat", "sam3v-flower"):
         for c in deployments[name]["spec"]["template"]["spec"]["containers"]:
             assert "nvidia.com/gpu" not in c.get("resources", {}).get("limits", {}), name
