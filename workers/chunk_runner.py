@@ -141,7 +141,7 @@ class ChunkRunner:
                           job.part_frames, self.limit, yuv=yuv_capable(job.info), start_frame=origin)
         self.render = RenderStage(self.workdir, job.videos, spec, self.log, self._publish_part)
         self.pending = {entry["frame"]: entry for entry in self.carry.pending}
-        self.stream = self.engine.open_stream(self.tracker, job.frame_batch, self._pruned, self.alone)
+        self.stream = self.engine.open_stream(self.tracker, job.frame_batch, self._stepped, self.alone)
         # Whole detector groups: the frames of the first and last group outside [start, stop) are
         # decoded as context (features only), so batches match an unchunked run's.
         self.context_from, last = (origin + g for g in self.stream.group_bounds(chunk.start - origin,
@@ -200,8 +200,6 @@ class ChunkRunner:
             if i < chunk.start:
                 continue  # already in the model's hotstart buffer; drawn once emitted
             self._push(i, frame, context=False)
-            if self.progress:
-                self.progress(i + 1 - origin)  # frames processed so far
         self._drain()
         if chunk.index == 0 and origin > 0 and self.seen == origin:
             raise InputError(f"{self.inputs.info.path}: start_frame {origin} is past the end of the video: no frame "
@@ -221,8 +219,11 @@ class ChunkRunner:
         for found in finished:
             self._emit(found)
 
-    def _pruned(self, frame_idx: int) -> None:
+    def _stepped(self, frame_idx: int) -> None:
+        """After each frame's tracking step (not when it is pushed: a group waits for its last frame)."""
         prune(self.tracker, frame_idx)
+        if self.progress:
+            self.progress(frame_idx + 1)  # frames through the model so far, counted from start_frame
 
     def _emit(self, found: FrameObjects) -> None:
         found = _to_source(found, self.inputs.start_frame)
