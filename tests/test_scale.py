@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 from pathlib import Path
 
@@ -95,6 +96,43 @@ def test_bad_lines_in_the_middle_are_reported_with_their_numbers(env, store, tmp
     assert not [k for k in store.r.scan_iter("sam3v:job:*") if job.encode() not in k]
 
 
+class _Revoked:
+    """task-revoked events seen on the broker (as Flower sees them), from a receiver thread."""
+
+    def __init__(self, app):
+        self.ids: set[str] = set()
+        self.reasons: set[str] = set()
+        self._conn = app.connection()
+        self._receiver = app.events.Receiver(self._conn, handlers={"task-revoked": self._seen})
+        self._thread = threading.Thread(target=lambda: self._receiver.capture(limit=None, timeout=None, wakeup=False),
+                                        daemon=True)
+        self._thread.start()
+
+    def _seen(self, event: dict) -> None:
+        self.ids.add(event["uuid"])
+        self.reasons.add(event.get("reason"))
+
+    def stop(self) -> None:
+        self._receiver.should_stop = True
+        self._thread.join(10)
+        self._conn.release()
+
+
+def listen_for_revoked(app) -> _Revoked:
+    """A receiver subscribed before returning: its own probe event has come back."""
+    from pipeline.control.purge import announce_revoked
+
+    seen = _Revoked(app)
+    deadline = time.monotonic() + 30
+    while "subscribed?" not in seen.ids:
+        assert time.monotonic() < deadline, "the event receiver never subscribed"
+        announce_revoked(app, ["subscribed?"])
+        time.sleep(0.2)
+    seen.ids.clear()
+    seen.reasons.clear()
+    return seen
+
+
 def test_cancel_removes_queued_messages_in_batches(env, store, celery, tmp_path):  # noqa: F811
     first = cli(env, "submit", write_manifest(tmp_path / "a.jsonl", lines(10)), "--prompt", "dog",
                 "--check-inputs", "none").stdout.split()[-1]
@@ -103,10 +141,18 @@ def test_cancel_removes_queued_messages_in_batches(env, store, celery, tmp_path)
     last = cli(env, "submit", write_manifest(tmp_path / "c.jsonl", lines(10)), "--prompt", "dog",
                "--check-inputs", "none").stdout.split()[-1]
     others = [m for m in store.r.lrange("cpu", 0, -1) if big.encode() not in m]
+    queued_big = [m for m in store.r.lrange("cpu", 0, -1) if big.encode() in m]
     assert store.r.llen("cpu") == 2520 and len(others) == 20
     assert store.mark_cancelled(big) == 2500
+    announced = listen_for_revoked(celery)
     purged = purge_job(celery, store, big, batch=100)
+    deadline = time.monotonic() + 60
+    while len(announced.ids) < 2500 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    announced.stop()
     assert purged.messages == 2500 and purged.calls >= 25, purged
+    # Flower saw each of them sent: each is announced revoked, or it would show pending forever.
+    assert announced.ids == {m["headers"]["id"] for m in map(json.loads, queued_big)} and announced.reasons == {"cancelled"}
     assert store.r.lrange("cpu", 0, -1) == others, "other jobs' messages keep their places"
     doc = store.status_document(big)
     assert doc["status"] == "cancelled" and {v["status"] for v in doc["videos"]} == {"cancelled"}
