@@ -41,7 +41,7 @@ def test_submit_rejects_a_line_over_the_limit(env, tmp_path):  # noqa: F811
     manifest = write_manifest(tmp_path / "m.jsonl", [
         '{"id": "ok", "video": "s3://b/a.mp4", "prompts": ["dog", "cat"]}',
         '{"id": "many", "video": "s3://b/b.mp4", "prompts": ["dog", "cat", "owl"]}'])
-    done = cli({**env, "SAM3V_MAX_PROMPTS": "2"}, "submit", manifest, "--strict")
+    done = cli({**env, "SAM3V_MAX_PROMPTS": "2"}, "submit", manifest, "--strict", "--check-inputs", "none")
     assert done.returncode == 2, done.stderr
     assert "line 2: prompts: 3 prompts, at most 2 per video (SAM3V_MAX_PROMPTS)" in done.stderr, done.stderr
 

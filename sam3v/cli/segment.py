@@ -96,16 +96,16 @@ def segment(
     if video.is_dir():
         raise InputError(f"{video} is a directory, not a video file")
     opts = _options(apply_mask, outputs, max_frames, chunk_frames, mask_opacity, start_frame, detection_threshold)
+    from pipeline.core.settings import get_settings
     from sam3v.local_checks import check_segment
 
+    settings = get_settings()
+    _check_prompt_count(prompt, settings.max_prompts)
     check_segment(video, prompt, model, device)  # before torch and the model load
-    from pipeline.core.settings import get_settings
     from pipeline.core.storage import LocalStorage
     from workers.model import load_model
     from workers.video_steps import segment_video
 
-    settings = get_settings()
-    _check_prompt_count(prompt, settings.max_prompts)
     loaded = load_model(model, device, settings.torch_threads)
     if loaded.is_tiny:
         err_console.print("[yellow]warning:[/] tiny random test model: its masks are meaningless")
