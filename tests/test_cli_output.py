@@ -139,9 +139,11 @@ def test_submit_wait_in_a_log_watch_results_jsonl_and_the_on_done_hook(env, s3, 
     listed = cli(env, "jobs")
     assert job in listed.stdout, listed.stdout
     assert job in [j["id"] for j in json.loads(cli(env, "jobs", "--json").stdout)]
-    jq = subprocess.run(f"{sys.executable} -m sam3v.cli jobs --json | jq -r '.[0].id'", shell=True, env=env,
-                        capture_output=True, text=True)
-    assert jq.returncode == 0 and jq.stdout.strip() == job, jq.stderr
+    # `sam3v jobs --json | jq -r '.[0].id'`, as a pipe of two processes (no shell).
+    listing = subprocess.Popen([sys.executable, "-m", "sam3v.cli", "jobs", "--json"], env=env, stdout=subprocess.PIPE)
+    jq = subprocess.run(["jq", "-r", ".[0].id"], stdin=listing.stdout, capture_output=True, text=True)
+    listing.stdout.close()
+    assert listing.wait() == 0 and jq.returncode == 0 and jq.stdout.strip() == job, jq.stderr
 
 
 def test_an_unreachable_redis_names_the_setting(env):

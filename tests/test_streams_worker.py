@@ -113,3 +113,19 @@ def test_out_of_memory_in_one_stream_runs_that_chunk_again_alone(env, jobs, cpu,
             assert jobs.deliveries(job, vid) == {c.index: 1 for c in CHUNKS}, vid
     finally:
         gpu.stop()
+
+
+def test_a_two_stream_worker_enforces_the_chunk_time_limit_itself(env, jobs, cpu):  # noqa: F811
+    """Celery's time limits do nothing in a threads pool: the chunk stops itself at its soft limit
+    (SAM3V_TASK_TIME_LIMIT 1 s, soft 1 s; an 8-frame chunk of the tiny model on one thread takes
+    longer) and its video fails with the reason, while the worker goes on."""
+    gpu = two_streams(env, jobs, "gpu-time-limit", SAM3V_TASK_TIME_LIMIT="1")
+    try:
+        job = jobs.submit(["dog"])
+        doc = jobs.wait_finished(job, 240, lambda: gpu.tail() + cpu.tail())
+        (video,) = doc["videos"]
+        assert video["status"] == "failed" and "ran past the task time limit (1 s)" in video["error"], video
+        assert 0 < (video.get("frames_done") or 0) < 20, "it stopped part-way, at a frame"
+        assert gpu.alive()
+    finally:
+        gpu.stop()

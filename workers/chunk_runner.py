@@ -224,6 +224,10 @@ class ChunkRunner:
         prune(self.tracker, frame_idx)
         if self.progress:
             self.progress(frame_idx + 1)  # frames through the model so far, counted from start_frame
+        # A group's steps run after its last frame is pushed: asked here too, a cancel (or the chunk's
+        # own time limit, in a threads pool) stops the chunk within a frame, not a group.
+        if self.should_stop and self.should_stop():
+            raise Cancelled(f"stopped at frame {frame_idx + 1 + self.inputs.start_frame}: its video is no longer wanted")
 
     def _emit(self, found: FrameObjects) -> None:
         found = _to_source(found, self.inputs.start_frame)
