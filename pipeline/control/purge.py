@@ -30,17 +30,16 @@ for i, message in ipairs(window) do
   if string.find(message, ARGV[3], 1, true) then
     redis.call('LSET', KEYS[1], tonumber(ARGV[1]) + i - 1, marker)
     removed = removed + 1
-    local ok, decoded = pcall(cjson.decode, message)
-    if ok and type(decoded) == 'table' and type(decoded['headers']) == 'table' and decoded['headers']['id'] then
-      table.insert(ids, decoded['headers']['id'])
-    end
+    -- Celery's correlation_id is the task id; matched, not decoded (cheaper over 100,000 messages).
+    local id = string.match(message, '"correlation_id": "([^"]+)"')
+    if id then table.insert(ids, id) end
   end
 end
 local length = redis.call('LLEN', KEYS[1])
 if removed > 0 then redis.call('LREM', KEYS[1], removed, marker) end
 return {removed, length, ids}
 """
-EVENTS_PER_MESSAGE = 500  # task-revoked events sent together (Celery's event receivers take lists)
+EVENTS_PER_MESSAGE = 2000  # task-revoked events sent together (Celery's event receivers take lists)
 
 
 @dataclass(frozen=True)
