@@ -259,7 +259,15 @@ def test_flower_sees_our_workers_and_tasks(env, redis_server, tmp_path):
 
         wait_for(lambda: "sam3v.probe" in task_names(), 60, lambda: f"tasks seen: {task_names()}\n{_logs(*logs)}",
                  poll=0.5)
-        workers = httpx.get(f"{base}/api/workers", params={"refresh": "1"}, timeout=10).json()
+
+        def inspected() -> dict:
+            # refresh=1 asks the workers over the broker and waits Flower's inspect timeout (1 s): a
+            # worker busy starting its process may answer late, and Flower then lists nobody.
+            return httpx.get(f"{base}/api/workers", params={"refresh": "1"}, timeout=10).json()
+
+        workers = wait_for(lambda: (found := inspected()) and any(w.startswith("flowerw@") for w in found) and found,
+                           60, lambda: f"Flower's inspect never listed flowerw@: {inspected()}\n{_logs(*logs)}",
+                           poll=1)
         assert any(w.startswith("flowerw@") for w in workers), workers
         assert cli(env, "status", job, "--json").returncode == 0
     finally:
