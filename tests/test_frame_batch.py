@@ -176,18 +176,23 @@ def _pixels(loaded, n: int, seed: int) -> torch.Tensor:
                         for _ in range(n)])
 
 
-def test_waiting_groups_of_several_streams_share_one_backbone_call(tiny):
-    engine = FrameEngine(tiny, max_batch=16)
-    results = {}
-    with engine._backbone:  # a call is running: both groups wait for the next one
-        threads = [threading.Thread(target=lambda s=s: results.__setitem__(s, engine.features(_pixels(tiny, 8, s))))
-                   for s in (1, 2)]
+def waiting_together(engine: FrameEngine, calls: list) -> None:
+    """Run ``calls`` (each asks the engine for features) in threads while a backbone call is
+    running, so that all of them wait for the next one together; returns once all are done."""
+    with engine._backbone:
+        threads = [threading.Thread(target=call) for call in calls]
         for t in threads:
             t.start()
-        while len(engine._pending) < 2:
+        while len(engine._pending) < len(calls):
             threading.Event().wait(0.01)
     for t in threads:
         t.join(timeout=60)
+
+
+def test_waiting_groups_of_several_streams_share_one_backbone_call(tiny):
+    engine = FrameEngine(tiny, max_batch=16)
+    results = {}
+    waiting_together(engine, [lambda s=s: results.__setitem__(s, engine.features(_pixels(tiny, 8, s))) for s in (1, 2)])
     assert engine.batches == [16]
     alone = FrameEngine(tiny).features(_pixels(tiny, 8, 2))
     assert all(torch.allclose(a.vision_embeds.last_hidden_state, b.vision_embeds.last_hidden_state, atol=1e-5)
@@ -278,13 +283,6 @@ def test_a_group_that_cannot_fit_fails_alone_and_the_others_get_their_features(t
         except OutOfMemory as err:
             errors[name] = err
 
-    with engine._backbone:
-        threads = [threading.Thread(target=ask, args=("big", big)),
-                   threading.Thread(target=ask, args=("small", _pixels(tiny, 4, 6)))]
-        for t in threads:
-            t.start()
-        while len(engine._pending) < 2:
-            threading.Event().wait(0.01)
-    for t in threads:
-        t.join(timeout=60)
+    small = _pixels(tiny, 4, 6)
+    waiting_together(engine, [lambda: ask("big", big), lambda: ask("small", small)])
     assert set(errors) == {"big"} and len(results["small"]) == 4
