@@ -2,17 +2,21 @@
 redis-server with AOF ``appendfsync always``, a moto S3 server on 127.0.0.1, the tiny model, the
 clips in the bucket).
 
-- ``Worker``: a ``sam3v worker`` subprocess whose prefork child can be found (``pgrep -P``) and killed.
+- ``Worker``: a ``sam3v worker`` subprocess whose prefork child can be found (``pgrep -P``) and killed;
+  started with ``count_steps=True`` it logs every tracker step (``tests/step_log``): ``steps()`` says
+  which frames went through the model, in which process.
 - ``Jobs``: submit a manifest, read a video's entry and its chunks' delivery counts straight from
   Redis (quick enough to catch a chunk between two frames), wait for the job with a bounded wait.
 - The faulted manifest (``VIDEOS``: 3 chunks each) and its clean run (``run_clean``); ``seeds``
   draws a moment (video, chunk, frame) per seed and ``frozen_mid_chunk`` stops a GPU child there,
   with the proof from the status store that the chunk is under way.
 - ``assert_same_outputs``: a faulted run against a clean one: ``masks.json`` byte for byte, the
-  videos frame for frame (decoded by the ffmpeg CLI), and exactly the same keys in the bucket.
+  videos frame for frame (decoded by the ffmpeg CLI), and exactly the same keys in the bucket; the
+  clean run's masks must list objects (equal empty outputs would prove nothing).
 """
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -28,6 +32,7 @@ import redis
 from pipeline.core.layout import JobKeys
 from pipeline.core.planning import Chunk, plan_chunks
 from pipeline.core.status import StatusStore
+from tests.guards import assert_found_objects
 from tests.services import start_worker, stop_process
 from tests.test_pipeline import BUCKET, CHUNK, FRAMES, cli, line, wait_terminal, write_manifest
 
@@ -37,6 +42,7 @@ CHUNKS = plan_chunks(FRAMES, CHUNK)  # 3 chunks a video
 FILES = ("masks.json", "overlay.mp4")  # a video's outputs with the default options
 # A faulted job must finish within this; a clean run of VIDEOS takes ~30-60 s on a busy 2-core box.
 FINISH_TIMEOUT = 240
+STEP_LOG_HOOK = Path(__file__).resolve().parent / "step_log"  # a sitecustomize: see its docstring
 
 
 def wait_for(condition: Callable[[], object], timeout: float, what: Callable[[], str], poll: float = 0.02):
@@ -62,11 +68,16 @@ def _alive(pid: int) -> bool:
 class Worker:
     proc: subprocess.Popen
     log: Path
+    step_log: Path | None = None
 
     @classmethod
-    def start(cls, env: dict, queues: str, name: str, logs: Path, *extra: str) -> Worker:
+    def start(cls, env: dict, queues: str, name: str, logs: Path, *extra: str, count_steps: bool = False) -> Worker:
         log = logs / f"{name}.log"
-        return cls(start_worker(env, queues, name, log, *extra), log)
+        step_log = logs / f"{name}.steps" if count_steps else None
+        if step_log:
+            path = os.pathsep.join(p for p in (str(STEP_LOG_HOOK), env.get("PYTHONPATH", "")) if p)
+            env = {**env, "PYTHONPATH": path, "SAM3V_TEST_STEP_LOG": str(step_log)}
+        return cls(start_worker(env, queues, name, log, *extra), log, step_log)
 
     @property
     def pid(self) -> int:
@@ -99,6 +110,12 @@ class Worker:
 
     def log_count(self, needle: str) -> int:
         return self.text().count(needle)
+
+    def steps(self) -> list[tuple[int, int]]:
+        """(pid, model frame) of every tracker step this worker's processes ran so far, in order."""
+        assert self.step_log, "started without count_steps"
+        text = self.step_log.read_text() if self.step_log.exists() else ""
+        return [(int(pid), int(frame)) for pid, frame in (row.split() for row in text.splitlines())]
 
     def stop(self) -> None:
         stop_process(self.proc)
@@ -173,6 +190,8 @@ def assert_same_outputs(jobs: Jobs, clean: str, job: str, video_ids: list[str]) 
     """``job``'s outputs equal ``clean``'s: the same keys, ``masks.json`` byte for byte, the videos
     frame for frame."""
     clean_keys = jobs.keys(clean)
+    for vid in video_ids:
+        assert_found_objects(json.loads(jobs.read(f"{clean}/{vid}/masks.json")))
     assert jobs.keys(job) == clean_keys, "a faulted run leaves exactly the keys of a clean run"
     for rel in sorted(clean_keys):
         vid, _, name = rel.partition("/")
