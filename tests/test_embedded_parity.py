@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 from tests import media
 
@@ -15,6 +16,10 @@ from tests import media
 def _sam3v(env: dict, *args) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "sam3v.cli", *map(str, args)], env=env, capture_output=True,
                           text=True, timeout=600)
+
+
+def _iso(when: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
 
 
 def test_an_embedded_job_is_found_in_its_output_folder(dog24, media_dir, tiny_model_dir, tmp_path):
@@ -63,9 +68,13 @@ def test_jobs_says_when_an_embedded_run_never_wrote_its_state(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("SAM3V_BROKER_URL", "SAM3V_REDIS_URL")}
     env["SAM3V_CACHE"] = str(tmp_path / "cache")
     # What `sam3v run` records before its first video runs; a run killed then leaves no status.json.
+    before = time.time()
     folder = embedded_jobs.record(Settings(cache=tmp_path / "cache"), "20260101-000000-0badc0de", tmp_path / "out",
                                   tmp_path / "m.jsonl")
-    listed = json.loads(_sam3v(env, "jobs", "--json").stdout)
-    assert listed == [{"id": "20260101-000000-0badc0de", "name": "", "status": embedded_jobs.UNFINISHED, "total": None,
-                       "counts": None, "created": listed[0]["created"], "updated": None, "embedded": True,
-                       "folder": str(folder)}]
+    after = time.time()
+    [entry] = json.loads(_sam3v(env, "jobs", "--json").stdout)
+    created = entry.pop("created")
+    assert entry == {"id": "20260101-000000-0badc0de", "name": "", "status": embedded_jobs.UNFINISHED, "total": None,
+                     "counts": None, "updated": None, "embedded": True, "folder": str(folder)}
+    # When it was recorded (ISO 8601 UTC, to the second: such strings sort as the times do).
+    assert _iso(before) <= created <= _iso(after), (_iso(before), created, _iso(after))

@@ -15,10 +15,11 @@ ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "transformers", "decord", "av", "safetensors", "pycocotools", "ffmpeg")
 
 
-def imports(path: Path) -> list[tuple[int, str]]:
-    """(line, module) for every import in ``path``, at any depth; relative imports resolved."""
+def imports(path: Path, root: Path = ROOT) -> list[tuple[int, str]]:
+    """(line, module) for every import in ``path`` (a module of the tree at ``root``), at any depth;
+    relative imports resolved."""
     tree = ast.parse(path.read_text(), str(path))
-    package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
+    package = ".".join(path.relative_to(root).with_suffix("").parts[:-1])
     found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -35,16 +36,16 @@ def imports(path: Path) -> list[tuple[int, str]]:
     return found
 
 
-def modules_under(folder: str) -> list[Path]:
-    return sorted((ROOT / folder).rglob("*.py"))
+def modules_under(folder: str, root: Path = ROOT) -> list[Path]:
+    return sorted((root / folder).rglob("*.py"))
 
 
-def offenders(folder: str, forbidden: tuple[str, ...]) -> list[str]:
+def offenders(folder: str, forbidden: tuple[str, ...], root: Path = ROOT) -> list[str]:
     bad = []
-    for path in modules_under(folder):
-        for line, module in imports(path):
+    for path in modules_under(folder, root):
+        for line, module in imports(path, root):
             if any(module == f or module.startswith(f + ".") for f in forbidden):
-                bad.append(f"{path.relative_to(ROOT)}:{line} imports {module}")
+                bad.append(f"{path.relative_to(root)}:{line} imports {module}")
     return bad
 
 
@@ -59,17 +60,19 @@ def test_no_import_points_upward_or_at_the_heavy_stack(folder, forbidden):
 
 
 def test_the_walk_sees_imports_inside_functions(tmp_path):
-    """The check above would be blind if nested imports were missed: it must find this one."""
-    probe = ROOT / "pipeline" / "core" / "_layering_probe.py"
-    probe.write_text("def f():\n    from workers import tasks\n    import torch\n")
-    try:
-        assert offenders("pipeline/core", ("workers", "torch")) == [
-            "pipeline/core/_layering_probe.py:2 imports workers",
-            "pipeline/core/_layering_probe.py:2 imports workers.tasks",
-            "pipeline/core/_layering_probe.py:3 imports torch",
-        ]
-    finally:
-        probe.unlink()
+    """The check above would be blind if nested imports were missed: it must find these. The probe
+    tree is a copy of the layout under tmp_path, never the source tree (a killed run would leave a
+    probe there that fails the check above in every later run)."""
+    core = tmp_path / "pipeline" / "core"
+    core.mkdir(parents=True)
+    (core / "_layering_probe.py").write_text("def f():\n    from workers import tasks\n    import torch\n"
+                                             "    from .. import control\n")
+    assert offenders("pipeline/core", ("workers", "torch", "pipeline.control"), root=tmp_path) == [
+        "pipeline/core/_layering_probe.py:2 imports workers",
+        "pipeline/core/_layering_probe.py:2 imports workers.tasks",
+        "pipeline/core/_layering_probe.py:3 imports torch",
+        "pipeline/core/_layering_probe.py:4 imports pipeline.control",
+    ]
 
 
 def test_nothing_below_the_entry_points_assigns_to_os_environ():

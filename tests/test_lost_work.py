@@ -1,14 +1,18 @@
 """Fast checks of the pieces that keep work from being lost (in-process Redis: fakeredis, which runs
-the status store's Lua). The same pieces are exercised against real processes in tests/test_outages.py."""
+the status store's Lua, directly or as the embedded context's). The same pieces are exercised
+against real processes in tests/test_outages.py."""
 
 from __future__ import annotations
 
 import fakeredis
 import pytest
+import redis
 
 from pipeline.core.heartbeats import Heartbeats
 from pipeline.core.settings import Settings
 from pipeline.core.status import StatusStore
+from pipeline.core.storage import StorageUnavailable
+from tests.test_redeliveries import running_video  # noqa: F401  (the embedded context, a video processing)
 
 
 @pytest.fixture
@@ -122,3 +126,26 @@ def test_an_unreachable_s3_endpoint_is_an_outage_not_an_error_of_the_input(tmp_p
                  lambda: storage.exists("k"), lambda: storage.get_file("k", tmp_path / "g")):
         with pytest.raises(StorageUnavailable, match="s3://bucket: storage unreachable"):
             call()
+
+
+@pytest.mark.parametrize("outage", [
+    redis.ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused."),
+    StorageUnavailable("s3://bucket: storage unreachable (EndpointConnectionError)"),
+], ids=["redis", "storage"])
+def test_a_start_an_outage_interrupts_is_not_counted_against_the_redelivery_limit(running_video, outage, monkeypatch):
+    """README, Reliability: a chunk that an outage stops runs again later, and that start is not
+    counted against SAM3V_MAX_REDELIVERIES. The task body is called directly, as in
+    tests/test_redeliveries.py; the outage meets the chunk just after its start was counted. More
+    interrupted starts than the limit allows leave the video processing and the count at 0 (counted,
+    the last start would fail the video: "started 3 times and never finished")."""
+    tasks, ctx = running_video
+
+    def unreachable(*_):
+        raise outage
+
+    monkeypatch.setattr(tasks, "_spec", unreachable)  # the chunk's first read once its start is counted
+    for _ in range(ctx.settings.max_redeliveries + 1):
+        with pytest.raises(type(outage)):  # called directly, Celery's retry raises the outage again
+            tasks.segment_chunk_task(job_id="job1", video_id="v", k=2, start=20, stop=30, final=False, num_frames=40)
+    assert ctx.status.video("job1", "v")["status"] == "processing"
+    assert int(ctx.status.r.hget("sam3v:deliveries:job1:v", "2")) == 0, "every start given back"
