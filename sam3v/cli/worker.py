@@ -50,6 +50,7 @@ def worker(
     if frame_batch:
         settings = settings.model_copy(update={"frame_batch": frame_batch})
     from sam3v.worker_start import start_checks
+    from workers import service
     from workers.runtime import worker_app
 
     started = start_checks(settings, queues, concurrency, hostname)  # refuses to start naming the setting
@@ -60,17 +61,41 @@ def worker(
     celery_app = worker_app(settings, preload_model=started.runs_model and k == 1)
     pool = ["-P", "threads", "-c", str(k)] if k > 1 else ["-P", "prefork", "-c", str(concurrency),
                                                           "--max-tasks-per-child", str(max_tasks_per_child)]
-    if k > 1 and started.runs_model:
-        from workers.runtime import model
-
-        model()  # no worker_process_init in a threads pool: load before taking a task
     argv = ["worker", "-Q", ",".join(started.queues), *pool, "-E", "--loglevel", loglevel]
     if hostname:
         argv += ["-n", hostname]
+    service.begin(settings, started.record)
     try:
-        celery_app.worker_main(argv)
+        if started.runs_model and k == 1:  # prefork: consume once a child has loaded the weights
+            celery_app.steps["consumer"].add(service.ReadyGate)
+        # A threads pool has no worker_process_init: its one model loads here, before Celery starts.
+        if not started.runs_model or k == 1 or _load_model_here(settings):
+            celery_app.worker_main(argv)
+    except SystemExit as exit_:
+        code = exit_.code
+    else:
+        code = 0
     finally:
         started.stop.set()
+        reason = service.end()
+    if reason is not None:  # a supervisor restarts the worker or alerts; the log says why
+        typer.echo(f"error: worker out of service: {reason}", err=True)
+        raise SystemExit(service.EXIT_OUT_OF_SERVICE)
+    raise SystemExit(code)
+
+
+def _load_model_here(settings) -> bool:
+    """A threads pool's one model; False (the worker out of service, saying why) if it cannot load."""
+    from workers import service
+    from workers.blame import worker_fault
+    from workers.runtime import model
+
+    try:
+        model()
+        return True
+    except Exception as err:
+        service.record_fault(worker_fault(err, settings.model) or f"SAM3V_MODEL={settings.model}: {err}")
+        return False
 
 
 def _streams(asked: int | None, runs_model: bool) -> int:
