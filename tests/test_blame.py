@@ -21,13 +21,20 @@ OUT_OF_SERVICE = 3  # workers.service.EXIT_OUT_OF_SERVICE
 
 
 @pytest.fixture(scope="module")
-def jobs(env, redis_server, s3, clips, tmp_path_factory) -> Jobs:  # noqa: F811
-    return Jobs(env, redis_server.url, s3[0], tmp_path_factory.mktemp("blame"))
+def roomy(env) -> dict:  # noqa: F811
+    """test_pipeline's settings with time limits for a loaded 2-core host (a clean run must not
+    fail a chunk on time: these tests prove that no video fails)."""
+    return {**env, "SAM3V_TASK_TIME_LIMIT": "150", "SAM3V_VISIBILITY_TIMEOUT": "160"}
 
 
 @pytest.fixture(scope="module")
-def cpu(env, jobs):  # noqa: F811
-    worker = Worker.start(env, "cpu", "cpu-blame", jobs.workdir)
+def jobs(roomy, redis_server, s3, clips, tmp_path_factory) -> Jobs:  # noqa: F811
+    return Jobs(roomy, redis_server.url, s3[0], tmp_path_factory.mktemp("blame"))
+
+
+@pytest.fixture(scope="module")
+def cpu(jobs):
+    worker = Worker.start(jobs.env, "cpu", "cpu-blame", jobs.workdir)
     yield worker
     worker.stop()
 
@@ -68,8 +75,8 @@ def test_config_only_model_refused_at_start_naming_sam3v_model(env, redis_server
     assert "ready." not in worker.text(), "Celery never started"
 
 
-def test_unloadable_weights_take_the_worker_out_of_service_and_fail_no_video(env, jobs, cpu, clips,  # noqa: F811
-                                                                                 half_copied_model, tmp_path):
+def test_unloadable_weights_take_the_worker_out_of_service_and_fail_no_video(jobs, cpu, half_copied_model, tmp_path):
+    env = jobs.env
     job = jobs.submit(VIDEOS)  # queued before the faulty worker starts: it could take every task
     wait_for(lambda: all((jobs.video(job, v).get("chunks_total") or 0) == len(CHUNKS) for v in VIDEOS), 120,
              lambda: str([jobs.video(job, v) for v in VIDEOS]) + cpu.tail(), poll=0.2)
@@ -95,7 +102,8 @@ def test_unloadable_weights_take_the_worker_out_of_service_and_fail_no_video(env
         good.stop()
 
 
-def test_a_full_disk_mid_chunk_hands_the_task_back_uncounted(env, jobs, cpu, tmp_path):  # noqa: F811
+def test_a_full_disk_mid_chunk_hands_the_task_back_uncounted(jobs, cpu, tmp_path):
+    env = jobs.env
     gpu = Worker.start(env, "gpu", "gpu-clean", jobs.workdir)
     try:
         clean = run_clean(jobs, lambda: gpu.tail() + cpu.tail())
