@@ -31,7 +31,7 @@ from pipeline.control import schedules
 from pipeline.core.celery_app import CLOSE_CANCELLED, FINALIZE, PROBE, SEGMENT_CHUNK, queue_for
 from pipeline.core.errors import Cancelled, Sam3vError
 from pipeline.core.heartbeats import Heartbeats
-from pipeline.core.layout import VideoKeys
+from pipeline.core.layout import JobKeys, VideoKeys
 from pipeline.core.planning import PART_FRAMES, Chunk
 from pipeline.core.specs import VideoSpec
 from pipeline.core.storage import StorageUnavailable
@@ -191,6 +191,7 @@ def probe_task(self, job_id: str, video_id: str, attempt: int = 0) -> None:
     def step():
         spec = _spec(ctx, job_id, video_id)
         ctx.status.update_video(job_id, video_id, fence=attempt, status="processing", started=time.time())
+        ctx.status.record_results(job_id, ctx.storage.uri(JobKeys(job_id).results))  # where it will be
         source = stage_source(ctx.storage, ctx.settings, job_id, video_id, {"video": spec.video})
         path = local_source(ctx.storage, ctx.settings, source, job_id, video_id)
         plan = prepare(path, spec, spec.video, ctx.settings.chunk_seconds)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -113,7 +114,10 @@ def _streams(asked: int | None, runs_model: bool) -> int:
 @user_errors
 def beat(loglevel: Annotated[str, typer.Option("--log-level", "--loglevel", help="Log level.")] = "INFO") -> None:
     """Run the scheduler (celery beat with RedBeat; several may run, one holds the lock)."""
-    schedules_app().start(["beat", "-S", "redbeat.RedBeatScheduler", "--loglevel", loglevel])
+    from pipeline.control.schedules import HeartbeatScheduler
+
+    schedules_app().start(["beat", "-S", f"{HeartbeatScheduler.__module__}:{HeartbeatScheduler.__name__}",
+                           "--loglevel", loglevel])
 
 
 @app.command()
@@ -121,12 +125,23 @@ def beat(loglevel: Annotated[str, typer.Option("--log-level", "--loglevel", help
 def flower(
     port: Annotated[int, typer.Option(help="HTTP port.")] = 5555,
     address: Annotated[str, typer.Option(help="Listen address.")] = "127.0.0.1",
-    basic_auth: Annotated[Optional[str], typer.Option(envvar="FLOWER_BASIC_AUTH",
-                                                      help="user:password (the API is off without auth).")] = None,
+    basic_auth: Annotated[Optional[str], typer.Option(
+        envvar="FLOWER_BASIC_AUTH", show_envvar=False,
+        help="user:password for the UI and API (better from the environment, FLOWER_BASIC_AUTH: an option is "
+             "visible in ps). Without it (and without FLOWER_UNAUTHENTICATED_API=true on a loopback address) a "
+             "password is generated and printed once.")] = None,
+    state: Annotated[Path, typer.Option(help="Flower's state file (--persistent): task history survives a "
+                                             "restart.")] = Path("flower.db"),
+    generate_password: Annotated[bool, typer.Option(
+        help="Generate a password when none is set (without one, Flower's API answers 401).")] = True,
 ) -> None:
-    """Flower, the Celery monitor, against the configured broker (workers send events, -E)."""
-    settings = _settings_with_broker("Flower watches a broker")
-    argv = [sys.executable, "-m", "celery", "-b", settings.broker_url, "flower", f"--port={port}", f"--address={address}"]
-    if basic_auth:
-        argv.append(f"--basic-auth={basic_auth}")
-    os.execv(sys.executable, argv)
+    """Flower, the Celery monitor, against the configured broker (workers send events, -E). The
+    broker URL and the credentials reach Flower through its environment, never its command line."""
+    from sam3v.flower_launch import flower_launch
+
+    _settings_with_broker("Flower watches a broker")
+    launch = flower_launch(port, address, basic_auth, state.expanduser().absolute(), generate_password)
+    for notice in launch.notices:
+        typer.echo(notice, err=True)
+    sys.stderr.flush()
+    os.execve(sys.executable, launch.argv, launch.env)
