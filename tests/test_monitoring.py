@@ -26,6 +26,7 @@ from tests.services import free_port, start_worker, stop_process
 from tests.test_pipeline import BUCKET, cli, clips, env, redis_server, s3  # noqa: F401  (fixtures)
 
 EVERY = 4  # seconds between firings of the --every schedule
+LIST_EVERY = 10  # the --every schedule whose listed next runs are compared with beat's firings
 MANIFEST = f"s3://{BUCKET}/manifests/nightly.jsonl"
 CRON_SLOT = "%Y-%m-%dT%H:%MZ"  # pipeline.control.schedules.slot for cron schedules: the firing's minute
 
@@ -398,23 +399,24 @@ def test_schedule_list_names_beats_own_firing_times_and_warns_without_beat(env, 
     log = tmp_path / "beat.log"
     beat = None
     try:
-        add = cli(local, "schedule", "add", "every4", "--every", EVERY, "--manifest", MANIFEST, "--prompt", "dog")
+        add = cli(local, "schedule", "add", "every10", "--every", LIST_EVERY, "--manifest", MANIFEST, "--prompt", "dog")
         assert add.returncode == 0 and "no `sam3v beat` has been seen" in add.stderr, add.stderr
         assert cli(local, "schedule", "add", "minutely", "--cron", "* * * * *", "--manifest", MANIFEST,
                    "--prompt", "dog").returncode == 0
         beat = _beat(local, log)
-        wait_for(lambda: "no `sam3v beat`" not in _listed(local, "every4")[1], 120,
+        wait_for(lambda: "no `sam3v beat`" not in _listed(local, "every10")[1], 120,
                  lambda: f"the beat never published its heartbeat\n{_logs(log)}", poll=0.5)
         for _ in range(3):
-            runs = _listed(local, "every4")[0]["runs"]
-            wait_for(lambda: _listed(local, "every4")[0]["runs"] > runs, 30, lambda: _logs(log), poll=0.2)
-            time.sleep(EVERY / 2)  # mid-interval: an estimate from "now" would be off by the time since the firing
-            listed, warning = _listed(local, "every4")
+            runs = _entry(own.url, "every10").total_run_count
+            wait_for(lambda: _entry(own.url, "every10").total_run_count > runs, 30, lambda: _logs(log), poll=0.05)
+            time.sleep(LIST_EVERY / 2)  # mid-interval: an estimate from "now" would be off by the time since the firing
+            listed, warning = _listed(local, "every10")  # a CLI call: seconds on a loaded host, less than the interval
             assert not listed["overdue"] and "no `sam3v beat`" not in warning, (listed, warning)
             predicted = datetime.fromisoformat(listed["next_run_at"])
-            wait_for(lambda: _listed(local, "every4")[0]["runs"] > listed["runs"], 30, lambda: _logs(log), poll=0.2)
-            fired = _entry(own.url, "every4").last_run_at
-            assert abs((fired - predicted).total_seconds()) < 0.5, (fired, predicted)
+            fired = wait_for(lambda: (e := _entry(own.url, "every10")).total_run_count > listed["runs"] and e, 30,
+                             lambda: _logs(log), poll=0.05)
+            assert fired.total_run_count == listed["runs"] + 1, "the firing after the listing, read as it happened"
+            assert abs((fired.last_run_at - predicted).total_seconds()) < 0.5, (fired.last_run_at, predicted)
         cron = _listed(local, "minutely")[0]
         predicted = datetime.fromisoformat(cron["next_run_at"])
         assert predicted.second == 0 and predicted.microsecond == 0 and not cron["overdue"], cron
