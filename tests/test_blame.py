@@ -65,6 +65,20 @@ def half_copied_model(tiny_model_dir, tmp_path) -> Path:
     return model
 
 
+def test_weights_cut_short_are_the_workers_fault_naming_sam3v_model(half_copied_model):
+    """At task time too (a process that loads the model late): not a video's failure."""
+    from pipeline.core.errors import ModelUnavailableError
+    from workers.blame import worker_fault
+    from workers.model import load_model
+
+    with pytest.raises(ModelUnavailableError) as caught:
+        load_model(str(half_copied_model), "cpu")
+    reason = worker_fault(caught.value, str(half_copied_model))
+    assert reason and reason.startswith(f"SAM3V_MODEL={half_copied_model}: cannot load the model"), reason
+    assert worker_fault(ValueError("prompt too long"), "m") is None
+    assert "disk is full" in worker_fault(OSError(28, "No space left on device"), "m")
+
+
 def test_config_only_model_refused_at_start_naming_sam3v_model(env, redis_server, tiny_model_dir, tmp_path):  # noqa: F811
     model = tmp_path / "config-only"
     model.mkdir()
