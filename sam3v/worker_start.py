@@ -1,6 +1,7 @@
 """What `sam3v worker` does before Celery starts: the start checks (queues, concurrency, Redis,
 storage, and the model's source when the worker runs the model), then its record in Redis
-(``pipeline.core.worker_registry``) kept fresh while it lives. All in the parent: no CUDA, no weights."""
+(``pipeline.core.worker_registry``) kept fresh while it lives. All in the parent: no CUDA, no weights
+(the weights load in the process that uses them before the worker consumes: ``workers.service``)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ class Started:
     queues: list[str]  # in reading order (interactive first)
     runs_model: bool
     stop: threading.Event  # set it when the worker ends: its record is withdrawn
+    record: worker_registry.WorkerRecord
 
 
 def node_name(hostname: str | None) -> str:
@@ -42,4 +44,4 @@ def start_checks(settings: Settings, queues: str, concurrency: int, hostname: st
     stop = threading.Event()
     record = worker_registry.new_record(node_name(hostname), names, settings.storage_url)
     worker_registry.keep_published(connect(settings), record, stop)
-    return Started(names, runs_model, stop)
+    return Started(names, runs_model, stop, record)

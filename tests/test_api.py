@@ -350,8 +350,12 @@ def test_start_frame_and_detection_threshold_reach_the_pipeline(api, inputs):
                                   "max_frames": 3, "detection_threshold": 0.3, "outputs": ["mask", "rle"]}))
     assert doc["status"] == "succeeded", doc
     assert doc["params"]["start_frame"] == 2 and doc["params"]["detection_threshold"] == 0.3
-    masks = httpx.get(doc["result_urls"]["masks"]).json()
+    served = httpx.get(doc["result_urls"]["masks"])
+    masks = served.json()
     assert [f["frame"] for f in masks["frames"]] == [2, 3, 4]  # source frame numbers
+    # The server's own paths stay on the server: its model directory is named, not located.
+    assert masks["model"]["id"] == "local:tiny" and masks["model"]["revision"].startswith("local-"), masks["model"]
+    assert "/tmp/" not in served.text and "/models" not in served.text, masks["model"]
     r = httpx.post(f"{api['base']}/api/ai/queue", headers=A, json={"model": "sam-3-video", "prompt": "dog",
                                                                   "input_video": f"{inputs['base']}/clip.mp4",
                                                                   "start_frame": 500})

@@ -110,6 +110,21 @@ def test_submit_wait_in_a_log_watch_results_jsonl_and_the_on_done_hook(env, s3, 
     assert records[-1]["results"] == f"s3://{BUCKET}/results/{job}/results.jsonl"
     assert cli(env, "watch", "no-such-job").returncode == 2
 
+    # From a shell whose storage setting differs from the workers': the results are named where the
+    # workers wrote them (recorded by them), not where this shell's setting would put them.
+    other = {**env, "SAM3V_STORAGE_URL": "s3://elsewhere/other-prefix"}
+    where = f"s3://{BUCKET}/results/{job}/results.jsonl"
+    doc = json.loads(cli(other, "status", job, "--json").stdout)
+    assert doc["results"] == where, doc
+    assert doc["videos"][0]["outputs"]["masks"] == f"s3://{BUCKET}/results/{job}/good/masks.json", doc["videos"][0]
+    all_videos = json.loads(cli(other, "status", job, "--json", "--videos", "all").stdout)
+    assert all_videos["results"] == where
+    assert f"results: {where}" in cli(other, "status", job).stdout
+    watched_elsewhere = cli(other, "watch", job, "--json")
+    assert json.loads(watched_elsewhere.stdout.splitlines()[-1])["results"] == where, watched_elsewhere.stdout
+    assert f"results: {where}" in cli(other, "watch", job).stdout
+    assert "elsewhere" not in cli(other, "watch", job).stdout
+
     # results.jsonl: every manifest line, the rejected one included, with source, frames and objects.
     results = [json.loads(x) for x in client.get_object(Bucket=BUCKET, Key=f"results/{job}/results.jsonl")[
         "Body"].read().decode().splitlines()]

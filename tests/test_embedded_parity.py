@@ -49,6 +49,7 @@ def test_an_embedded_job_is_found_in_its_output_folder(dog24, media_dir, tiny_mo
         assert str(folder) in asked.stderr.replace("\n", "")
     unknown = _sam3v(env, "status", "20260101-000000-deadbeef")
     assert unknown.returncode == 2 and "no such job" in unknown.stderr
+    assert "sam3v jobs prune" in unknown.stderr and "its results stay in storage" in unknown.stderr
     # `sam3v jobs` lists it, marked as embedded, with its folder (and with no Redis configured at all).
     listed = _sam3v(env, "jobs")
     assert listed.returncode == 0, listed.stderr

@@ -6,10 +6,12 @@ import base64
 import calendar
 import json
 import math
+import re
 import subprocess
 import sys
 import time
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import httpx
 import pytest
@@ -24,6 +26,7 @@ from tests.services import free_port, start_worker, stop_process
 from tests.test_pipeline import BUCKET, cli, clips, env, redis_server, s3  # noqa: F401  (fixtures)
 
 EVERY = 4  # seconds between firings of the --every schedule
+LIST_EVERY = 10  # the --every schedule whose listed next runs are compared with beat's firings
 MANIFEST = f"s3://{BUCKET}/manifests/nightly.jsonl"
 CRON_SLOT = "%Y-%m-%dT%H:%MZ"  # pipeline.control.schedules.slot for cron schedules: the firing's minute
 
@@ -231,10 +234,28 @@ def _wait_flower(base: str, log) -> None:
     wait_for(up, 60, lambda: f"Flower did not answer\n{_logs(log)}", poll=0.5)
 
 
-def _flower(env, port: int, log, extra: dict) -> subprocess.Popen:
+def _flower(env, port: int, log, extra: dict, cwd=None) -> subprocess.Popen:
+    """`sam3v flower --port P`, as the README's recipe starts it, in ``cwd`` (its state file,
+    flower.db, goes there; by default beside the log)."""
     return subprocess.Popen([sys.executable, "-m", "sam3v.cli", "flower", "--port", str(port)],
                             env={**env, **extra}, stdout=open(log, "ab"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
+                            start_new_session=True, cwd=cwd or log.parent)
+
+
+def _basic(credentials: str) -> dict:
+    return {"Authorization": "Basic " + base64.b64encode(credentials.encode()).decode()}
+
+
+def _generated_password(log) -> str:
+    found = wait_for(lambda: re.search(r"user sam3v, password (\S+) ", log.read_text(errors="replace")), 60,
+                     lambda: f"no password printed\n{_logs(log)}", poll=0.2)
+    return found.group(1)
+
+
+def _job_tasks(base: str, auth: dict, job: str) -> dict[str, dict]:
+    """Flower's tasks whose arguments name ``job`` (every sam3v task's first argument is its job id)."""
+    tasks = httpx.get(f"{base}/api/tasks", params={"search": job}, headers=auth, timeout=10).json()
+    return {uuid: t for uuid, t in tasks.items() if job in (t.get("args") or "")}
 
 
 def test_flower_sees_our_workers_and_tasks(env, redis_server, tmp_path):
@@ -293,3 +314,119 @@ def test_flower_basic_auth(env, redis_server, tmp_path):
             assert httpx.get(f"{base}{path}", headers=basic("ops:s3cret-pw"), timeout=10).status_code == 200, path
     finally:
         stop_process(flower)
+
+
+def test_the_recipes_flower_lists_a_jobs_tasks_keeps_them_and_shows_no_secret(env, redis_server, tmp_path):
+    """The README's recipe (`sam3v flower --port 5555 > flower.log 2>&1 &`, no FLOWER_* setting): the
+    API opens with the password printed once in flower.log; /api/tasks lists the job's tasks by
+    name, with the job id in their args, and ends them in Flower's states; a restart on the same
+    state file still lists them; neither the password nor the broker URL is on Flower's command line."""
+    recipe_env = {k: v for k, v in env.items() if not k.startswith("FLOWER_")}
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    logs = [tmp_path / "flower.log", tmp_path / "worker.log"]
+    flower = _flower(recipe_env, port, logs[0], {})
+    worker = start_worker(env, "cpu", "recipew", logs[1])
+    try:
+        _wait_flower(base, logs[0])
+        auth = _basic(f"sam3v:{_generated_password(logs[0])}")
+        assert httpx.get(f"{base}/api/tasks", timeout=10).status_code == 401, "the API is not open to anyone"
+        cmdline = Path(f"/proc/{flower.pid}/cmdline").read_bytes().decode().replace("\0", " ")
+        assert "celery" in cmdline and "flower" in cmdline and "--persistent=True" in cmdline, cmdline
+        assert _generated_password(logs[0]) not in cmdline and env["SAM3V_BROKER_URL"] not in cmdline, cmdline
+        assert "basic" not in cmdline.lower() and "redis://" not in cmdline, cmdline
+        wait_for(lambda: 'flower_worker_online{worker="recipew@' in
+                 httpx.get(f"{base}/metrics", headers=auth, timeout=5).text, 90,
+                 lambda: f"Flower never saw the worker's events\n{_logs(*logs)}", poll=0.5)
+        missing = tmp_path / "missing.jsonl"
+        missing.write_text(json.dumps({"video": f"s3://{BUCKET}/inputs/nope.mp4"}) + "\n")
+        job = cli(env, "submit", missing, "--prompt", "dog", "--check-inputs", "none").stdout.strip().splitlines()[-1]
+        wait_for(lambda: cli(env, "status", job, "--json").stdout.count('"failed"') > 0, 120,
+                 lambda: f"the job did not end\n{_logs(*logs)}", poll=1)
+        ended = wait_for(lambda: [t for t in _job_tasks(base, auth, job).values() if t.get("state") == "FAILURE"],
+                         60, lambda: f"Flower lists {_job_tasks(base, auth, job)}\n{_logs(*logs)}", poll=0.5)
+        assert [t["name"] for t in ended] == ["sam3v.probe"], ended
+    finally:
+        stop_process(worker)
+        stop_process(flower)
+    assert (tmp_path / "flower.db").exists() or list(tmp_path.glob("flower.db*")), "the state file"
+    again = _flower(recipe_env, port, logs[0], {})
+    try:
+        _wait_flower(base, logs[0])
+        auth = _basic(f"sam3v:{_generated_password_after(logs[0], 2)}")
+        kept = _job_tasks(base, auth, job)
+        assert [t["name"] for t in kept.values()] == ["sam3v.probe"], kept
+    finally:
+        stop_process(again)
+
+
+def _generated_password_after(log, nth: int) -> str:
+    """The password the ``nth`` start printed (each start generates its own)."""
+    found = wait_for(lambda: (all_ := re.findall(r"user sam3v, password (\S+) ", log.read_text(errors="replace")))
+                     and len(all_) >= nth and all_, 60, lambda: f"no password printed\n{_logs(log)}", poll=0.2)
+    return found[nth - 1]
+
+
+def test_flower_refuses_an_open_api_off_loopback_and_warns_when_locked(env, tmp_path):
+    open_api = cli({**env, "FLOWER_UNAUTHENTICATED_API": "true"}, "flower", "--address", "0.0.0.0",
+                   "--state", tmp_path / "f.db", timeout=60)
+    assert open_api.returncode == 2 and "loopback address only" in open_api.stderr, open_api.stderr
+    port = free_port()
+    log = tmp_path / "locked.log"
+    proc = subprocess.Popen([sys.executable, "-m", "sam3v.cli", "flower", "--port", str(port), "--no-generate-password"],
+                            env={k: v for k, v in env.items() if not k.startswith("FLOWER_")}, cwd=tmp_path,
+                            stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for(lambda: "answers 401 to everyone" in log.read_text(errors="replace"), 60, lambda: _logs(log), poll=0.2)
+    finally:
+        stop_process(proc)
+
+
+def _listed(env, name: str) -> tuple[dict, str]:
+    done = cli(env, "schedule", "list", "--json")
+    assert done.returncode == 0, done.stderr
+    return next(e for e in json.loads(done.stdout) if e["name"] == name), done.stderr
+
+
+def test_schedule_list_names_beats_own_firing_times_and_warns_without_beat(env, s3, redis_server, tmp_path):
+    """`schedule list --json`'s next run, read mid-interval, is the time a real beat then fires the
+    schedule (its recorded run, within beat's tick latency), for --every and cron; with no beat
+    ticking for two of its intervals, `schedule add` and `schedule list` warn."""
+    own = type(redis_server)(tmp_path)  # a Redis of its own: its firings reach no other test's worker
+    own.start()
+    local = {**env, "SAM3V_BROKER_URL": own.url}
+    _put_manifest(s3)
+    log = tmp_path / "beat.log"
+    beat = None
+    try:
+        add = cli(local, "schedule", "add", "every10", "--every", LIST_EVERY, "--manifest", MANIFEST, "--prompt", "dog")
+        assert add.returncode == 0 and "no `sam3v beat` has been seen" in add.stderr, add.stderr
+        assert cli(local, "schedule", "add", "minutely", "--cron", "* * * * *", "--manifest", MANIFEST,
+                   "--prompt", "dog").returncode == 0
+        beat = _beat(local, log)
+        wait_for(lambda: "no `sam3v beat`" not in _listed(local, "every10")[1], 120,
+                 lambda: f"the beat never published its heartbeat\n{_logs(log)}", poll=0.5)
+        for _ in range(3):
+            runs = _entry(own.url, "every10").total_run_count
+            wait_for(lambda: _entry(own.url, "every10").total_run_count > runs, 30, lambda: _logs(log), poll=0.05)
+            time.sleep(LIST_EVERY / 2)  # mid-interval: an estimate from "now" would be off by the time since the firing
+            listed, warning = _listed(local, "every10")  # a CLI call: seconds on a loaded host, less than the interval
+            assert not listed["overdue"] and "no `sam3v beat`" not in warning, (listed, warning)
+            predicted = datetime.fromisoformat(listed["next_run_at"])
+            fired = wait_for(lambda: (e := _entry(own.url, "every10")).total_run_count > listed["runs"] and e, 30,
+                             lambda: _logs(log), poll=0.05)
+            assert fired.total_run_count == listed["runs"] + 1, "the firing after the listing, read as it happened"
+            assert abs((fired.last_run_at - predicted).total_seconds()) < 0.5, (fired.last_run_at, predicted)
+        cron = _listed(local, "minutely")[0]
+        predicted = datetime.fromisoformat(cron["next_run_at"])
+        assert predicted.second == 0 and predicted.microsecond == 0 and not cron["overdue"], cron
+        wait_for(lambda: _listed(local, "minutely")[0]["runs"] > cron["runs"], 90, lambda: _logs(log), poll=0.5)
+        fired = _entry(own.url, "minutely").last_run_at
+        assert timedelta(0) <= fired - predicted < timedelta(seconds=1), (fired, predicted)
+        stop_process(beat)
+        wait_for(lambda: "no `sam3v beat` has been seen" in cli(local, "schedule", "list").stderr,
+                 2 * schedules.BEAT_INTERVAL_S + 10, lambda: "no warning after the beat stopped", poll=1)
+    finally:
+        if beat is not None:
+            stop_process(beat)
+        own.stop()

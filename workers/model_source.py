@@ -1,7 +1,8 @@
 """Is the model there? Answered without torch, CUDA or weights, in well under a second, so a
 worker's parent, `sam3v segment` and `sam3v run` refuse a missing model before anything heavy.
 
-A directory must hold a SAM 3 video ``config.json``. A Hugging Face id must be in the local cache
+A directory must hold a SAM 3 video ``config.json`` and weight files (whether they load is the
+load's to say: a worker loads them before it consumes, ``workers.service``). A Hugging Face id must be in the local cache
 or answer one request to the hub: without this check, a machine with no network spent 40 s in
 huggingface_hub's retries (5 per file) before the one-line error.
 """
@@ -16,11 +17,13 @@ from pipeline.core.errors import ModelUnavailableError
 
 DEFAULT_MODEL = "facebook/sam3"
 HUB_TIMEOUT_S = 5.0
+WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin")  # what save_pretrained writes (sharded or not)
 
 HOW_TO_GET_A_MODEL = (
     "Real weights: accept the licence at https://huggingface.co/facebook/sam3, set HF_TOKEN and use "
     "--model facebook/sam3 (or save it with save_pretrained and pass the directory). "
-    "For a meaningless test model: `sam3v model tiny DIR` then --model DIR."
+    "For a meaningless test model: `sam3v model tiny DIR` then --model DIR. "
+    "`sam3v worker` and `sam3v api` read the model from SAM3V_MODEL instead of --model."
 )
 
 
@@ -43,6 +46,11 @@ def check_local_model(directory: Path) -> None:
     if model_type != "sam3_video":
         raise ModelUnavailableError(
             f"{directory} holds a {model_type!r} model, not a SAM 3 video model (sam3_video). {HOW_TO_GET_A_MODEL}")
+    if not any(next(directory.glob(pattern), None) for pattern in WEIGHT_FILES):
+        # A config alone (a copy that stopped early) passed this check and loaded nothing useful:
+        # a worker then failed every video it took. Whether the weights load is the load's to say.
+        raise ModelUnavailableError(f"{directory} holds config.json but no weights ({', '.join(WEIGHT_FILES)}): "
+                                    f"an incomplete copy? {HOW_TO_GET_A_MODEL}")
 
 
 def _go_offline() -> None:

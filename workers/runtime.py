@@ -23,6 +23,7 @@ from pipeline.core.redis_conn import connect
 from pipeline.core.settings import Settings, get_settings
 from pipeline.core.status import StatusStore
 from pipeline.core.storage import Storage, open_storage
+from workers import service
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,22 @@ def worker_app(settings: Settings, preload_model: bool = False) -> Celery:
     return app
 
 
+def _model_ready() -> bool:
+    """Load the model's weights (not only its config) in this process, the one that will use them;
+    a failure is the worker's, never a video's: out of service, naming SAM3V_MODEL."""
+    try:
+        model()
+        return True
+    except Exception as err:
+        if not service.active():
+            raise
+        from workers.blame import worker_fault
+
+        reason = worker_fault(err, settings().model) or f"SAM3V_MODEL={settings().model}: cannot load the model: {err}"
+        service.out_of_service(reason)
+        return False
+
+
 @worker_process_init.connect
 def _warm_up_child(**_kwargs) -> None:
     # First imports (transformers, scipy) and the storage client's first build (boto3 reads its
@@ -109,8 +126,9 @@ def _warm_up_child(**_kwargs) -> None:
         context()
     except Exception as err:  # not reachable yet: the first task builds it (and retries if it must)
         log.warning("worker context: %s", err)
-    if _configured.preload_model:
-        model()
+    if _configured.preload_model and not _model_ready():
+        return  # the worker goes out of service: this process tells its master not to consume
+    service.ready()
     took, limit = time.monotonic() - started, settings().worker_start_timeout
     log.log(logging.WARNING if took > limit / 2 else logging.INFO,
             "process ready in %.1f s (SAM3V_WORKER_START_TIMEOUT: %.0f s)", took, limit)

@@ -11,7 +11,9 @@ video runs under a new attempt number; tasks of an earlier attempt stop at their
 
 Redis or storage out of reach is nobody's fault: the task waits for Redis (it cannot even publish a
 retry without it), then runs again later (``outage_retries``, backing off), and its delivery is not
-counted against the redelivery limit. Each task beats while it works (``pipeline.core.heartbeats``);
+counted against the redelivery limit. A fault of the worker itself (its model, GPU, disk or storage
+access: ``workers.blame``) fails no video either: the task goes back to the queue uncounted and the
+worker takes itself out of service (``workers.service``). Each task beats while it works (``pipeline.core.heartbeats``);
 work lost in a way no task can report is found by ``workers.sweeper``.
 """
 
@@ -29,11 +31,12 @@ from pipeline.control import schedules
 from pipeline.core.celery_app import CLOSE_CANCELLED, FINALIZE, PROBE, SEGMENT_CHUNK, queue_for
 from pipeline.core.errors import Cancelled, Sam3vError
 from pipeline.core.heartbeats import Heartbeats
-from pipeline.core.layout import VideoKeys
+from pipeline.core.layout import JobKeys, VideoKeys
 from pipeline.core.planning import PART_FRAMES, Chunk
 from pipeline.core.specs import VideoSpec
 from pipeline.core.storage import StorageUnavailable
-from workers import sweeper  # noqa: F401  (publish hooks and the sweeper thread of worker masters)
+from workers import service, sweeper  # sweeper: publish hooks and the sweeper thread of worker masters
+from workers.blame import worker_fault
 from workers.cancel_cleanup import close_cancelled, drop_cancelled_work
 from workers.runtime import Context, context, model
 from workers.sources import local_source, stage_source
@@ -125,6 +128,18 @@ def _not_wanted(task: Task, ctx: Context, job_id: str, video_id: str, attempt: i
     raise Ignore()
 
 
+def _blame_worker(ctx: Context, err: Exception, uncount: Callable[[], None] | None) -> None:
+    """If ``err`` is this worker's fault, not the video's: the task goes back to the queue, its
+    delivery not counted, and the worker out of service. Returns when the video is at fault."""
+    reason = worker_fault(err, ctx.settings.model) if service.active() else None
+    if reason is None:
+        return
+    if uncount:
+        uncount()
+    service.out_of_service(reason)
+    service.hand_back(reason)
+
+
 def _guarded(task: Task, ctx: Context, job_id: str, video_id: str, attempt: int, what: str, step: Callable,
              uncount: Callable[[], None] | None = None):
     """Run ``step``; an error fails this video (with a message for the user) and keeps the worker;
@@ -139,8 +154,10 @@ def _guarded(task: Task, ctx: Context, job_id: str, video_id: str, attempt: int,
     except SoftTimeLimitExceeded:
         message = f"{what} ran past the task time limit ({ctx.settings.task_time_limit} s)"
     except Sam3vError as err:
+        _blame_worker(ctx, err, uncount)
         message = str(err)
-    except Exception as err:  # a bug or an environment fault: fail this video, keep the worker
+    except Exception as err:  # a bug: fail this video, keep the worker (unless the worker is at fault)
+        _blame_worker(ctx, err, uncount)
         log.exception("%s of %s/%s failed", what, job_id, video_id)
         message = f"internal error in {what}: {type(err).__name__}: {err}"
     fail_video(ctx, job_id, video_id, attempt, message)
@@ -149,6 +166,7 @@ def _guarded(task: Task, ctx: Context, job_id: str, video_id: str, attempt: int,
 
 def _started(task: Task, ctx: Context, job_id: str, video_id: str, attempt: int) -> None:
     """The checks every task makes first; then it shows a sign of life."""
+    service.refuse_if_out_of_service()
     try:
         stop_if_not_wanted(ctx, job_id, video_id, attempt)
         Heartbeats(ctx.status.r).beat(job_id, video_id)
@@ -173,6 +191,7 @@ def probe_task(self, job_id: str, video_id: str, attempt: int = 0) -> None:
     def step():
         spec = _spec(ctx, job_id, video_id)
         ctx.status.update_video(job_id, video_id, fence=attempt, status="processing", started=time.time())
+        ctx.status.record_results(job_id, ctx.storage.uri(JobKeys(job_id).results))  # where it will be
         source = stage_source(ctx.storage, ctx.settings, job_id, video_id, {"video": spec.video})
         path = local_source(ctx.storage, ctx.settings, source, job_id, video_id)
         plan = prepare(path, spec, spec.video, ctx.settings.chunk_seconds)

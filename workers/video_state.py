@@ -44,6 +44,8 @@ def write_results(ctx: Context, job_id: str) -> None:
     """The job's results.jsonl: one line a video, written once, when the last video ends."""
     doc = ctx.status.status_document(job_id)
     results = ctx.storage.put_bytes(results_jsonl(doc), JobKeys(job_id).results)
+    ctx.status.record_results(job_id, results)
+    doc["results"] = results
     ctx.status.event(job_id, "job_completed", {"status": doc["status"], "counts": doc["counts"]})
     spec = ctx.status.job_spec(job_id)
     if spec.get("on_done"):  # once: only the transition that ended the job gets here

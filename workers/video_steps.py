@@ -20,7 +20,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from pipeline.core.errors import InputError
 from pipeline.core.layout import WorkKeys
@@ -32,6 +32,7 @@ from workers.encode import EncoderSettings
 from workers.engine import engine_for
 from workers.finalize import finalize_video
 from workers.model import LoadedModel
+from workers.model_source import looks_like_path
 from workers.probe import VideoInfo, probe
 from workers.tracker import check_prompts
 
@@ -93,9 +94,16 @@ def prepare(path: Path, opts: VideoOptions, name: str, chunk_seconds: float | No
     return VideoPlan(info, num_frames, plan_chunks(num_frames, size, opts.start_frame))
 
 
+def public_model_id(source: str) -> str:
+    """The model as masks.json names it: a hub id as is; a local directory by its name only (the
+    documents leave the host, through the API too: a server's own paths are not theirs to show;
+    ``revision`` identifies the weights)."""
+    return f"local:{PurePath(source).name}" if looks_like_path(source) else source
+
+
 def document_header(loaded: LoadedModel, opts: VideoOptions, prompts: list[str]) -> tuple[dict, dict]:
     """masks.json's "model" and "params". Chunking is left out: it never changes results."""
-    model = {"id": loaded.source, "revision": loaded.revision, "tiny_random": loaded.is_tiny}
+    model = {"id": public_model_id(loaded.source), "revision": loaded.revision, "tiny_random": loaded.is_tiny}
     params = {"prompts": prompts, "apply_mask": opts.apply_mask, "outputs": opts.video_outputs() + ["rle"],
               "start_frame": opts.start_frame, "max_frames": opts.max_frames, "mask_opacity": opts.mask_opacity,
               "detection_threshold": opts.detection_threshold,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import difflib
 import hashlib
 import io
 import json
@@ -102,11 +103,22 @@ def _prompts(raw: dict, default_prompt: str | None, limit: int) -> list[str]:
     return prompts
 
 
+def _unknown(kind: str, name: str) -> str:
+    """"unknown field/column X" with what fixes it: the comma a CSV needs, or the field meant."""
+    for sep, called in ((";", "';'"), ("\t", "a tab"), ("|", "'|'")):
+        parts = [p.strip() for p in name.split(sep)]
+        if len(parts) > 1 and any(p in FIELDS for p in parts):
+            return (f"unknown {kind} {name!r}: the header looks separated by {called}; a CSV manifest is "
+                    "comma-separated (id,video,prompt)")
+    close = difflib.get_close_matches(name, sorted(FIELDS), n=1, cutoff=0.6)
+    return f"unknown {kind} {name!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+
+
 def _item(raw: dict, line: int, default_prompt: str | None, allow_local: bool, max_prompts: int,
           allow_storage: bool) -> VideoSpec:
     unknown = sorted(set(raw) - FIELDS)
     if unknown:
-        raise ValueError(f"unknown field {unknown[0]!r}")
+        raise ValueError(_unknown("field", unknown[0]))
     raw = {k: v for k, v in raw.items() if v is not None}  # JSON null: as if absent
     if "video" in raw and "input_video" in raw:
         raise ValueError("give video or input_video, not both")
@@ -153,7 +165,7 @@ def _csv_rows(lines: Iterable[str]):
     for row in reader:
         number = reader.line_num
         if unknown:
-            yield number, None, f"unknown column {unknown[0]!r}"
+            yield number, None, _unknown("column", unknown[0])
             continue
         if None in row:
             yield number, None, "more cells than header columns"

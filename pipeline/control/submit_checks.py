@@ -107,7 +107,7 @@ def check_inputs(entries: Iterable[Line], mode: CheckInputs, source: str,
 
 def _serving(workers: list[worker_registry.WorkerRecord], lane: str) -> list[worker_registry.WorkerRecord]:
     queues = {queue_for("cpu", lane), queue_for("gpu", lane)}
-    return [w for w in workers if queues & set(w.queues)]
+    return [w for w in worker_registry.in_service(workers) if queues & set(w.queues)]
 
 
 def storage_mismatches(settings: Settings, workers: list[worker_registry.WorkerRecord]) -> list[str]:

@@ -24,3 +24,8 @@ class ProcessingError(Sam3vError):
 class Cancelled(Sam3vError):
     """Work stopped because it is no longer wanted (its job was cancelled, its video ended or was
     retried under a new attempt): it ends without a result, and its video is not failed for it."""
+
+
+class WorkerFault(Sam3vError):
+    """This worker cannot do any work (its model, GPU, disk or storage access is at fault), whatever
+    the video: no video is failed for it; the task goes back to the queue and the worker stops."""

@@ -3,7 +3,9 @@
 Each line: ``{"line", "id", "source", "state", "error", "frames", "objects", "outputs"}``. ``state``
 is a video's final state (succeeded, failed, cancelled) or ``rejected`` for a manifest line that
 never became a video (``error`` says why; ``id`` is null, ``source`` the input it named, if any).
-``frames`` and ``objects`` are those of masks.json (0 and null for a video that did not succeed).
+``frames`` and ``objects`` are those of masks.json; for a video that did not succeed, ``frames`` is
+the frames done before it stopped (what ``status`` showed: 23 frames of a cancelled video, not 0)
+and ``objects`` null.
 Built from the status document (what ``sam3v status --json`` prints), so both say the same.
 """
 
@@ -14,7 +16,7 @@ import json
 
 def video_result(v: dict) -> dict:
     return {"line": v.get("line"), "id": v["id"], "source": v.get("video"), "state": v["status"],
-            "error": v.get("error"), "frames": v.get("num_frames") or 0, "objects": v.get("num_objects"),
+            "error": v.get("error"), "frames": v.get("num_frames") or v.get("frames_done") or 0, "objects": v.get("num_objects"),
             "outputs": v.get("outputs") or {}}
 
 

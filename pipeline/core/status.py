@@ -115,6 +115,7 @@ class JobSummary:
     counts: dict[str, int]
     created: float
     updated: float
+    results: str | None = None  # the URI of results.jsonl, as the workers' storage names it
 
 
 class StatusStore:
@@ -268,6 +269,11 @@ class StatusStore:
             raise KeyError(job_id)
         return summary
 
+    def record_results(self, job_id: str, uri: str) -> None:
+        """Where the job's results.jsonl is: recorded by the workers, whose storage settings are the
+        ones that count (a shell's own SAM3V_STORAGE_URL may name another bucket)."""
+        self.r.hset(_k("job", job_id), "results", uri)
+
     def status_document(self, job_id: str, offset: int = 0, limit: int | None = None) -> dict:
         """What `sam3v status --json` prints: every video (``limit`` None: a scan of them all), or a
         page of ``limit`` videos and rejected lines from ``offset`` (``status_page``)."""
@@ -281,7 +287,7 @@ class StatusStore:
         frames_total = sum(v.get("frames_total") or 0 for v in videos)
         return {"id": s.id, "name": s.name, "status": s.status, "total": s.total, "counts": s.counts,
                 "frames_done": frames_done, "frames_total": frames_total, "created": s.created,
-                "updated": s.updated, "videos": videos, "rejected": rejected}
+                "updated": s.updated, "results": s.results, "videos": videos, "rejected": rejected}
 
     def jobs(self, limit: int = 50) -> list[JobSummary]:
         """The newest ``limit`` jobs, read in one round trip however many jobs Redis holds."""
@@ -357,7 +363,7 @@ class StatusStore:
                 "frames_done": int(float(frames[0] or 0)), "frames_total": int(float(frames[1] or 0)),
                 # None for a job recorded before the count existed (``_TRANSITION``)
                 "videos_planned": None if frames[2] is None else int(frames[2]),
-                "created": s.created, "updated": s.updated, "videos": videos,
+                "created": s.created, "updated": s.updated, "results": s.results, "videos": videos,
                 "rejected": [json.loads(r) for r in rejected][:limit], "rejected_total": int(rejected_total),
                 "page": {"offset": offset, "limit": limit}}
 
@@ -429,4 +435,4 @@ def _summary(job_id: str, job_raw: dict, counts_raw: dict) -> JobSummary | None:
     counts.update({_s(k): int(v) for k, v in counts_raw.items()})
     total = int(job["total"])
     return JobSummary(job_id, job.get("name", ""), job_status(counts, total, job.get("cancelled") == "1"),
-                      total, counts, float(job["created"]), float(job["updated"]))
+                      total, counts, float(job["created"]), float(job["updated"]), job.get("results"))

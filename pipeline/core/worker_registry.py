@@ -5,6 +5,10 @@ A worker publishes one record at start (its node name, queues and storage settin
 that dies stops refreshing and its record expires. ``sam3v submit`` compares its own storage
 settings with these records (a submitter pointing at another bucket than the workers is told so)
 and ``sam3v api`` reports when no live worker serves the interactive queues.
+
+A worker that takes itself out of service (its model, GPU, disk or storage is at fault:
+``workers.service``) says why in its record, kept OUT_OF_SERVICE_TTL_S after it exits so that an
+operator (``GET /health``, ``redis-cli``) sees the reason; such a record serves no queue.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ log = logging.getLogger(__name__)
 PREFIX = "sam3v:worker:"
 TTL_S = 30  # a dead worker's record is gone within this
 REFRESH_S = 10
+OUT_OF_SERVICE_TTL_S = 3600
 
 
 @dataclass(frozen=True)
@@ -31,6 +36,7 @@ class WorkerRecord:
     endpoint_url: str | None  # AWS_ENDPOINT_URL of the worker (None: boto3's default)
     pid: int
     started: float
+    out_of_service: str | None = None  # why the worker stopped taking tasks (it exits non-zero)
 
 
 def storage_endpoint() -> str | None:
@@ -42,12 +48,38 @@ def _key(record: WorkerRecord) -> str:
     return f"{PREFIX}{record.node}:{record.pid}"
 
 
+# A live record's refresh (or withdrawal at exit) must not erase an out-of-service reason that a
+# process of the same worker (a prefork child) wrote meanwhile.
+_UNLESS_OUT = """
+local cur = redis.call('GET', KEYS[1])
+if cur and string.find(cur, '"out_of_service": "', 1, true) then return 0 end
+if ARGV[1] == '' then redis.call('DEL', KEYS[1]) else redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) end
+return 1
+"""
+
+
 def publish(r, record: WorkerRecord) -> None:
-    r.set(_key(record), json.dumps(asdict(record)), ex=TTL_S)
+    r.eval(_UNLESS_OUT, 1, _key(record), json.dumps(asdict(record)), TTL_S)
 
 
 def withdraw(r, record: WorkerRecord) -> None:
-    r.delete(_key(record))
+    r.eval(_UNLESS_OUT, 1, _key(record), "", 0)
+
+
+def mark_out_of_service(r, record: WorkerRecord, reason: str) -> None:
+    """The worker's record says why it stopped; it outlives the worker for OUT_OF_SERVICE_TTL_S."""
+    out = WorkerRecord(**{**asdict(record), "out_of_service": reason})
+    r.set(_key(out), json.dumps(asdict(out)), ex=OUT_OF_SERVICE_TTL_S)
+
+
+def in_service(records: list[WorkerRecord]) -> list[WorkerRecord]:
+    return [w for w in records if not w.out_of_service]
+
+
+def out_of_service_warnings(records: list[WorkerRecord]) -> list[str]:
+    """Why each worker out of service stopped (no host named: ``/health`` is open without a key)."""
+    return list(dict.fromkeys(f"a worker took itself out of service: {w.out_of_service}"
+                              for w in records if w.out_of_service))
 
 
 def live_workers(r) -> list[WorkerRecord]:
@@ -93,8 +125,8 @@ def new_record(node: str, queues: list[str], storage_url: str) -> WorkerRecord:
 
 
 def unserved(records: list[WorkerRecord], queues) -> list[str]:
-    """Which of ``queues`` no live worker consumes."""
-    consumed = {q for r in records for q in r.queues}
+    """Which of ``queues`` no live worker in service consumes."""
+    consumed = {q for r in in_service(records) for q in r.queues}
     return [q for q in queues if q not in consumed]
 
 

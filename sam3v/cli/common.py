@@ -121,7 +121,10 @@ def job_context(job: str):
     if not store.job_exists(job):
         from sam3v.embedded_jobs import where_message
 
-        raise InputError(where_message(settings, job) or f"no such job: {job}")
+        raise InputError(where_message(settings, job) or (
+            f"no such job: {job} (a job that ended is forgotten in Redis after SAM3V_JOB_RETENTION or by "
+            f"`sam3v jobs prune`; its results stay in storage: {job}/results.jsonl under the workers' "
+            "SAM3V_STORAGE_URL)"))
     return settings, celery_app, store
 
 

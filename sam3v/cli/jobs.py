@@ -41,7 +41,10 @@ def watch_job(store, job_id: str, poll: float = 0.5, as_json: bool = False) -> d
 
 def finish(doc: dict, *notes: str, results: str | None = None, as_json: bool = False) -> NoReturn:
     """End a command that waited for its job: what went wrong, the summary, where the results are, the
-    job id last (``as_json``: the job record only); exit 0 only when every video succeeded, else 1."""
+    job id last (``as_json``: the job record only); exit 0 only when every video succeeded, else 1.
+    ``results``: where this shell's settings put results.jsonl, used only when no worker recorded
+    where it wrote it (the workers' storage may differ from this shell's)."""
+    results = doc.get("results") or results
     if as_json:
         typer.echo(json.dumps(job_output.job_record(doc, results)))
         raise typer.Exit(job_output.exit_code(doc))
@@ -150,6 +153,8 @@ def status(
         typer.echo(json.dumps(doc, indent=1))
         return
     out_console.print(summary_line(doc), highlight=False)
+    if doc.get("results"):
+        out_console.print(f"results: {doc['results']}", highlight=False)
     table = Table("line", "video", "status", "frames", "error / outputs")
     for v in doc["videos"]:
         extra = v.get("error") or ", ".join((v.get("outputs") or {}).values())

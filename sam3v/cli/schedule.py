@@ -30,27 +30,39 @@ def schedule_add(
     schedules.timing(cron, every)  # a usage error first, before the manifest is read
     for warning in check_scheduled_manifest(manifest, prompt, get_settings().max_prompts):
         err_console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
-    schedules.add(schedules_app(), name, manifest, prompt, cron, every)
+    celery_app = schedules_app()
+    schedules.add(celery_app, name, manifest, prompt, cron, every)
     err_console.print(f"schedule {name!r} saved")
+    _warn_without_beat(celery_app)
+
+
+def _warn_without_beat(celery_app) -> None:
+    from pipeline.control import schedules
+
+    if (warning := schedules.beat_warning(celery_app)) is not None:
+        err_console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
 
 
 @app.command("list")
 @user_errors
 def schedule_list(as_json: Annotated[bool, typer.Option(
         "--json", help='One JSON array: [{"name", "cron", "every", "manifest", "prompt", "last_run_at", '
-                       '"next_run_at", "runs"}], times in ISO 8601 UTC, last_run_at null before the first firing.')] = False,
+                       '"next_run_at", "overdue", "runs"}], times in ISO 8601 UTC, last_run_at null before the first firing; '
+                       'next_run_at is when beat fires it (now when overdue: beat fires it at its next tick).')] = False,
 ) -> None:
     """List schedules with their last and next run (UTC)."""
     from pipeline.control import schedules
 
-    entries = schedules.list_entries(schedules_app())
+    celery_app = schedules_app()
+    entries = schedules.list_entries(celery_app)
+    _warn_without_beat(celery_app)
     if as_json:
         typer.echo(json.dumps(entries, indent=1))
         return
     table = Table("name", "when", "manifest", "prompt", "last run", "next run")
     for e in entries:
         table.add_row(e["name"], e["cron"] or f"every {e['every']} s", e["manifest"], e["prompt"] or "",
-                      e["last_run_at"] or "never", e["next_run_at"] or "")
+                      e["last_run_at"] or "never", ("now (overdue)" if e["overdue"] else e["next_run_at"]))
     out_console.print(table)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -50,6 +51,7 @@ def worker(
     if frame_batch:
         settings = settings.model_copy(update={"frame_batch": frame_batch})
     from sam3v.worker_start import start_checks
+    from workers import service
     from workers.runtime import worker_app
 
     started = start_checks(settings, queues, concurrency, hostname)  # refuses to start naming the setting
@@ -60,17 +62,41 @@ def worker(
     celery_app = worker_app(settings, preload_model=started.runs_model and k == 1)
     pool = ["-P", "threads", "-c", str(k)] if k > 1 else ["-P", "prefork", "-c", str(concurrency),
                                                           "--max-tasks-per-child", str(max_tasks_per_child)]
-    if k > 1 and started.runs_model:
-        from workers.runtime import model
-
-        model()  # no worker_process_init in a threads pool: load before taking a task
     argv = ["worker", "-Q", ",".join(started.queues), *pool, "-E", "--loglevel", loglevel]
     if hostname:
         argv += ["-n", hostname]
+    service.begin(settings, started.record)
     try:
-        celery_app.worker_main(argv)
+        if started.runs_model and k == 1:  # prefork: consume once a child has loaded the weights
+            celery_app.steps["consumer"].add(service.ReadyGate)
+        # A threads pool has no worker_process_init: its one model loads here, before Celery starts.
+        if not started.runs_model or k == 1 or _load_model_here(settings):
+            celery_app.worker_main(argv)
+    except SystemExit as exit_:
+        code = exit_.code
+    else:
+        code = 0
     finally:
         started.stop.set()
+        reason = service.end()
+    if reason is not None:  # a supervisor restarts the worker or alerts; the log says why
+        typer.echo(f"error: worker out of service: {reason}", err=True)
+        raise SystemExit(service.EXIT_OUT_OF_SERVICE)
+    raise SystemExit(code)
+
+
+def _load_model_here(settings) -> bool:
+    """A threads pool's one model; False (the worker out of service, saying why) if it cannot load."""
+    from workers import service
+    from workers.blame import worker_fault
+    from workers.runtime import model
+
+    try:
+        model()
+        return True
+    except Exception as err:
+        service.record_fault(worker_fault(err, settings.model) or f"SAM3V_MODEL={settings.model}: {err}")
+        return False
 
 
 def _streams(asked: int | None, runs_model: bool) -> int:
@@ -88,7 +114,10 @@ def _streams(asked: int | None, runs_model: bool) -> int:
 @user_errors
 def beat(loglevel: Annotated[str, typer.Option("--log-level", "--loglevel", help="Log level.")] = "INFO") -> None:
     """Run the scheduler (celery beat with RedBeat; several may run, one holds the lock)."""
-    schedules_app().start(["beat", "-S", "redbeat.RedBeatScheduler", "--loglevel", loglevel])
+    from pipeline.control.schedules import HeartbeatScheduler
+
+    schedules_app().start(["beat", "-S", f"{HeartbeatScheduler.__module__}:{HeartbeatScheduler.__name__}",
+                           "--loglevel", loglevel])
 
 
 @app.command()
@@ -96,12 +125,23 @@ def beat(loglevel: Annotated[str, typer.Option("--log-level", "--loglevel", help
 def flower(
     port: Annotated[int, typer.Option(help="HTTP port.")] = 5555,
     address: Annotated[str, typer.Option(help="Listen address.")] = "127.0.0.1",
-    basic_auth: Annotated[Optional[str], typer.Option(envvar="FLOWER_BASIC_AUTH",
-                                                      help="user:password (the API is off without auth).")] = None,
+    basic_auth: Annotated[Optional[str], typer.Option(
+        envvar="FLOWER_BASIC_AUTH", show_envvar=False,
+        help="user:password for the UI and API (better from the environment, FLOWER_BASIC_AUTH: an option is "
+             "visible in ps). Without it (and without FLOWER_UNAUTHENTICATED_API=true on a loopback address) a "
+             "password is generated and printed once.")] = None,
+    state: Annotated[Path, typer.Option(help="Flower's state file (--persistent): task history survives a "
+                                             "restart.")] = Path("flower.db"),
+    generate_password: Annotated[bool, typer.Option(
+        help="Generate a password when none is set (without one, Flower's API answers 401).")] = True,
 ) -> None:
-    """Flower, the Celery monitor, against the configured broker (workers send events, -E)."""
-    settings = _settings_with_broker("Flower watches a broker")
-    argv = [sys.executable, "-m", "celery", "-b", settings.broker_url, "flower", f"--port={port}", f"--address={address}"]
-    if basic_auth:
-        argv.append(f"--basic-auth={basic_auth}")
-    os.execv(sys.executable, argv)
+    """Flower, the Celery monitor, against the configured broker (workers send events, -E). The
+    broker URL and the credentials reach Flower through its environment, never its command line."""
+    from sam3v.flower_launch import flower_launch
+
+    _settings_with_broker("Flower watches a broker")
+    launch = flower_launch(port, address, basic_auth, state.expanduser().absolute(), generate_password)
+    for notice in launch.notices:
+        typer.echo(notice, err=True)
+    sys.stderr.flush()
+    os.execve(sys.executable, launch.argv, launch.env)

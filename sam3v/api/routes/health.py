@@ -1,5 +1,6 @@
 """``health``: is this server able to run what it accepts? Open without a key (load balancers and
-probes call it); it names no host, only whether each interactive queue has a live worker."""
+probes call it); it names no host, only whether each interactive queue has a live worker and why a
+worker took itself out of service (its model, GPU, disk or storage: ``workers.service``)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,9 @@ def health(request: Request):
         return {"status": "ok", "problems": []}
     try:
         problem = worker_registry.interactive_warning(gens.r)
+        # A worker that took itself out of service (its model, GPU, disk or storage) says why.
+        problems = worker_registry.out_of_service_warnings(worker_registry.live_workers(gens.r))
     except Exception as err:  # Redis down: a health route reports it rather than answering 500
-        problem = f"Redis unreachable: {type(err).__name__}"
-    return {"status": "degraded" if problem else "ok", "problems": [problem] if problem else []}
+        problem, problems = f"Redis unreachable: {type(err).__name__}", []
+    problems = ([problem] if problem else []) + problems
+    return {"status": "degraded" if problems else "ok", "problems": problems}
