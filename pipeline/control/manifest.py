@@ -28,7 +28,7 @@ from pipeline.core.specs import DEFAULT_MAX_PROMPTS, OPTION_FIELDS, VideoSpec, f
 from pipeline.core.uris import REMOTE, BadUri, Scheme, parse_uri
 
 FIELDS = {"id", "video", "input_video", "prompt", "prompts", *OPTION_FIELDS}
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # fullmatch: "$" would let a trailing newline in
 _SLUG = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -116,10 +116,11 @@ def _item(raw: dict, line: int, default_prompt: str | None, allow_local: bool, m
         vid = _default_id(line, video)
     elif not isinstance(vid, str):
         raise ValueError(f"id: must be a string, not {type(vid).__name__}")
-    elif not _ID.match(vid) or vid in (".", ".."):
+    elif not _ID.fullmatch(vid) or vid in (".", ".."):
         raise ValueError(f"id: {vid!r} is not safe as a storage key (letters, digits, '.', '_', '-'; at most 128)")
-    elif vid in RESERVED_VIDEO_IDS:
-        raise ValueError(f"id: {vid!r} is the name of the job's own index file; choose another id")
+    elif vid.lower() in RESERVED_VIDEO_IDS:  # lower: a case-insensitive file system (macOS) clashes too
+        raise ValueError(f"id: {vid!r} is a name the job's folder uses itself "
+                         f"({', '.join(sorted(RESERVED_VIDEO_IDS))}); choose another id")
     fields = {k: v for k, v in raw.items() if k in OPTION_FIELDS}
     if isinstance(fields.get("outputs"), str):
         fields["outputs"] = [o.strip() for o in re.split(r"[,|]", fields["outputs"]) if o.strip()]
