@@ -10,10 +10,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.core.layout import STATUS_NAME
 from pipeline.core.settings import Settings
 
 INDEX = "embedded-jobs.jsonl"
-STATUS_FILE = "status.json"
+STATUS_FILE = STATUS_NAME
 
 
 def _index(settings: Settings) -> Path:

@@ -286,3 +286,22 @@ def small_dog(directory: Path, frames: int, width: int = 320, height: int = 180)
         ffmpeg("-i", DOG, "-frames:v", str(frames), "-vf", f"scale={width}:{height}", "-c:v", "libx264",
                "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest", path)
     return path
+
+
+def damaged_copy(clip_path: Path, out: Path, packet: int) -> Path:
+    """A copy of ``clip_path`` whose video packet ``packet`` (in file order) is overwritten with noise
+    past its first bytes: the file is corrupt in the middle, the rest intact."""
+    import json
+    import random
+    import subprocess
+
+    shown = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "packet=pos,size",
+                            "-of", "json", str(clip_path)], capture_output=True, text=True, check=True)
+    target = json.loads(shown.stdout)["packets"][packet]
+    pos, size = int(target["pos"]), int(target["size"])
+    data = bytearray(Path(clip_path).read_bytes())
+    noise = random.Random(packet)
+    for i in range(pos + 4, pos + size):  # keep the NAL length prefix's start: the demuxer still splits packets
+        data[i] = noise.randrange(256)
+    out.write_bytes(bytes(data))
+    return out

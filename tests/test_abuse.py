@@ -57,6 +57,9 @@ def test_schemes_are_read_in_any_case_into_one_normal_form(text, scheme, normal)
     ("S3://bkt/in/../../etc/passwd", "'..' segments"),
     ("s3://bkt/..", "'..' segments"),
     ("storage:uploads/../jobs/x", "'..' segments"),
+    ("s3://bkt/inputs/./x.mp4", "'.' or empty segments"),  # the worker's storage refused it, after the job was accepted
+    ("s3://bkt/inputs//x.mp4", "'.' or empty segments"),
+    ("s3://bkt/inputs/", "'.' or empty segments"),
     ("s3://bkt", "s3://bucket/key"),
     ("ftp://host/a.mp4", "'ftp'"),
     ("local:a.mp4", "'local'"),

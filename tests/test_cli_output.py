@@ -3,8 +3,6 @@ processes, the tiny model. stdout is a pipe or a file here, never a terminal, as
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import os
 import re
@@ -19,6 +17,7 @@ import pytest
 from pipeline.core.webhook_signing import JOB_HOOKS, key_secret
 from tests.services import start_worker, stop_process
 from tests.test_pipeline import BUCKET, FRAMES, clips, line, redis_server, s3, write_manifest  # noqa: F401  (fixtures)
+from tests.webhook_receiver import readme_verify
 
 SERVER_SECRET = "test-server-secret"
 STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"
@@ -146,10 +145,9 @@ def test_submit_wait_in_a_log_watch_results_jsonl_and_the_on_done_hook(env, s3, 
     assert b1 == b2 and h1["X-Sam3v-Delivery"] == h2["X-Sam3v-Delivery"]
     secret = cli(env, "hook-secret").stdout.strip()
     assert secret == key_secret(SERVER_SECRET, JOB_HOOKS)
-    t, mac = re.fullmatch(r"t=(\d+),v1=([0-9a-f]{64})", h2["X-Sam3v-Signature"]).groups()
-    assert hmac.compare_digest(mac, hmac.new(secret.encode(), f"{t}.".encode() + b2, hashlib.sha256).hexdigest())
-    body = json.loads(b2)
+    body = readme_verify()(secret, h2, b2, set())
     assert body["event"] == "job_completed" and body["job"] == job and body["status"] == "partial"
+    assert body["name"] == "nightly.jsonl", "the manifest's name, not the submitter's path to it"
     assert body["counts"]["succeeded"] == 1 and body["rejected"] == 1
     assert body["results"] == f"s3://{BUCKET}/results/{job}/results.jsonl"
 

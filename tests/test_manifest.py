@@ -115,7 +115,7 @@ def test_local_paths_only_in_embedded_mode():
 
 
 def test_default_ids_are_safe_and_unique():
-    data = jsonl({"video": "https://h/a/../%2e%2e/My Video (final).MP4?sig=1"}, {"video": "s3://b/x/"},
+    data = jsonl({"video": "https://h/a/../%2e%2e/My Video (final).MP4?sig=1"}, {"video": "s3://b/x/.mp4"},
                  {"video": "https://h/" + "v" * 200 + ".mp4"}, {"video": "s3://b/clip.mp4"},
                  {"video": "s3://c/clip.mp4"})
     ids = [i.id for i in parse_manifest(data, "m.jsonl", "dog").items]
@@ -124,7 +124,7 @@ def test_default_ids_are_safe_and_unique():
     assert len(ids[2]) == len("000003-") + 40
     from pipeline.control.manifest import _ID
 
-    assert all(_ID.match(i) and ".." not in i.split("/") for i in ids)
+    assert all(_ID.fullmatch(i) and ".." not in i.split("/") for i in ids)
 
 
 def test_csv_with_header():
@@ -199,12 +199,23 @@ def test_load_manifest_bytes(tmp_path):
         load_manifest_bytes("s3://bkt", Fake)
 
 
-def test_an_id_equal_to_the_job_index_is_rejected():
-    """A video named results.jsonl would overwrite (or be overwritten by) the job's own index."""
-    data = b'{"id": "results.jsonl", "video": "s3://b/a.mp4", "prompt": "dog"}\n{"id": "ok", "video": "s3://b/b.mp4", "prompt": "dog"}\n'
+@pytest.mark.parametrize("vid", ["results.jsonl", "status.json", "Status.json", "status.json.partial", "work",
+                                 "uploads"])
+def test_an_id_the_job_folder_uses_itself_is_rejected(vid):
+    """A video named results.jsonl or status.json would be a folder where the job's index or an
+    embedded run's status file goes (`sam3v run` failed with IsADirectoryError, its status unwritten)."""
+    data = jsonl({"id": vid, "video": "s3://b/a.mp4", "prompt": "dog"}, {"id": "ok", "video": "s3://b/b.mp4", "prompt": "dog"})
     result = parse_manifest(data, "m.jsonl")
     assert [i.id for i in result.items] == ["ok"]
-    assert result.rejected[0].line == 1 and "results.jsonl" in result.rejected[0].reason
+    assert result.rejected[0].line == 1 and repr(vid) in result.rejected[0].reason
+    assert "a name the job's folder uses itself" in result.rejected[0].reason
+
+
+@pytest.mark.parametrize("vid", ["dog\n", "dog\r", "\ndog", "do\ng", "dog ", "a/b", "..", "-dog", "x" * 129])
+def test_an_id_is_checked_whole(vid):
+    """"$" matched before a trailing newline: "dog\n" passed and became a folder named with a newline."""
+    result = parse_manifest(jsonl({"id": vid, "video": "s3://b/a.mp4", "prompt": "dog"}), "m.jsonl")
+    assert not result.items and result.rejected[0].reason.startswith(f"id: {vid!r} is not safe")
 
 
 def test_prompt_count_is_bounded():

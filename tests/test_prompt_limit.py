@@ -67,3 +67,19 @@ def test_api_answers_422_naming_prompts(api):
     assert r.status_code == 200, r.text
     gen_id = r.json()["generations"][0]["generation_id"]
     assert httpx.delete(f"{api}/api/ai/queue/{gen_id}", headers=headers).json()["status"] == "cancelled"
+
+
+def test_api_refuses_a_long_prompt_before_storing_anything(api, redis_server):  # noqa: F811
+    """A 1 MB prompt was accepted (200) and kept in Redis for the job's retention; it failed only at
+    the worker (32 tokens)."""
+    import redis
+
+    headers = {"Authorization": f"Bearer {KEY}"}
+    body = {"model": "sam-3-video", "input_video": f"s3://{BUCKET}/inputs/a.mp4"}
+    before = redis.Redis.from_url(redis_server.url).dbsize()
+    for prompt, words in (("x" * 1_000_000, "is 1000000 bytes"), (" ".join(["dog"] * 40), "is 42 tokens")):
+        r = httpx.post(f"{api}/api/ai/queue", json={**body, "prompt": prompt, "num_generations": 4}, headers=headers)
+        assert r.status_code == 422, r.text[:300]
+        error = r.json()["error"]
+        assert error["field"] == "prompts" and words in error["message"] and len(error["message"]) < 300, error
+    assert redis.Redis.from_url(redis_server.url).dbsize() == before, "nothing of the refused requests was stored"

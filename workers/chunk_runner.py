@@ -92,6 +92,14 @@ class ChunkInputs:
     decoder: str = "pyav"  # the decoder tried first (SAM3V_DECODER)
     frame_batch: int = 1  # frames per detector batch, on the video's own grid (recorded when planned)
 
+    @property
+    def damaged_is_error(self) -> bool:
+        """A video in several chunks fails at the chunk that meets a damaged packet (naming the
+        frame): decoding past it would number the later frames differently in each chunk that reads
+        them, and the video could not be joined. A video in one chunk is decoded past damage, as
+        the ffmpeg CLI does."""
+        return not (self.chunk.index == 0 and self.chunk.final)
+
 
 @dataclass
 class ChunkResult:
@@ -147,7 +155,8 @@ class ChunkRunner:
         self.context_from, last = (origin + g for g in self.stream.group_bounds(chunk.start - origin,
                                                                                 chunk.stop - origin))
         first, context_to = min(self.context_from, self.carry.render_from), min(last, end)
-        self.reader = open_reader(job.info, start=first, count=context_to - first, first=job.decoder)
+        self.reader = open_reader(job.info, start=first, count=context_to - first, first=job.decoder,
+                                  strict=job.damaged_is_error)
         self.decode = DecodeThread(self.reader)
         self.seen = self.carry.render_from
 
@@ -266,7 +275,8 @@ class ChunkRunner:
             return
         entries = {entry["frame"]: entry for entry in self.log.frames}
         first, last = self.undrawn[0], self.undrawn[-1]
-        with open_reader(self.inputs.info, start=first, count=last + 1 - first, first=self.inputs.decoder) as again:
+        with open_reader(self.inputs.info, start=first, count=last + 1 - first, first=self.inputs.decoder,
+                         strict=self.inputs.damaged_is_error) as again:
             for frame in again:
                 self.render.replay(frame.index, frame, entries[frame.index])
         self.undrawn.clear()

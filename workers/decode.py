@@ -64,6 +64,10 @@ def _turn(rgb: np.ndarray, clockwise_quarters: int) -> np.ndarray:
     return np.ascontiguousarray(rgb)
 
 
+class DamagedSource(InputError):
+    """A strict reader met a damaged packet (``FrameReader.strict``)."""
+
+
 class FrameReader:
     """Frames [start, start + count) of one video, in order. Iterate once; close() or ``with``.
 
@@ -75,11 +79,15 @@ class FrameReader:
     backend: Backend
     warning: str | None = None
 
-    def __init__(self, info: VideoInfo, start: int, stop: int | None) -> None:
+    def __init__(self, info: VideoInfo, start: int, stop: int | None, strict: bool = False) -> None:
         self.info = info
         self.path = info.path
         self._start = start
         self._stop = stop  # exclusive; None: to the end
+        # A damaged packet is an error, not skipped: frames after a skipped packet are numbered one
+        # lower, so a chunk whose frames another chunk also reads (by seeking to a timestamp) would
+        # disagree with it on which frame is which, and its video could not be joined.
+        self.strict = strict
 
     def __iter__(self) -> Iterator[Frame]:
         raise NotImplementedError
@@ -108,7 +116,7 @@ class FrameReader:
 
 
 def open_reader(info: VideoInfo, start: int = 0, count: int | None = None,
-                backend: Backend | None = None, first: Backend = "pyav") -> FrameReader:
+                backend: Backend | None = None, first: Backend = "pyav", strict: bool = False) -> FrameReader:
     """Open ``info.path`` at frame ``start`` for ``count`` frames (None: to the end).
 
     ``backend`` forces one backend (tests, benchmarks). By default PyAV reads, and decord takes
@@ -125,17 +133,19 @@ def open_reader(info: VideoInfo, start: int = 0, count: int | None = None,
         raise ValueError(f"start and count must be >= 0, got start={start} count={count}")
     stop = None if count is None else start + count
     if backend is not None:
-        return _READERS[backend](info, start, stop)
+        return _READERS[backend](info, start, stop, strict)
     if first not in _READERS:
         raise InputError(f"SAM3V_DECODER={first!r}: expected pyav or decord")
     second = "decord" if first == "pyav" else "pyav"
     try:
-        return _READERS[first](info, start, stop)
+        return _READERS[first](info, start, stop, strict)
+    except DamagedSource:
+        raise  # the other backend would number the frames past the damage its own way
     except Exception as err:  # decord raises DECORDError, RuntimeError, and more
         log.info("%s cannot read %s (%s); trying %s", first, info.path, _one_line(err), second)
         failure = err
     try:
-        return _READERS[second](info, start, stop)
+        return _READERS[second](info, start, stop, strict)
     except InputError:
         raise
     except Exception as err:
@@ -159,10 +169,10 @@ def _one_line(err: BaseException) -> str:
 class _DecordReader(FrameReader):
     backend: Backend = "decord"
 
-    def __init__(self, info: VideoInfo, start: int, stop: int | None) -> None:
+    def __init__(self, info: VideoInfo, start: int, stop: int | None, strict: bool = False) -> None:
         from decord import VideoReader, cpu  # heavy import, only on the data plane
 
-        super().__init__(info, start, stop)
+        super().__init__(info, start, stop, strict)
         self._vr = VideoReader(info.path, ctx=cpu(0), num_threads=0)
         self._total = len(self._vr)
         self._end = self._total if stop is None else min(stop, self._total)
@@ -241,10 +251,10 @@ def _turned_shape(shape: tuple[int, ...], turns: int) -> tuple[int, int]:
 class _PyAVReader(FrameReader):
     backend: Backend = "pyav"
 
-    def __init__(self, info: VideoInfo, start: int, stop: int | None) -> None:
+    def __init__(self, info: VideoInfo, start: int, stop: int | None, strict: bool = False) -> None:
         import av  # heavy import, only on the data plane
 
-        super().__init__(info, start, stop)
+        super().__init__(info, start, stop, strict)
         self._turns = info.rotation // 90  # PyAV never rotates
         self._yuv = yuv_capable(info)
         self.corrupt_packets = 0
@@ -353,6 +363,11 @@ class _PyAVReader(FrameReader):
             try:
                 decoded = packet.decode()
             except av.FFmpegError as err:
+                if self.strict:
+                    raise DamagedSource(f"{self.path}: damaged data at frame {self._next_index} ({_one_line(err)}): a file "
+                                     "corrupt in the middle cannot be split into chunks; process it as one chunk "
+                                     "(chunk_frames at least its frame count) or repair it (ffmpeg -i in -c:v libx264 "
+                                     "out.mp4)") from err
                 # Like the ffmpeg CLI, skip a damaged packet and go on; the caller sees fewer
                 # frames than promised. A file without one good frame fails in __init__.
                 self.corrupt_packets += 1

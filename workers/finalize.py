@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from pipeline.core.errors import ProcessingError
@@ -34,8 +35,10 @@ def concat_parts(parts: list[Path], out: Path) -> None:
 
 def finalize_video(info: VideoInfo, artifacts: Storage, work: WorkKeys, num_chunks: int, videos: list[str],
                    model: dict, params: dict, prompts: list[str], out: Storage, out_prefix: str,
-                   part_frames: int) -> tuple[dict, dict[str, str], str | None]:
-    """Returns (masks.json document, {output name: URI}, audio handling)."""
+                   part_frames: int, claim: Callable[[], None] | None = None) -> tuple[dict, dict[str, str], str | None]:
+    """Returns (masks.json document, {output name: URI}, audio handling). Every output is made
+    locally first; ``claim`` (it raises to refuse) is called before anything is published, so a
+    video cancelled meanwhile gets no outputs at all."""
     logs = [FrameLog.from_json(artifacts.get_bytes(work.frames(k))) for k in range(num_chunks)]
     frames = [entry for log in logs for entry in log.frames]
     if not frames:
@@ -56,7 +59,7 @@ def finalize_video(info: VideoInfo, artifacts: Storage, work: WorkKeys, num_chun
     # ffmpeg lines up the source's earliest stream instead: in MPEG-TS the audio (its AAC priming)
     # starts ~21 ms before the video, and was that much late.
     audio_from = pts[0] if start_frame or abs(pts[0]) > 1e-6 else None
-    uris: dict[str, str] = {}
+    made: dict[str, Path] = {}
     audio = None
     with tempfile.TemporaryDirectory(prefix="sam3v-final-") as tmp:
         scratch = Path(tmp)
@@ -77,7 +80,10 @@ def finalize_video(info: VideoInfo, artifacts: Storage, work: WorkKeys, num_chun
                 audio = add_audio(path, Path(info.path), with_audio,
                                   duration if limited or audio_from is not None else None, audio_from)
                 path = with_audio
-            uris[name] = out.put_file(path, join_key(out_prefix, OUTPUT_FILES[name]))
+            made[name] = path
+        if claim is not None:
+            claim()
+        uris = {name: out.put_file(path, join_key(out_prefix, OUTPUT_FILES[name])) for name, path in made.items()}
         # masks.json last: when it is there, the videos are too.
         uris = {"masks": out.put_bytes(document_json(document), join_key(out_prefix, OUTPUT_FILES["masks"])), **uris}
     return document, uris, audio

@@ -29,7 +29,7 @@ from celery.exceptions import Ignore, SoftTimeLimitExceeded
 
 from pipeline.control import schedules
 from pipeline.core.celery_app import CLOSE_CANCELLED, FINALIZE, PROBE, SEGMENT_CHUNK, queue_for
-from pipeline.core.errors import Cancelled, Sam3vError
+from pipeline.core.errors import Cancelled, InputError, Sam3vError
 from pipeline.core.heartbeats import Heartbeats
 from pipeline.core.layout import JobKeys, VideoKeys
 from pipeline.core.planning import PART_FRAMES, Chunk
@@ -37,7 +37,7 @@ from pipeline.core.specs import VideoSpec
 from pipeline.core.storage import StorageUnavailable
 from workers import service, sweeper  # sweeper: publish hooks and the sweeper thread of worker masters
 from workers.blame import worker_fault
-from workers.cancel_cleanup import close_cancelled, drop_cancelled_work
+from workers.cancel_cleanup import close_cancelled, drop_cancelled_work, drop_failed_work, drop_finished_work
 from workers.runtime import Context, context, model
 from workers.sources import local_source, stage_source
 from workers.video_state import fail_video, finish_video, stop_if_not_wanted
@@ -112,6 +112,10 @@ def _not_wanted(task: Task, ctx: Context, job_id: str, video_id: str, attempt: i
         entry = ctx.status.video(job_id, video_id)
         if int(entry.get("attempt") or 0) != attempt:
             reason = f"superseded: its video runs again as attempt {entry.get('attempt')}"
+        elif entry.get("status") == "succeeded":
+            reason = "its video already ended (succeeded)"
+            if drop_finished_work(ctx, job_id, video_id, attempt):
+                reason += "; its work files removed"
         elif entry.get("status") == "cancelled" or ctx.status.is_cancelled(job_id):
             reason = "cancelled"
             drop_cancelled_work(ctx, job_id, video_id, attempt)
@@ -144,6 +148,7 @@ def _guarded(task: Task, ctx: Context, job_id: str, video_id: str, attempt: int,
              uncount: Callable[[], None] | None = None):
     """Run ``step``; an error fails this video (with a message for the user) and keeps the worker;
     an outage of Redis or storage runs the task again later."""
+    bad_input = False
     try:
         return step()
     except OUTAGES as err:
@@ -156,11 +161,17 @@ def _guarded(task: Task, ctx: Context, job_id: str, video_id: str, attempt: int,
     except Sam3vError as err:
         _blame_worker(ctx, err, uncount)
         message = str(err)
+        bad_input = isinstance(err, InputError)
     except Exception as err:  # a bug: fail this video, keep the worker (unless the worker is at fault)
         _blame_worker(ctx, err, uncount)
         log.exception("%s of %s/%s failed", what, job_id, video_id)
         message = f"internal error in {what}: {type(err).__name__}: {err}"
     fail_video(ctx, job_id, video_id, attempt, message)
+    if bad_input:  # the source is at fault: its chunks' work cannot serve a retry
+        try:
+            drop_failed_work(ctx, job_id, video_id, attempt)
+        except OUTAGES as err:
+            log.warning("%s/%s: work files left in storage: %s", job_id, video_id, err)
     raise VideoFailed(message)
 
 
@@ -342,25 +353,29 @@ def finalize_task(self, job_id: str, video_id: str, planned_chunks: int, attempt
     _started(self, ctx, job_id, video_id, attempt)
     keys = VideoKeys(job_id, video_id)
 
+    def claim() -> None:
+        """Under the attempt's fence, in one step with the cancel check: publish, or publish nothing."""
+        if not ctx.status.claim_publishing(job_id, video_id, attempt):
+            # Cancelled (or moved on) while it joined the parts: no outputs; the work files go only
+            # if no retry's new attempt may be writing there already (_not_wanted).
+            raise Cancelled("stopped before publishing its outputs: its video is no longer wanted")
+
     def step():
         entry = ctx.status.video(job_id, video_id)
         info = probe(local_source(ctx.storage, ctx.settings, entry["source"], job_id, video_id))
         final = finalize(info, entry["header"], ctx.storage, keys.work, planned_chunks, ctx.storage, keys.prefix,
-                         entry.get("part_frames") or PART_FRAMES)
-        if not _wanted(ctx, job_id, video_id, attempt):
-            # Cancelled while it joined the parts: no success; the work files go only if no retry's
-            # new attempt may be writing there already (_not_wanted).
-            raise Cancelled("stopped before recording its outputs: its video is no longer wanted")
+                         entry.get("part_frames") or PART_FRAMES, claim)
         finish_video(ctx, job_id, video_id, attempt, status="succeeded", outputs=final.outputs,
                      num_frames=final.num_frames, num_objects=final.num_objects, frames_done=final.num_frames)
 
     _guarded(self, ctx, job_id, video_id, attempt, "finalize", step)
     # After the video is recorded: a retried finalize must still find the chunks if recording failed.
-    if not ctx.settings.keep_chunks:
-        try:
-            ctx.storage.delete_prefix(keys.work_prefix)
-        except OUTAGES as err:
-            log.warning("%s/%s: work files left in storage: %s", job_id, video_id, err)
+    # Cleaning up is part of the task: if it cannot finish (storage away), the task runs again, and a
+    # redelivered finalize of a video that succeeded removes work/ (_not_wanted).
+    try:
+        drop_finished_work(ctx, job_id, video_id, attempt)
+    except OUTAGES as err:
+        _retry_later(self, ctx, err, None)
 
 
 @shared_task(name=CLOSE_CANCELLED, bind=True)

@@ -56,11 +56,18 @@ def attempt_of(entry: dict) -> int:
     return int(entry.get("attempt") or 0)
 
 
+def _claimed(entry: dict, attempt: int) -> bool:
+    """This attempt holds the claim to publish the video's outputs (``StatusStore.claim_publishing``)."""
+    return entry.get("publishing") is not None and int(entry["publishing"]) == attempt
+
+
 def stop_if_not_wanted(ctx: Context, job_id: str, video_id: str, attempt: int) -> None:
     """Raise Ignore when this task's work is no longer wanted."""
     entry = ctx.status.video(job_id, video_id)
     if attempt_of(entry) != attempt:
         raise Ignore()  # a task of an earlier attempt: the video was retried since
+    if entry.get("status") not in TERMINAL and _claimed(entry, attempt):
+        return  # its finalize began publishing before any cancel: the video ends succeeded
     if ctx.status.is_cancelled(job_id) or entry.get("status") in TERMINAL:
         drop_cached(ctx.settings, job_id, video_id)  # cancelled or ended: nothing on this host reads it again
         raise Ignore()

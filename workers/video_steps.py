@@ -172,12 +172,13 @@ def chunks_run(artifacts: Storage, work: WorkKeys, planned: int) -> int:
 
 
 def finalize(info: VideoInfo, header: dict, artifacts: Storage, work: WorkKeys, planned_chunks: int,
-             out: Storage, out_prefix: str, part_frames: int) -> Finalized:
-    """Join the chunks' outputs into masks.json and the output videos under ``out_prefix``."""
+             out: Storage, out_prefix: str, part_frames: int, claim: Callable[[], None] | None = None) -> Finalized:
+    """Join the chunks' outputs into masks.json and the output videos under ``out_prefix``; ``claim``:
+    see ``finalize_video``."""
     chunks = chunks_run(artifacts, work, planned_chunks)
     videos = [o for o in header["params"]["outputs"] if o != "rle"]
     document, uris, audio = finalize_video(info, artifacts, work, chunks, videos, header["model"], header["params"],
-                                           header["prompts"], out, out_prefix, part_frames)
+                                           header["prompts"], out, out_prefix, part_frames, claim)
     return Finalized(uris, document["video"]["num_frames"], len(document["objects"]), chunks, audio)
 
 

@@ -25,12 +25,17 @@ from pydantic import BaseModel, ValidationError
 
 from pipeline.core.errors import InputError
 from pipeline.core.layout import RESERVED_VIDEO_IDS
+from pipeline.core.prompt_tokens import prompt_problem
 from pipeline.core.specs import DEFAULT_MAX_PROMPTS, OPTION_FIELDS, VideoSpec, first_error, too_many_prompts
 from pipeline.core.uris import REMOTE, BadUri, Scheme, parse_uri
 
 FIELDS = {"id", "video", "input_video", "prompt", "prompts", *OPTION_FIELDS}
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # fullmatch: "$" would let a trailing newline in
 _SLUG = re.compile(r"[^A-Za-z0-9._-]+")
+# What one video may store in Redis (its item: id, source, prompts, options), kept there for the
+# job's retention on the Redis that may also be the broker. A line within every field's own limits
+# (16 prompts of at most 1 KiB, ids of 128) stays far below; a longer URL is refused here.
+MAX_ITEM_BYTES = 32 * 1024
 
 
 class Rejected(BaseModel):
@@ -92,10 +97,15 @@ def _prompts(raw: dict, default_prompt: str | None, limit: int) -> list[str]:
             raise ValueError("prompts: an entry is empty or whitespace")
         if problem := too_many_prompts(len(prompts), limit):
             raise ValueError(f"prompts: {problem}")
+        for p in prompts:
+            if problem := prompt_problem(p):
+                raise ValueError(f"prompts: {problem}")
     elif raw.get("prompt") is not None:
         if not isinstance(raw["prompt"], str):
             raise ValueError("prompt: must be a string")
         prompts = [raw["prompt"].strip()] if raw["prompt"].strip() else []
+        if prompts and (problem := prompt_problem(prompts[0])):
+            raise ValueError(f"prompt: {problem}")
     if not prompts:
         if default_prompt is None:
             raise ValueError("prompt: missing, empty or whitespace, and the job has no default prompt (--prompt)")
@@ -128,18 +138,23 @@ def _item(raw: dict, line: int, default_prompt: str | None, allow_local: bool, m
         vid = _default_id(line, video)
     elif not isinstance(vid, str):
         raise ValueError(f"id: must be a string, not {type(vid).__name__}")
-    elif not _ID.match(vid) or vid in (".", ".."):
+    elif not _ID.fullmatch(vid) or vid in (".", ".."):
         raise ValueError(f"id: {vid!r} is not safe as a storage key (letters, digits, '.', '_', '-'; at most 128)")
-    elif vid in RESERVED_VIDEO_IDS:
-        raise ValueError(f"id: {vid!r} is the name of the job's own index file; choose another id")
+    elif vid.lower() in RESERVED_VIDEO_IDS:  # lower: a case-insensitive file system (macOS) clashes too
+        raise ValueError(f"id: {vid!r} is a name the job's folder uses itself "
+                         f"({', '.join(sorted(RESERVED_VIDEO_IDS))}); choose another id")
     fields = {k: v for k, v in raw.items() if k in OPTION_FIELDS}
     if isinstance(fields.get("outputs"), str):
         fields["outputs"] = [o.strip() for o in re.split(r"[,|]", fields["outputs"]) if o.strip()]
     try:
-        return VideoSpec(id=vid, video=video, prompts=_prompts(raw, default_prompt, max_prompts), line=line, **fields)
+        spec = VideoSpec(id=vid, video=video, prompts=_prompts(raw, default_prompt, max_prompts), line=line, **fields)
     except ValidationError as err:
         field, message = first_error(err)
         raise ValueError(f"{field}: {message}") from None
+    if (size := len(spec.model_dump_json())) > MAX_ITEM_BYTES:
+        raise ValueError(f"the line is {size} bytes once read; a video's request is at most {MAX_ITEM_BYTES} "
+                         "(a very long video URL?)")
+    return spec
 
 
 def _jsonl_rows(lines: Iterable[str]):
@@ -198,6 +213,8 @@ def _is_csv(name: str, first_char: str) -> bool:
 def _check_default_prompt(default_prompt: str | None) -> None:
     if default_prompt is not None and not default_prompt.strip():
         raise InputError("--prompt: empty or whitespace")
+    if default_prompt is not None and (problem := prompt_problem(default_prompt.strip())):
+        raise InputError(f"--prompt: {problem}")
 
 
 def manifest_entries(lines: Iterable[str], name: str, first_char: str, default_prompt: str | None = None,

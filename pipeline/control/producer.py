@@ -60,7 +60,9 @@ def submit_manifest(app: Celery, store: StatusStore, data: bytes | Path, source_
     spec = {"source": source_name, "default_prompt": default_prompt, "lane": lane, "allow_local": allow_local}
     if on_done:
         spec["on_done"] = on_done
-    job = JobWriter(store, job_id, name or source_name, spec, batch)
+    # The default name is the manifest's file name, not the submitter's path to it: the name travels
+    # (the --on-done hook's body, the API, `sam3v jobs` on other machines).
+    job = JobWriter(store, job_id, name or Path(source_name).name or source_name, spec, batch)
     with read_manifest(data, source_name, scan, default_prompt, allow_local, max_prompts) as entries:
         if strict:  # nothing is enqueued until every line has passed
             tally = job.record(entries, send=None)

@@ -23,10 +23,12 @@ from pipeline.core.storage import join_key
 # What a video's outputs are called (API and results) and the file each is stored as.
 OUTPUT_FILES = {"masks": "masks.json", "overlay": "overlay.mp4", "mask": "mask.mp4"}
 RESULTS_NAME = "results.jsonl"
+STATUS_NAME = "status.json"  # an embedded job's final status document (sam3v run), beside results.jsonl
 UPLOADS = "uploads"
 WORK = "work"
-# Names a video id may not take: the job folder's own entries.
-RESERVED_VIDEO_IDS = frozenset({RESULTS_NAME})
+# Names a video id may not take: every entry the job folder (or a video folder) has of its own,
+# and the temporary names they are written under.
+RESERVED_VIDEO_IDS = frozenset({RESULTS_NAME, STATUS_NAME, f"{STATUS_NAME}.partial", WORK, UPLOADS})
 
 
 @dataclass(frozen=True)

@@ -86,6 +86,24 @@ return repeats
 """
 CANCELLED_BY_USER = "cancelled by the user"
 
+# KEYS: videos hash, job hash. ARGV: video id, the entry as the caller read it, the claimed entry.
+# A finalize claims the right to publish its video's outputs: refused (0) once the job's cancel is
+# recorded, -1 when the entry changed since the caller read it (the caller reads again).
+_CLAIM_PUBLISHING = """
+if redis.call('HGET', KEYS[2], 'cancelled') == '1' then return 0 end
+if (redis.call('HGET', KEYS[1], ARGV[1]) or '') ~= ARGV[2] then return -1 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+return 1
+"""
+
+
+def publishing(entry: dict) -> bool:
+    """The video's finalize has claimed publishing its outputs (``StatusStore.claim_publishing``) for
+    the attempt it runs: a cancel no longer stops it; it ends ``succeeded``."""
+    claimed = entry.get("publishing")
+    return (entry.get("status") == "processing" and claimed is not None
+            and int(claimed) == int(entry.get("attempt") or 0))
+
 
 def _k(*parts: str) -> str:
     return "sam3v:" + ":".join(parts)
@@ -123,6 +141,7 @@ class StatusStore:
         self.r = redis_client
         self._transition = self.r.register_script(_TRANSITION)
         self._add_videos = self.r.register_script(_ADD_VIDEOS)
+        self._claim = self.r.register_script(_CLAIM_PUBLISHING)
 
     # --- jobs ---------------------------------------------------------------------------------
     def new_job_id(self) -> str:
@@ -160,7 +179,8 @@ class StatusStore:
         self.event(job_id, "job_created", {"total": len(items), "rejected": len(rejected)})
 
     def job_exists(self, job_id: str) -> bool:
-        return bool(self.r.exists(_k("job", job_id)))
+        # ":" separates a job's own keys (``<job>:videos``...): no job id holds one.
+        return ":" not in job_id and bool(self.r.exists(_k("job", job_id)))
 
     def job_spec(self, job_id: str) -> dict:
         raw = self.r.hget(_k("job", job_id), "spec")
@@ -212,6 +232,8 @@ class StatusStore:
             if entry.get("status") in TERMINAL and fields.get("status") not in (None, "queued") and \
                     fields.get("status") != entry.get("status"):
                 return "refused"  # a late message for a video already finished (or cancelled) changes nothing
+            if fields.get("status") == "cancelled" and publishing(entry):
+                return "refused"  # its finalize is publishing: it ends succeeded, never cancelled with outputs
             entry.update(fields)
             entry["updated"] = time.time()
             total = int(self.r.hget(_k("job", job_id), "total") or 0)
@@ -229,6 +251,23 @@ class StatusStore:
             self.event(job_id, f"video_{entry['status']}", data)
         return "completed" if int(completed) else "written"
 
+    def claim_publishing(self, job_id: str, video_id: str, attempt: int) -> bool:
+        """Before a finalize publishes anything: True when the video (at ``attempt``, processing)
+        may publish its outputs, in one step with the check that no cancel is recorded; from then
+        on a cancel leaves the video to end ``succeeded``. False: cancelled, ended or moved on."""
+        key = _k("job", job_id, "videos")
+        while True:
+            raw = self.r.hget(key, video_id)
+            entry = json.loads(raw) if raw else {}
+            if int(entry.get("attempt") or 0) != attempt or entry.get("status") != "processing":
+                return False
+            if publishing(entry):
+                return True  # claimed before by this attempt (a redelivered finalize)
+            claimed = {**entry, "publishing": attempt, "updated": time.time()}
+            got = int(self._claim(keys=[key, _k("job", job_id)], args=[video_id, _s(raw), json.dumps(claimed)]))
+            if got >= 0:
+                return bool(got)
+
     def requeue(self, job_id: str, video_id: str, attempt: int) -> int | None:
         """Queue a ``processing`` video of ``attempt`` again under the next attempt (its lost work
         restarts; the cancelled flag is left alone); None when it is no longer in that state."""
@@ -236,6 +275,8 @@ class StatusStore:
         if entry.get("status") != "processing" or int(entry.get("attempt") or 0) != attempt:
             return None
         fields = {"status": "queued", "attempt": attempt + 1, "requeued": int(entry.get("requeued") or 0) + 1}
+        if publishing(entry):  # its outputs may be partly published: the new attempt finishes them, cancel or not
+            fields["publishing"] = attempt + 1
         refused = self._merge(job_id, video_id, attempt, fields, only_if="processing") == "refused"
         return None if refused else attempt + 1
 
@@ -249,7 +290,7 @@ class StatusStore:
         for vid in video_ids:
             attempts[vid] = int(self.video(job_id, vid).get("attempt") or 0) + 1
             self.update_video(job_id, vid, status="queued", error=None, frames_done=0, outputs=None,
-                              attempt=attempts[vid])
+                              attempt=attempts[vid], publishing=None)
         return attempts
 
     def count_delivery(self, job_id: str, video_id: str, chunk: int, by: int = 1) -> int:
@@ -377,7 +418,7 @@ class StatusStore:
         while True:
             cursor, entries = self.r.hscan(key, cursor, count=batch)
             open_ = [(_s(vid), _s(raw)) for vid, raw in entries.items()
-                     if json.loads(raw).get("status") not in TERMINAL]
+                     if json.loads(raw).get("status") not in TERMINAL and not publishing(json.loads(raw))]
             if open_:
                 now = time.time()
                 pipe = self.r.pipeline(transaction=False)

@@ -88,11 +88,16 @@ def parse_uri(text: str, *, s3_prefix: bool = False) -> Uri:
     raise BadUri(f"{text!r}: scheme {name!r} is not supported")  # "local:" is our label, not a scheme
 
 
-def _check_segments(text: str, key: str) -> None:
+def _check_segments(text: str, key: str, prefix: bool = False) -> None:
     # S3 keys are literal, but a key is also a local file name (LocalStorage, the worker's copies)
-    # and a prefix the API's bucket allow-list compares: ".." must not climb out of either.
-    if ".." in key.split("/"):
+    # and a prefix the API's bucket allow-list compares: ".." must not climb out of either, and
+    # "." or an empty segment ("a//b", "a/./b") names a file that storage keys never do (the worker
+    # would refuse it as an invalid storage key, after the job was accepted).
+    parts = (key.rstrip("/") if prefix else key).split("/")  # a prefix may end with "/"
+    if ".." in parts:
         raise BadUri(f"{text!r}: a key with '..' segments is not allowed")
+    if key.strip("/") and any(p in ("", ".") for p in parts):
+        raise BadUri(f"{text!r}: a key with '.' or empty segments ('//') is not allowed")
 
 
 def _s3(text: str, rest: str, s3_prefix: bool) -> Uri:
@@ -101,7 +106,7 @@ def _s3(text: str, rest: str, s3_prefix: bool) -> Uri:
     bucket, _, key = rest[2:].partition("/")
     if not bucket or (not s3_prefix and not key.strip("/")):
         raise BadUri(f"{text!r} is not s3://bucket/{'prefix' if s3_prefix else 'key'}")
-    _check_segments(text, key)
+    _check_segments(text, key, s3_prefix)
     return Uri(Scheme.S3, f"s3://{bucket}/{key}" if key else f"s3://{bucket}", bucket=bucket, key=key)
 
 

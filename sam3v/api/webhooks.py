@@ -3,9 +3,10 @@ failed or cancelled), and again after each retry ends.
 
 Body: the SSE event's ``data:`` JSON plus ``"event"``. Headers: ``X-Sam3v-Event`` (the event name),
 ``X-Sam3v-Delivery`` (the event id: the same on every attempt, so a receiver can drop repeats) and
-``X-Sam3v-Signature: t=<unix time>,v1=<hex HMAC-SHA256 of "<t>.<body>">``, keyed with the caller's
-webhook secret (``GET /api/ai/webhooks/secret``). A receiver recomputes the HMAC over the raw body,
-compares in constant time and rejects an old ``t``.
+``X-Sam3v-Signature`` (``pipeline.core.webhook_signing``: the time, event, delivery id and body are
+signed), keyed with the caller's webhook secret (``GET /api/ai/webhooks/secret``). A receiver
+recomputes the HMAC, compares in constant time, rejects an old ``t`` and a delivery id seen before
+(README: verifying a webhook).
 
 Delivery: every API process reads the events stream in one Redis consumer group, so each event
 goes to one process. A delivery that fails (network error, any non-2xx status) is tried again

@@ -98,15 +98,13 @@ def submit(
         raise InputError("SAM3V_BROKER_URL is not set: use `sam3v run` for the embedded mode, or set a broker")
     from pipeline.control.submit_checks import preflight_submit
 
-    if on_done:
-        from pipeline.core.uris import Scheme, parse_uri
+    if on_done:  # the checks the worker makes when it sends (scheme, private addresses): refused here, now
+        from pipeline.core.urls import check_url
 
         try:
-            scheme = parse_uri(on_done).scheme
-        except ValueError as err:
-            raise InputError(f"--on-done {on_done!r}: {err}") from None
-        if scheme not in (Scheme.HTTP, Scheme.HTTPS):
-            raise InputError(f"--on-done {on_done!r}: expected an http(s):// URL")
+            check_url(on_done, settings.url_allowlist)
+        except InputError as err:
+            raise InputError(f"--on-done: {err}") from None
     if check_inputs not in ("sample", "all", "none"):
         raise InputError(f"--check-inputs {check_inputs!r}: expected sample, all or none")
     with manifest_file(manifest) as data:  # read line by line: memory flat in the manifest's size
@@ -125,8 +123,9 @@ def submit(
 @app.command("hook-secret")
 @user_errors
 def hook_secret() -> None:
-    """The secret `submit --on-done` hooks are signed with: X-Sam3v-Signature is t=<unix time>,v1=<hex
-    HMAC-SHA256 of "<t>.<raw body>"> under it, as the API's webhooks."""
+    """The secret `submit --on-done` hooks are signed with: X-Sam3v-Signature is t=<unix time>,v2=<hex
+    HMAC-SHA256 of "<t>\\n<X-Sam3v-Event>\\n<X-Sam3v-Delivery>\\n<raw body>"> under it, as the API's
+    webhooks (README: verifying a webhook)."""
     from pipeline.core.webhook_signing import JOB_HOOKS, key_secret, server_secret
 
     settings, _, store = context()

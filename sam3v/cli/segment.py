@@ -40,11 +40,16 @@ def _options(apply_mask, outputs, max_frames, chunk_frames, mask_opacity, start_
 
 
 def _check_prompt_count(prompts: list[str], limit: int) -> None:
-    """Refused before the model loads: each prompt costs model time on every frame."""
+    """Refused before the model loads: each prompt costs model time on every frame, and the text
+    encoder takes 32 tokens."""
+    from pipeline.core.prompt_tokens import prompt_problem
     from pipeline.core.specs import too_many_prompts
 
     if problem := too_many_prompts(len(prompts), limit):
         raise InputError(f"--prompt: {problem}")
+    for prompt in prompts:
+        if prompt.strip() and (problem := prompt_problem(prompt.strip())):
+            raise InputError(f"--prompt: {problem}")
 
 
 def _print_summary(result) -> None:

@@ -27,8 +27,8 @@ def upload(request: Request, file: UploadFile = File(..., description="The video
 
 @webhooks_router.get("/api/ai/webhooks/secret", summary="Your webhook signing secret")
 def webhook_secret(request: Request, who: str = Depends(owner)):
-    """Webhook bodies carry `X-Sam3v-Signature: t=<unix time>,v1=<hex>`, where hex is
-    HMAC-SHA256(secret, `<t>.<raw body>`). Each key has its own secret."""
+    """Webhook bodies carry `X-Sam3v-Signature: t=<unix time>,v2=<hex>`, where hex is
+    HMAC-SHA256(secret, `<t>\\n<X-Sam3v-Event>\\n<X-Sam3v-Delivery>\\n<raw body>`). Each key has its own secret."""
     g = generations(request)
     return {"secret": key_secret(server_secret(g.r, g.settings.api_webhook_secret), who),
-            "header": "X-Sam3v-Signature", "scheme": "t=<unix time>,v1=hex(HMAC-SHA256(secret, '<t>.<body>'))"}
+            "header": "X-Sam3v-Signature", "scheme": "t=<unix time>,v2=hex(HMAC-SHA256(secret, '<t>\\n<event>\\n<delivery>\\n<body>'))"}
