@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.common import REPO, SHARED, machine
-from tests.services import RedisServer, start_worker, stop_process
+from tests.fault_env import Worker
+from tests.services import RedisServer, rss_mib
 
 BUCKET = "bench"
 CLIPS = ("01_dog.mp4", "bedroom.mp4")
@@ -37,39 +38,9 @@ SETTLE_AFTER = 3  # jobs before the measured window (first imports, the allocato
 TARGET = 0.05  # growth over the window
 
 
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for process {pid}")
-
-
-def running(pid: int) -> bool:
-    """Alive and not a zombie."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return False
-
-
-def children(pid: int) -> list[int]:
-    done = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
-    return [int(p) for p in done.stdout.split()]
-
-
-def model_process(worker: subprocess.Popen, streams: bool, timeout: float = 300) -> int:
+def model_process(worker: Worker, streams: bool) -> int:
     """The pid that runs the model: the worker itself (threads pool) or its one prefork child."""
-    if streams:
-        return worker.pid
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        kids = children(worker.pid)
-        if len(kids) == 1:
-            return kids[0]
-        if worker.poll() is not None:
-            raise RuntimeError("the worker exited")
-        time.sleep(0.2)
-    raise RuntimeError(f"worker {worker.pid} has no single prefork child: {children(worker.pid)}")
+    return worker.pid if streams else worker.child(timeout=300)
 
 
 @dataclass
@@ -143,8 +114,7 @@ def measure(pool: str, dep: Deployment, tmp: Path, jobs: int, extra_env: dict[st
     """RSS (MiB) of the model process after each job."""
     streams = pool == "streams"
     extra = ("--streams", "2") if streams else ("--streams", "1", "--max-tasks-per-child", "100000")
-    log = tmp / f"worker-{pool}.log"
-    worker = start_worker({**dep.env, **extra_env}, "interactive-gpu,interactive-cpu,gpu,cpu", f"mem-{pool}", log,
+    worker = Worker.start({**dep.env, **extra_env}, "interactive-gpu,interactive-cpu,gpu,cpu", f"mem-{pool}", tmp,
                           *extra)
     sizes: list[float] = []
     try:
@@ -157,12 +127,12 @@ def measure(pool: str, dep: Deployment, tmp: Path, jobs: int, extra_env: dict[st
             sizes.append(rss_mib(pid))
             print(f"  {pool} job {n:2d} ({job}): {sizes[-1]:7.1f} MiB", flush=True)
 
-        run_jobs(dep, jobs, timeout, after_job, lambda: worker.poll() is None and running(pid))
+        run_jobs(dep, jobs, timeout, after_job, lambda: worker.alive() and (streams or pid in worker.children()))
     except BaseException:
-        print(log.read_text(errors="replace")[-3000:], file=sys.stderr)
+        print(worker.tail(), file=sys.stderr)
         raise
     finally:
-        stop_process(worker)
+        worker.stop()
     return sizes
 
 
