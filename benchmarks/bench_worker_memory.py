@@ -146,7 +146,7 @@ def main() -> None:
     parser.add_argument("--pool", choices=("prefork", "streams", "both"), default="both")
     parser.add_argument("--jobs", type=int, default=20)
     parser.add_argument("--videos", type=int, default=2, help="videos a job")
-    parser.add_argument("--frames", type=int, default=12, help="frames a video")
+    parser.add_argument("--frames", type=int, default=10, help="frames a video")
     parser.add_argument("--chunk", type=int, default=8, help="frames a chunk")
     parser.add_argument("--timeout", type=float, default=600, help="seconds a job may take")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
