@@ -113,8 +113,8 @@ def _to_source(found: FrameObjects, origin: int) -> FrameObjects:
 # The stream and the render stage the runner holds get callbacks built from the parts they need,
 # never the runner's own methods: runner -> stream -> bound method -> runner was a reference cycle,
 # so a finished chunk (its tracker session, its frames) stayed in memory until Python's next full
-# garbage collection, which a worker whose heap holds torch and transformers seldom runs: a
-# threads-pool worker grew from job to job (docs/performance.md, "Worker memory").
+# garbage collection, which a worker whose heap holds torch and transformers seldom runs
+# (docs/performance.md, "Worker memory").
 
 def _after_step(tracker: VideoTracker, start_frame: int, progress: Callable[[int], None] | None,
                 should_stop: Callable[[], bool] | None) -> Callable[[int], None]:
