@@ -60,6 +60,14 @@ class RedisServer:
             self.proc.wait(10)
 
 
+def rss_mib(pid: int) -> float:
+    """Resident memory of process ``pid`` (VmRSS), MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
 def start_worker(env: dict, queues: str, name: str, log: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "sam3v.cli", "worker", "--queues", queues, "--concurrency", "1",

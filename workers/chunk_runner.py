@@ -118,6 +118,35 @@ def _to_source(found: FrameObjects, origin: int) -> FrameObjects:
     return dataclasses.replace(found, frame_idx=found.frame_idx + origin) if origin else found
 
 
+# The stream and the render stage the runner holds get callbacks built from the parts they need,
+# never the runner's own methods: runner -> stream -> bound method -> runner was a reference cycle,
+# so a finished chunk (its tracker session, its frames) stayed in memory until Python's next full
+# garbage collection, which a worker whose heap holds torch and transformers seldom runs
+# (docs/performance.md, "Worker memory").
+
+def _after_step(tracker: VideoTracker, start_frame: int, progress: Callable[[int], None] | None,
+                should_stop: Callable[[], bool] | None) -> Callable[[int], None]:
+    """What runs after each frame's tracking step (not when it is pushed: a group waits for its last frame)."""
+
+    def stepped(frame_idx: int) -> None:
+        prune(tracker, frame_idx)
+        if progress:
+            progress(frame_idx + 1)  # frames through the model so far, counted from start_frame
+        # A group's steps run after its last frame is pushed: asked here too, a cancel (or the chunk's
+        # own time limit, in a threads pool) stops the chunk within a frame, not a group.
+        if should_stop and should_stop():
+            raise Cancelled(f"stopped at frame {frame_idx + 1 + start_frame}: its video is no longer wanted")
+
+    return stepped
+
+
+def _part_publisher(artifacts: Storage, work: WorkKeys) -> Callable[[str, int, Path], None]:
+    def publish(name: str, part: int, path: Path) -> None:
+        artifacts.put_file(path, work.part(name, part))
+
+    return publish
+
+
 class ChunkRunner:
     """One chunk in four steps: ``load_state``, ``run`` (decode -> model -> render), ``flush`` (the
     end of the video), ``publish`` (frames, the next chunk's state, then the done marker)."""
@@ -147,9 +176,11 @@ class ChunkRunner:
         self.limit = max(limit, self.carry.render_from)
         spec = RenderSpec(job.info.width, job.info.height, job.info.fps_rational, job.mask_opacity, job.encoder,
                           job.part_frames, self.limit, yuv=yuv_capable(job.info), start_frame=origin)
-        self.render = RenderStage(self.workdir, job.videos, spec, self.log, self._publish_part)
+        self.render = RenderStage(self.workdir, job.videos, spec, self.log, _part_publisher(self.artifacts, self.work))
         self.pending = {entry["frame"]: entry for entry in self.carry.pending}
-        self.stream = self.engine.open_stream(self.tracker, job.frame_batch, self._stepped, self.alone)
+        self.stream = self.engine.open_stream(self.tracker, job.frame_batch,
+                                              _after_step(self.tracker, origin, self.progress, self.should_stop),
+                                              self.alone)
         # Whole detector groups: the frames of the first and last group outside [start, stop) are
         # decoded as context (features only), so batches match an unchunked run's.
         self.context_from, last = (origin + g for g in self.stream.group_bounds(chunk.start - origin,
@@ -182,9 +213,6 @@ class ChunkRunner:
             raise StateError(f"chunk {k} asks for detection threshold {job.detection_threshold}, but the state was "
                              f"written with {tracker.detection_threshold}: a video's chunks must share their options")
         return tracker, carry
-
-    def _publish_part(self, name: str, part: int, path: Path) -> None:
-        self.artifacts.put_file(path, self.work.part(name, part))
 
     # --- run ----------------------------------------------------------------------------------
     def run(self) -> None:
@@ -227,16 +255,6 @@ class ChunkRunner:
         self.timings["model"] += time.perf_counter() - t0
         for found in finished:
             self._emit(found)
-
-    def _stepped(self, frame_idx: int) -> None:
-        """After each frame's tracking step (not when it is pushed: a group waits for its last frame)."""
-        prune(self.tracker, frame_idx)
-        if self.progress:
-            self.progress(frame_idx + 1)  # frames through the model so far, counted from start_frame
-        # A group's steps run after its last frame is pushed: asked here too, a cancel (or the chunk's
-        # own time limit, in a threads pool) stops the chunk within a frame, not a group.
-        if self.should_stop and self.should_stop():
-            raise Cancelled(f"stopped at frame {frame_idx + 1 + self.inputs.start_frame}: its video is no longer wanted")
 
     def _emit(self, found: FrameObjects) -> None:
         found = _to_source(found, self.inputs.start_frame)

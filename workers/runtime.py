@@ -24,6 +24,7 @@ from pipeline.core.settings import Settings, get_settings
 from pipeline.core.status import StatusStore
 from pipeline.core.storage import Storage, open_storage
 from workers import service
+from workers.allocator import pin_malloc_thresholds
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,8 @@ def model():
 
 def worker_app(settings: Settings, preload_model: bool = False) -> Celery:
     """The Celery app with this package's task bodies registered, for ``settings``."""
+    # Before any task (and before a prefork pool forks: its children inherit the settings).
+    pin_malloc_thresholds()
     configure(settings, preload_model)
     app = make_app(settings)
     if settings.effective_redis_url:
