@@ -116,7 +116,7 @@ def _blobs(rng: np.random.Generator, batch: int, height: int, width: int) -> np.
 
 def _case_size(rng: np.random.Generator) -> tuple[int, int, int]:
     batch = int(rng.choice([1, 1, 2, 3, 4, 8, 16, 64]))
-    height, width = (int(v) for v in rng.integers(1, 72, size=2))
+    height, width = (int(v) for v in rng.integers(1, 50, size=2))
     return batch, height, width
 
 
@@ -126,7 +126,7 @@ def test_connected_components_equal_meta_reference():
     for _ in range(2000):
         batch, height, width = _case_size(rng)
         if batch == 64:
-            height, width = min(height, 32), min(width, 32)  # the reference labels plane by plane in Python
+            height, width = min(height, 24), min(width, 24)  # the reference labels plane by plane in Python
         mask = torch.from_numpy(_blobs(rng, batch, height, width) > 0).to(torch.uint8).unsqueeze(1)
         labels, counts = OURS.cc_2d(mask, get_counts=True)
         ref_labels, ref_counts = connected_components.connected_components(mask)
@@ -135,14 +135,18 @@ def test_connected_components_equal_meta_reference():
         assert torch.equal(labels.long(), ref_labels.long()), (batch, height, width)
         cases += 1
         components += int(ref_labels.amax(dim=(1, 2, 3)).sum())
-    assert cases == 2000 and components > 20_000  # many components, not mostly empty planes
+    assert cases == 2000 and components > 10_000  # many components, not mostly empty planes
 
 
 def _ious(rng: np.random.Generator, n: int) -> torch.Tensor:
-    if rng.random() < 0.5:  # IoUs of real masks, as transformers computes them (symmetric)
+    if rng.random() < 0.5:  # IoUs of real masks (symmetric)
         size = int(rng.integers(8, 40))
-        masks = torch.from_numpy(_blobs(rng, n, size, size) > 0)
-        return msv.mask_iou(masks, masks)
+        flat = (_blobs(rng, n, size, size) > 0).reshape(n, size * size).astype(np.int64)
+        # transformers' mask_iou with the counts from an integer product: the same float division
+        inter = flat @ flat.T
+        area = flat.sum(axis=1)
+        union = area[:, None] + area[None, :] - inter
+        return torch.from_numpy(inter).float() / torch.from_numpy(union).float().clamp(min=1)
     ious = torch.from_numpy(rng.random((n, n)).astype(np.float32))  # any matrix, rows and columns differ
     ious[torch.from_numpy(rng.random((n, n)) < 0.1)] = 0.1  # exactly at the usual threshold: kept
     return ious
@@ -192,7 +196,7 @@ def _with_kernel(kernel, fn, *args, **kwargs):
 def test_transformers_fill_holes_gives_the_same_tensor_with_either_backend(kernel_slot):
     rng = np.random.default_rng(1717)
     changed = 0
-    for _ in range(600):
+    for _ in range(500):
         batch, height, width = _case_size(rng)
         scores = torch.from_numpy(_blobs(rng, batch, height, width)).unsqueeze(1)
         max_area = int(rng.choice([1, 4, 16, 16, 50]))
@@ -200,14 +204,14 @@ def test_transformers_fill_holes_gives_the_same_tensor_with_either_backend(kerne
         meta = _with_kernel(MetaCvUtils(), msv.fill_holes_in_mask_scores, scores, max_area=max_area)
         assert torch.equal(ours, meta), (batch, height, width, max_area)
         changed += int(not torch.equal(ours, scores))
-    assert changed > 300  # the step does something on most cases
+    assert changed > 250  # the step does something on most cases
 
 
 def test_transformers_nms_masks_keeps_the_same_detections_with_either_backend(kernel_slot):
     rng = np.random.default_rng(171717)
     dropped = 0
-    for _ in range(600):
-        n, size = int(rng.choice([1, 2, 5, 20, 64])), int(rng.integers(8, 65))
+    for _ in range(500):
+        n, size = int(rng.choice([1, 2, 5, 20, 64])), int(rng.integers(8, 33))
         masks = torch.from_numpy(_blobs(rng, n, size, size))
         probs = torch.from_numpy(rng.random(n).astype(np.float32))
         args = dict(prob_threshold=float(rng.choice([0.0, 0.5])), iou_threshold=float(rng.choice([0.1, 0.5])))
@@ -215,4 +219,4 @@ def test_transformers_nms_masks_keeps_the_same_detections_with_either_backend(ke
         meta = _with_kernel(MetaCvUtils(), msv.nms_masks, probs, masks, **args)
         assert torch.equal(ours, meta)
         dropped += int((probs > args["prob_threshold"]).sum() - ours.sum())
-    assert dropped > 1000
+    assert dropped > 800
