@@ -49,9 +49,10 @@ class OfflineCvUtils:
         if not use_iou_matrix:
             raise ValueError("generic_nms: only the IoU-matrix form (use_iou_matrix=True) is provided")
         n = scores.numel()
-        order = torch.sort(scores, descending=True, stable=True).indices
+        # In float32 whatever comes in (bf16 under autocast), as the reference compares.
+        order = torch.sort(scores.float(), descending=True, stable=True).indices
         # "not <=" rather than ">": an IoU of NaN suppresses, as in the reference.
-        suppresses = ~(ious[order][:, order] <= iou_threshold)
+        suppresses = ~(ious.float()[order][:, order] <= iou_threshold)
         # The greedy pass is sequential; the kept indices' length needs the host anyway, so the
         # matrix (n x n booleans, n <= the detector's queries) crosses once and the loop runs there.
         host = suppresses.cpu().numpy()

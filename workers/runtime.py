@@ -109,8 +109,9 @@ def _warm_up_child(**_kwargs) -> None:
         context()
     except Exception as err:  # not reachable yet: the first task builds it (and retries if it must)
         log.warning("worker context: %s", err)
-    if _configured.preload_model:
-        model()
+    # A model that cannot run SAM 3's mask post-processing fails here (load_model raises), before
+    # the process takes a task; the ready line names the backend that runs it.
+    postprocess = f"; mask post-processing: {model().postprocess.backend}" if _configured.preload_model else ""
     took, limit = time.monotonic() - started, settings().worker_start_timeout
     log.log(logging.WARNING if took > limit / 2 else logging.INFO,
-            "process ready in %.1f s (SAM3V_WORKER_START_TIMEOUT: %.0f s)", took, limit)
+            "process ready in %.1f s (SAM3V_WORKER_START_TIMEOUT: %.0f s)%s", took, limit, postprocess)
