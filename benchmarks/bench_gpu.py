@@ -63,6 +63,7 @@ if str(REPO) not in sys.path:  # run as a script (python benchmarks/bench_gpu.py
 
 from benchmarks.frozen_038fd06.prune import prune as frozen_prune  # noqa: E402
 from benchmarks.frozen_038fd06.tracker import VideoTracker as FrozenTracker  # noqa: E402
+from workers import cv_utils  # noqa: E402
 from workers.model import LoadedModel  # noqa: E402
 from workers.state_codec import TrackerState  # noqa: E402
 from workers.state_pruning import prune  # noqa: E402
@@ -152,7 +153,9 @@ def load_frames(frames_file: str | None, count: int, synthetic_size: tuple[int, 
 def random_model(size: str, device: torch.device, build_on: str, seed: int = 0) -> LoadedModel:
     model = build_model(size, seed, device=device if build_on == "device" else None)
     model = model.to(device).eval()  # stray buffers made outside the device context, if any
-    return LoadedModel(model, build_clip_tokenizer(), device, f"random {size}", f"random-seed{seed}", size == "tiny")
+    # SAM 3's mask post-processing on, as load_model has it: its cost is part of a frame's
+    return LoadedModel(model, build_clip_tokenizer(), device, f"random {size}", f"random-seed{seed}", size == "tiny",
+                       cv_utils.install(model, device))
 
 
 def _top(detections: dict, n: int) -> dict:

@@ -45,8 +45,13 @@ PROMPTS = ["dog"]
 CHURN = dict(
     high_conf_thresh=0.0, high_iou_thresh=0.1, recondition_every_nth_frame=4,
     suppress_unmatched_only_within_hotstart=False, init_trk_keep_alive=2,
-    assoc_iou_thresh=0.35, trk_assoc_iou_thresh=0.45, max_num_objects=5,
+    assoc_iou_thresh=0.35, trk_assoc_iou_thresh=0.7, max_num_objects=5,
     hotstart_unmatch_thresh=15, hotstart_dup_thresh=15,
+    # The tiny model's random detection masks all overlap: mask NMS (0.1) leaves one a frame and
+    # hotstart removes nothing. This scenario needs the duplicate detections NMS would remove; hole
+    # filling stays on, and with it no track went unmatched until trk_assoc_iou_thresh went from
+    # 0.45 to 0.7.
+    det_nms_thresh=0.0,
 )
 
 

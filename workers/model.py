@@ -13,6 +13,7 @@ import transformers
 from transformers import AutoTokenizer, Sam3VideoModel
 
 from pipeline.core.errors import InputError, ModelUnavailableError
+from workers import cv_utils
 from workers.model_source import DEFAULT_MODEL, HOW_TO_GET_A_MODEL, check_model_source, looks_like_path
 from workers.tiny_model import TINY_WARNING, is_tiny_model_dir
 
@@ -27,6 +28,8 @@ class LoadedModel:
     source: str
     revision: str
     is_tiny: bool
+    # SAM 3's mask NMS / hole filling / speck removal: which backend runs them, with which settings
+    postprocess: cv_utils.Postprocess
 
     @property
     def image_size(self) -> int:
@@ -93,8 +96,9 @@ def load_model(source: str = DEFAULT_MODEL, device: str = "auto", threads: int |
         # CPU results depend on torch's thread count: every chunk of one video (any worker) and any
         # run they are compared with must use the same count.
         torch.set_num_threads(threads)
-    # transformers warns on every frame once max_num_objects is reached, and about optional CUDA
-    # kernels; neither is actionable for a user of this tool.
+    # transformers warns on every frame once max_num_objects is reached: not actionable for a user
+    # of this tool. Its warning that mask NMS / hole filling are skipped cannot apply: cv_utils.install
+    # below makes them run or fails the load.
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
     expanded = Path(os.path.expanduser(source))
@@ -107,4 +111,7 @@ def load_model(source: str = DEFAULT_MODEL, device: str = "auto", threads: int |
     if tiny:
         log.info(TINY_WARNING)
     model = model.to(torch_device).eval()
-    return LoadedModel(model, tokenizer, torch_device, source, revision, tiny)
+    postprocess = cv_utils.install(model, torch_device)
+    log.info("mask post-processing (NMS IoU %s, fill_hole_area %s) by %s on %s",
+             postprocess.nms_threshold, postprocess.fill_hole_area, postprocess.backend, torch_device.type)
+    return LoadedModel(model, tokenizer, torch_device, source, revision, tiny, postprocess)

@@ -129,9 +129,12 @@ def _warm_up_child(**_kwargs) -> None:
         context()
     except Exception as err:  # not reachable yet: the first task builds it (and retries if it must)
         log.warning("worker context: %s", err)
+    # The model loads here (with SAM 3's mask post-processing, which load_model refuses to run
+    # without), before the process takes a task; the ready line names the backend that runs it.
     if _configured.preload_model and not _model_ready():
         return  # the worker goes out of service: this process tells its master not to consume
+    postprocess = f"; mask post-processing: {model().postprocess.backend}" if _configured.preload_model else ""
     service.ready()
     took, limit = time.monotonic() - started, settings().worker_start_timeout
     log.log(logging.WARNING if took > limit / 2 else logging.INFO,
-            "process ready in %.1f s (SAM3V_WORKER_START_TIMEOUT: %.0f s)", took, limit)
+            "process ready in %.1f s (SAM3V_WORKER_START_TIMEOUT: %.0f s)%s", took, limit, postprocess)

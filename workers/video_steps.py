@@ -107,7 +107,8 @@ def document_header(loaded: LoadedModel, opts: VideoOptions, prompts: list[str])
     params = {"prompts": prompts, "apply_mask": opts.apply_mask, "outputs": opts.video_outputs() + ["rle"],
               "start_frame": opts.start_frame, "max_frames": opts.max_frames, "mask_opacity": opts.mask_opacity,
               "detection_threshold": opts.detection_threshold,
-              "device": loaded.device.type, "hotstart_delay": loaded.hotstart_delay}
+              "device": loaded.device.type, "hotstart_delay": loaded.hotstart_delay,
+              "postprocess": loaded.postprocess.params()}
     return model, params
 
 
