@@ -125,7 +125,7 @@ def unchunked8(tiny, clips, tmp_path_factory):
     return run
 
 
-@pytest.mark.parametrize("chunk_frames,start_frame", [(7, 0), (20, 0), (6, 5)])
+@pytest.mark.parametrize("chunk_frames,start_frame", [(7, 0), (20, 0), (6, 5), (7, 24)])
 def test_chunked_equals_unchunked_at_frame_batch_8(tiny, clips, unchunked8, tmp_path, chunk_frames, start_frame):
     chunked, calls = segmented(clips["dog"], tiny, tmp_path, 8, chunk_frames=chunk_frames, start_frame=start_frame)
     want, want_calls = unchunked8(start_frame)
