@@ -1,7 +1,9 @@
 """A GPU worker with K streams (``sam3v worker --streams 2``: one process, a threads pool, one model
 and engine), with real parts: redis-server, a moto S3 server, worker subprocesses, the tiny model.
 
-- Its outputs equal a one-stream (prefork) worker's, byte for byte: masks.json and decoded frames.
+- Its outputs equal a one-stream (prefork) worker's, byte for byte: masks.json and decoded frames;
+  its two streams' tracker steps run at the same time (a trace of the worker's steps and backbone
+  calls, ``inject_trace``).
 - SIGKILL of the process while both streams are mid-chunk: both chunks are redelivered (and only
   they run twice) and the job ends with the clean run's outputs.
 - Out of GPU memory in one stream's tracker step: that chunk runs again alone, not counted against
@@ -10,6 +12,7 @@ and engine), with real parts: redis-server, a moto S3 server, worker subprocesse
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from pathlib import Path
@@ -21,6 +24,19 @@ from tests.fault_env import (CHUNKS, VIDEOS, Jobs, Worker, assert_ends_as_the_cl
 from tests.test_pipeline import clips, env, redis_server, s3  # noqa: F401  (module fixtures)
 
 INJECT = Path(__file__).parent / "inject_oom"
+TRACE = Path(__file__).parent / "inject_trace"
+
+
+def with_path(env: dict, folder: Path) -> str:
+    """PYTHONPATH with ``folder`` first (its sitecustomize runs in the worker)."""
+    return os.pathsep.join(p for p in (str(folder), env.get("PYTHONPATH", "")) if p)
+
+
+def overlapping_steps(trace: Path) -> int:
+    """Pairs of tracker steps of different trackers (videos' chunks) that ran at the same time."""
+    steps = [r for r in map(json.loads, trace.read_text().splitlines()) if "step" in r]
+    return sum(1 for a in steps for b in steps
+               if a["step"] < b["step"] and a["t0"] < b["t1"] and b["t0"] < a["t1"])
 
 
 @pytest.fixture(scope="module")
@@ -53,13 +69,15 @@ def two_streams(env: dict, jobs: Jobs, name: str, **extra_env: str) -> Worker:
     return worker
 
 
-def test_two_streams_give_the_outputs_of_one(env, jobs, cpu, clean_job):  # noqa: F811
-    gpu = two_streams(env, jobs, "gpu-two-streams")
+def test_two_streams_give_the_outputs_of_one(env, jobs, cpu, clean_job, tmp_path):  # noqa: F811
+    trace = tmp_path / "trace.jsonl"
+    gpu = two_streams(env, jobs, "gpu-two-streams", PYTHONPATH=with_path(env, TRACE), SAM3V_TEST_TRACE=str(trace))
     try:
         job = jobs.submit(VIDEOS)
         assert_ends_as_the_clean_run(jobs, clean_job, job, lambda: gpu.tail() + cpu.tail())
         for vid in VIDEOS:
             assert jobs.deliveries(job, vid) == {c.index: 1 for c in CHUNKS}, vid
+        assert overlapping_steps(trace) > 0, "the two streams' tracker steps never ran at the same time"
     finally:
         gpu.stop()
 
@@ -101,14 +119,13 @@ def test_killed_two_stream_worker_redelivers_both_chunks(env, jobs, cpu, clean_j
 
 def test_out_of_memory_in_one_stream_runs_that_chunk_again_alone(env, jobs, cpu, clean_job, tmp_path):  # noqa: F811
     mark = tmp_path / "oom-injected"
-    pythonpath = os.pathsep.join(p for p in (str(INJECT), env.get("PYTHONPATH", "")) if p)
-    gpu = two_streams(env, jobs, "gpu-oom", PYTHONPATH=pythonpath, SAM3V_TEST_OOM_FRAME="10",
+    gpu = two_streams(env, jobs, "gpu-oom", PYTHONPATH=with_path(env, INJECT), SAM3V_TEST_OOM_FRAME="10",
                       SAM3V_TEST_OOM_MARK=str(mark))
     try:
         job = jobs.submit(VIDEOS)
         assert_ends_as_the_clean_run(jobs, clean_job, job, lambda: gpu.tail() + cpu.tail())
         assert mark.exists(), "the out-of-memory error was injected"
-        assert gpu.log_count("running it again with the GPU to itself") == 1, gpu.tail()
+        assert gpu.log_count("running it again with the engine to itself") == 1, gpu.tail()
         for vid in VIDEOS:  # the OOM start was not counted: every chunk counts one delivery
             assert jobs.deliveries(job, vid) == {c.index: 1 for c in CHUNKS}, vid
     finally:

@@ -21,7 +21,8 @@ from tests import media
 from tests.guards import assert_found_objects
 from pipeline.core.specs import VideoOptions, options_from_flags
 from workers.video_steps import segment_video
-from workers.tracker import detection_thresholds, model_thresholds
+from workers.frame_features import step_model
+from workers.tracker import detection_thresholds
 
 N, W, H, FPS = 48, 320, 180, 30  # media.hue_beep
 S = 13  # between keyframes (every 12) and off the encode grid: the decoder must seek, then drop
@@ -181,19 +182,17 @@ def test_the_new_object_threshold_moves_with_the_detection_threshold():
     assert detection_thresholds(sam3, 0.9) == pytest.approx((0.9, 1.0))  # capped at 1
 
 
-def test_thresholds_hold_only_inside_the_block(tiny):
+def test_a_step_model_has_the_videos_thresholds_and_leaves_the_shared_model_alone(tiny):
     model = tiny.model
     defaults = (model.score_threshold_detection, model.new_det_thresh)
     assert defaults == (model.config.score_threshold_detection, model.config.new_det_thresh)
     gap = model.config.new_det_thresh - model.config.score_threshold_detection
-    with model_thresholds(model, 0.4):
-        assert (model.score_threshold_detection, model.new_det_thresh) == pytest.approx((0.4, min(1.0, 0.4 + gap)))
+    mine = step_model(model, detection_thresholds(model.config, 0.4), None)
+    assert (mine.score_threshold_detection, mine.new_det_thresh) == pytest.approx((0.4, min(1.0, 0.4 + gap)))
     assert (model.score_threshold_detection, model.new_det_thresh) == defaults
-    with pytest.raises(RuntimeError), model_thresholds(model, 0.9):
-        raise RuntimeError("the model failed mid-frame")
-    assert (model.score_threshold_detection, model.new_det_thresh) == defaults
-    with model_thresholds(model, None):
-        assert (model.score_threshold_detection, model.new_det_thresh) == defaults
+    assert mine.detector_model is model.detector_model  # the weights are shared, not copied
+    unset = step_model(model, None, None)
+    assert (unset.score_threshold_detection, unset.new_det_thresh) == defaults
 
 
 @pytest.fixture(scope="module")

@@ -168,7 +168,7 @@ class ChunkRunner:
     # --- load state ---------------------------------------------------------------------------
     def load_state(self) -> None:
         started = time.perf_counter()
-        self.tracker, self.carry = self._previous()
+        self.tracker, self.carry = self.engine.guarded(self._previous, self.alone)  # a restore may run out of memory
         self.timings["state"] += time.perf_counter() - started
         job, chunk, origin = self.inputs, self.inputs.chunk, self.inputs.start_frame
         end = origin + job.num_frames if job.num_frames else chunk.stop
@@ -180,7 +180,7 @@ class ChunkRunner:
         self.pending = {entry["frame"]: entry for entry in self.carry.pending}
         self.stream = self.engine.open_stream(self.tracker, job.frame_batch,
                                               _after_step(self.tracker, origin, self.progress, self.should_stop),
-                                              self.alone)
+                                              self.alone, f"chunk {chunk.index}")
         # Whole detector groups: the frames of the first and last group outside [start, stop) are
         # decoded as context (features only), so batches match an unchunked run's.
         self.context_from, last = (origin + g for g in self.stream.group_bounds(chunk.start - origin,
@@ -278,7 +278,7 @@ class ChunkRunner:
         """At the end of the video: the hotstart buffer's frames, and frames left undrawn."""
         if self.last:
             t0 = time.perf_counter()
-            finished = self.tracker.flush()
+            finished = self.stream.flush()
             self.timings["model"] += time.perf_counter() - t0
             # The stream may have ended before the planned end (a truncated file, an unknown
             # length): then frames emitted undrawn must be drawn after all, from their RLE.
@@ -300,6 +300,7 @@ class ChunkRunner:
         self.undrawn.clear()
 
     def abort(self) -> None:
+        self.stream.close()
         self.decode.close()
         self.render.abort()
 

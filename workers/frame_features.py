@@ -4,18 +4,17 @@ SAM 3's detector backbone (and the tracker's neck on top of it) reads only the f
 never the tracker's state, yet transformers computes them inside the per-frame step
 (``Sam3VideoModel._det_track_one_frame``), one frame at a time. Batched, the backbone costs about a
 third per frame on an H200 (ARCHITECTURE.md, "GPU"). ``compute`` runs it for a stack of frames;
-``provided`` makes the model's next step use one frame's slice instead of computing it again.
+``step_model`` gives one video's step a model object that uses one frame's features instead of
+computing them again.
 
-The two model methods that compute them are the only seam transformers offers; ``provided``
-replaces them on the model instance for the duration of one step and puts them back after. The
-engine runs one step at a time per model (``workers.engine``), so a slot per model is enough.
+The two model methods that compute them are the only seam transformers offers. They are replaced
+on a per-step copy of the model object (``step_model``), never on the shared model, together
+with the video's detection thresholds: several videos' steps may run at once on one model.
 """
 
 from __future__ import annotations
 
-import contextlib
-import threading
-from collections.abc import Iterator
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -30,21 +29,40 @@ class FrameFeatures:
     tracker_feats: list[torch.Tensor]  # HW x 1 x C per level, as the tracker reads them
     tracker_pos: list[torch.Tensor]
 
+    def tensors(self) -> list[torch.Tensor]:
+        """Every tensor it holds (to hand them over between CUDA streams)."""
+        found = list(self.tracker_feats) + list(self.tracker_pos)
+        for value in self.vision_embeds.values():
+            found += _tensors(value)
+        return found
+
+
+def _tensors(value) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in _tensors(v)]
+    return []
+
 
 def _row(value, i: int, batch: int, dim: int):
-    """Frame ``i``'s slice of a batched tensor (or tuple/list of tensors) along ``dim``."""
+    """Frame ``i``'s slice of a batched tensor (or tuple/list of tensors) along ``dim``, as its own
+    copy: a view would keep the whole batch's memory alive as long as any one frame's features."""
     if isinstance(value, torch.Tensor):
-        return value.narrow(dim, i, 1) if value.dim() > dim and value.shape[dim] == batch else value
+        return value.narrow(dim, i, 1).clone() if value.dim() > dim and value.shape[dim] == batch else value
     if isinstance(value, (list, tuple)) and value and isinstance(value[0], torch.Tensor):
         return type(value)(_row(v, i, batch, dim) for v in value)
     return value
 
 
 def compute(model, pixels: torch.Tensor) -> list[FrameFeatures]:
-    """Features of each frame of ``pixels`` (N, 3, S, S), in one call of the backbone and the neck."""
-    embeds = _ORIGINALS.vision(model)(pixel_values=pixels)
-    feats, pos = _ORIGINALS.tracker(model)(vision_embeds=embeds)
+    """Features of each frame of ``pixels`` (N, 3, S, S), in one call of the backbone and the neck;
+    each frame's own tensors (the batch's are freed on return)."""
+    embeds = model.detector_model.get_vision_features(pixel_values=pixels)
+    feats, pos = model.get_vision_features_for_tracker(vision_embeds=embeds)
     batch = pixels.shape[0]
+    if batch == 1:
+        return [FrameFeatures(embeds, feats, pos)]
     out = []
     for i in range(batch):
         sliced = type(embeds)(**{k: _row(v, i, batch, 0) for k, v in embeds.items()})
@@ -52,57 +70,36 @@ def compute(model, pixels: torch.Tensor) -> list[FrameFeatures]:
     return out
 
 
-class _Originals:
-    """The model's own methods, kept before ``provided`` first replaces them."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-
-    def install(self, model) -> None:
-        with self._lock:
-            if getattr(model, "_sam3v_features_slot", None) is not None:
-                return
-            model._sam3v_features_slot = _Slot(model.detector_model.get_vision_features,
-                                                model.get_vision_features_for_tracker)
-            slot = model._sam3v_features_slot
-            model.detector_model.get_vision_features = slot.vision
-            model.get_vision_features_for_tracker = slot.tracker
-
-    def vision(self, model):
-        slot = getattr(model, "_sam3v_features_slot", None)
-        return slot.own_vision if slot else model.detector_model.get_vision_features
-
-    def tracker(self, model):
-        slot = getattr(model, "_sam3v_features_slot", None)
-        return slot.own_tracker if slot else model.get_vision_features_for_tracker
+def _own(module: torch.nn.Module) -> torch.nn.Module:
+    """A shallow copy of ``module`` with its own attribute and submodule tables: attributes set on it
+    (or submodules replaced) stay on it; parameters, buffers and the submodules' weights are shared."""
+    mine = copy.copy(module)
+    object.__setattr__(mine, "_modules", dict(module._modules))
+    return mine
 
 
-class _Slot:
-    """Hands the step the frame's precomputed features, or computes them as transformers would."""
+def step_model(model: torch.nn.Module, thresholds: tuple[float, float] | None,
+               features: FrameFeatures | None) -> torch.nn.Module:
+    """The model object for one video's step: ``model``'s weights, with the video's detection
+    thresholds ``(score_threshold_detection, new_det_thresh)`` (None: the model's own) and the
+    frame's precomputed ``features`` (None: it computes its own, as transformers does).
 
-    def __init__(self, own_vision, own_tracker):
-        self.own_vision, self.own_tracker = own_vision, own_tracker
-        self.ready: FrameFeatures | None = None
+    Made for each step (a dictionary copy), so anything set on the shared model (a benchmark's
+    detection cap) is seen by the next step, and nothing a step sets reaches another video.
+    """
+    mine = _own(model)
+    if thresholds is not None:
+        mine.score_threshold_detection, mine.new_det_thresh = thresholds
+    if features is not None:
+        detector = _own(model.detector_model)
 
-    def vision(self, pixel_values=None, **kwargs):
-        return self.ready.vision_embeds if self.ready is not None else self.own_vision(pixel_values=pixel_values, **kwargs)
+        def vision(pixel_values=None, **kwargs):
+            return features.vision_embeds
 
-    def tracker(self, vision_embeds):
-        if self.ready is not None:
-            return self.ready.tracker_feats, self.ready.tracker_pos
-        return self.own_tracker(vision_embeds=vision_embeds)
+        def tracker(vision_embeds):
+            return features.tracker_feats, features.tracker_pos
 
-
-_ORIGINALS = _Originals()
-
-
-@contextlib.contextmanager
-def provided(model, features: FrameFeatures | None) -> Iterator[None]:
-    """The model's next step uses ``features`` (None: it computes its own, as transformers does)."""
-    _ORIGINALS.install(model)
-    slot = model._sam3v_features_slot
-    slot.ready = features
-    try:
-        yield
-    finally:
-        slot.ready = None
+        detector.get_vision_features = vision
+        mine._modules["detector_model"] = detector
+        mine.get_vision_features_for_tracker = tracker
+    return mine

@@ -316,10 +316,11 @@ def segment_chunk_task(self, job_id: str, video_id: str, k: int, start: int, sto
         try:
             result = run_chunk(video, Chunk(k, start, stop, final), loaded, ctx.storage, work,
                                _progress(ctx, job_id, video_id, attempt),
-                               _stop_check(ctx, job_id, video_id, attempt, deadline=_soft_deadline(self)), alone)
+                               _stop_check(ctx, job_id, video_id, attempt, deadline=_soft_deadline(self)), alone,
+                               ctx.settings.max_batch)
         except OutOfMemory as err:
             if err.alone:
-                raise OutOfMemory(f"chunk {k} ran out of GPU memory even with the GPU to itself: {err}", True) from err
+                raise OutOfMemory(f"chunk {k} ran out of GPU memory even with the engine to itself: {err}", True) from err
             return err  # beside other streams: run again alone (below), not counted
         warnings = result.warnings if result else []
         ctx.status.update_video(job_id, video_id, fence=attempt, frames_done=min(stop - spec.start_frame, num_frames),
@@ -336,7 +337,7 @@ def segment_chunk_task(self, job_id: str, video_id: str, k: int, start: int, sto
 
     out_of_memory = _guarded(self, ctx, job_id, video_id, attempt, f"chunk {k}", step, uncount)
     if out_of_memory is not None:
-        log.warning("chunk %d of %s/%s: %s; running it again with the GPU to itself", k, job_id, video_id,
+        log.warning("chunk %d of %s/%s: %s; running it again with the engine to itself", k, job_id, video_id,
                     out_of_memory)
         uncount()
         raise self.retry(kwargs={**(self.request.kwargs or {}), "alone": True}, countdown=0,

@@ -8,7 +8,6 @@ frames can be fed as they are decoded and a frame's output is final once its win
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,7 +19,7 @@ from transformers.models.sam3_video.modeling_sam3_video import (
 )
 
 from pipeline.core.errors import InputError
-from workers.frame_features import FrameFeatures, provided
+from workers.frame_features import FrameFeatures, step_model
 from workers.model import LoadedModel
 from workers.tokenizer import TEXT_MAX_TOKENS
 
@@ -70,23 +69,6 @@ def detection_thresholds(config, threshold: float) -> tuple[float, float]:
     return float(threshold), min(1.0, max(0.0, float(threshold) + gap))
 
 
-@contextlib.contextmanager
-def model_thresholds(model, threshold: float | None) -> Iterator[None]:
-    """Run the block with ``model``'s detection thresholds set for ``threshold``, then put back
-    what was there. The model object is shared by every video a worker runs (one at a time), so a
-    video's threshold must hold only while the model works on that video. None: the model's own.
-    """
-    if threshold is None:
-        yield
-        return
-    saved = (model.score_threshold_detection, model.new_det_thresh)
-    model.score_threshold_detection, model.new_det_thresh = detection_thresholds(model.config, threshold)
-    try:
-        yield
-    finally:
-        model.score_threshold_detection, model.new_det_thresh = saved
-
-
 def preprocess(rgb: np.ndarray, image_size: int, device: torch.device) -> torch.Tensor:
     """(H, W, 3) uint8 -> (3, S, S) float32, as Sam3ImageProcessor does (bilinear, antialiased)."""
     x = torch.from_numpy(rgb).to(device, non_blocking=True).permute(2, 0, 1).unsqueeze(0).float()
@@ -103,8 +85,8 @@ class VideoTracker:
         self._model = loaded.model
         self.height = height
         self.width = width
-        # Applied around each model call only (model_thresholds); carried in the tracker state so
-        # every chunk of a video runs with the threshold its first chunk had.
+        # Set on each step's own model object (``step_model``), never on the shared model; carried
+        # in the tracker state so every chunk of a video runs with the threshold its first chunk had.
         self.detection_threshold = detection_threshold
         device = loaded.device
         self.session = Sam3VideoInferenceSession(
@@ -142,10 +124,15 @@ class VideoTracker:
     def step(self, frame_idx: int, pixels: torch.Tensor,
              features: FrameFeatures | None = None) -> list[Sam3VideoSegmentationOutput]:
         """One frame through the model (``features``: its vision features, computed ahead; None: the
-        model computes them); returns the raw outputs whose hotstart window closed, oldest first."""
+        model computes them); returns the raw outputs whose hotstart window closed, oldest first.
+        Touches nothing shared but the weights: steps of different trackers may run at once."""
         self.session.add_new_frame(pixels, frame_idx)
-        with self._autocast(), model_thresholds(self._model, self.detection_threshold), provided(self._model, features):
-            out = self._model(inference_session=self.session, frame_idx=frame_idx)
+        threshold = self.detection_threshold
+        model = step_model(self._model, None if threshold is None else detection_thresholds(self._model.config, threshold),
+                           features)
+        with self._autocast():
+            out = model(inference_session=self.session, frame_idx=frame_idx)
+        del model  # with it, the frame's features (the session keeps the tracker's part until the next step)
         # The model never reads a past frame's pixels again; keep the key (num_frames counts keys).
         self.session.processed_frames[frame_idx] = None
         self.session.hotstart_removed_obj_ids.update(out.removed_obj_ids)

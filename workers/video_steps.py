@@ -148,16 +148,18 @@ def chunk_needed(artifacts: Storage, work: WorkKeys, k: int) -> bool:
 
 def run_chunk(video: VideoRun, chunk: Chunk, loaded: LoadedModel, artifacts: Storage, work: WorkKeys,
               progress: Callable[[int], None] | None = None,
-              should_stop: Callable[[], bool] | None = None, alone: bool = False) -> ChunkResult | None:
+              should_stop: Callable[[], bool] | None = None, alone: bool = False,
+              max_batch: int | None = None) -> ChunkResult | None:
     """Run ``chunk``, carrying the tracker in from chunk k-1's state; None when not needed.
     ``should_stop`` is asked before every frame; once it says yes the chunk raises ``Cancelled``
     and publishes nothing more (no frames, state or done marker). ``alone``: with this process's
-    engine to itself (a chunk that ran out of GPU memory beside others runs again so)."""
+    engine to itself (a chunk that ran out of GPU memory beside others runs again so).
+    ``max_batch``: most frames in one backbone call across this process's streams (SAM3V_MAX_BATCH)."""
     if not chunk_needed(artifacts, work, chunk.index):
         return None
+    engine = engine_for(loaded, max_batch)
     if not alone:
-        return run_chunk_inputs(video.inputs(chunk), loaded, artifacts, work, progress, should_stop)
-    engine = engine_for(loaded)
+        return run_chunk_inputs(video.inputs(chunk), loaded, artifacts, work, progress, should_stop, engine)
     with engine.exclusive.alone():
         return run_chunk_inputs(video.inputs(chunk), loaded, artifacts, work, progress, should_stop, engine, True)
 
@@ -203,7 +205,8 @@ class _Tally:
 
 def segment_video(source: str | Path, loaded: LoadedModel, opts: VideoOptions, prompts: list[str],
                   storage: Storage, prefix: str = "", progress: Progress | None = None,
-                  part_frames: int = PART_FRAMES, decoder: str = "pyav", frame_batch: int = 1) -> SegmentResult:
+                  part_frames: int = PART_FRAMES, decoder: str = "pyav", frame_batch: int = 1,
+                  max_batch: int | None = None) -> SegmentResult:
     """Run every step of one video here: masks.json and the requested videos under ``prefix``.
 
     Chunk artifacts go to a temporary directory; every chunk boundary goes through the tracker
@@ -219,7 +222,7 @@ def segment_video(source: str | Path, loaded: LoadedModel, opts: VideoOptions, p
         artifacts = LocalStorage(tmp)
         for chunk in plan.chunks:
             done = run_chunk(video, chunk, loaded, artifacts, work,
-                             (lambda n: progress(n, plan.num_frames)) if progress else None)
+                             (lambda n: progress(n, plan.num_frames)) if progress else None, max_batch=max_batch)
             if done is None:
                 break  # the stream ended in the chunk before
             tally.add(done)

@@ -123,5 +123,5 @@ def segment(
 
         result = segment_video(video, loaded, opts, prompt, LocalStorage(out), progress=report,
                                part_frames=settings.part_frames, decoder=settings.decoder,
-                               frame_batch=frame_batch or settings.frame_batch)
+                               frame_batch=frame_batch or settings.frame_batch, max_batch=settings.max_batch)
     _print_summary(result)
