@@ -106,7 +106,9 @@ def threshold(baseline) -> float:
     """A detection threshold some of the baseline's objects pass and some do not."""
     doc = json.loads((baseline / "masks.json").read_text())
     found = sorted({o["score"] for f in doc["frames"] for o in f["objects"]})
-    assert len(found) >= 3, found
+    # Two score levels suffice (the upper one passes, the lower not); SAM 3's detection NMS leaves
+    # fewer of the tiny model's near-duplicate detections than the three this once asked for.
+    assert len(found) >= 2, found
     return found[len(found) // 2]
 
 
