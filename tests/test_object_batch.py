@@ -86,11 +86,19 @@ def logit_difference(clip: Path, batched, unbatched_model, frames: int) -> float
 
 
 def assert_same_masks(batched_doc: bytes, per_object_doc: bytes, explain) -> None:
-    """Object ids equal on every frame; masks equal, or IoU >= 0.99 with the difference reported."""
+    """Object ids equal on every frame; masks equal, or each differing object-frame at IoU >= 0.99 or
+    at most ROUNDING_PIXELS flipped, with the first differing frame and the logit difference reported.
+
+    Why the pixel allowance: CPU matmul kernels sum in an order that depends on the number of rows,
+    so a batch of objects rounds differently in the last float32 place (~1e-9 on logits of ~1e-3);
+    a pixel whose upsampled logit sits within that of zero flips. The tiny model's objects share one
+    ~60,000-pixel mask and tied scores, so non-overlap leaves one object a dozen pixels and one flip
+    costs it 1/12 of IoU (traced at frame 6 of dog at B = 8: 11 vs 12 pixels, logits differing by
+    1.2e-9). A real difference (a wrong object, a wrong memory) moves far more than a few pixels."""
     a, b = _frames(batched_doc), _frames(per_object_doc)
     assert len(a) == len(b), f"frame counts {len(a)} vs {len(b)}"
     assert any(f.get("objects") for f in b), "no objects: the comparison proves nothing"
-    first, worst_iou = None, 1.0
+    first, worst_iou, most_flipped = None, 1.0, 0
     for fa, fb in zip(a, b):
         oa, ob = _objects(fa), _objects(fb)
         assert sorted(oa) == sorted(ob), f"frame {fa['frame']}: object ids {sorted(oa)} vs {sorted(ob)}"
@@ -100,12 +108,20 @@ def assert_same_masks(batched_doc: bytes, per_object_doc: bytes, explain) -> Non
             first = first or fa["frame"]
             ma, mb = decode(oa[obj_id]["segmentation"]), decode(ob[obj_id]["segmentation"])
             union = np.logical_or(ma, mb).sum()
-            worst_iou = min(worst_iou, float(np.logical_and(ma, mb).sum() / union) if union else 1.0)
+            iou = float(np.logical_and(ma, mb).sum() / union) if union else 1.0
+            flipped = int(np.logical_xor(ma, mb).sum())
+            if iou < 0.99:
+                most_flipped = max(most_flipped, flipped)
+            worst_iou = min(worst_iou, iou)
     if first is not None:
         message = (f"object batching flipped pixels, first at frame {first} (largest mask-logit difference "
-                   f"{explain():.3g}); lowest per-object IoU {worst_iou:.4f}")
+                   f"{explain():.3g}); lowest per-object IoU {worst_iou:.4f}; most pixels flipped in an "
+                   f"object-frame under IoU 0.99: {most_flipped}")
         print(message)
-        assert worst_iou >= 0.99, message
+        assert most_flipped <= ROUNDING_PIXELS, message
+
+
+ROUNDING_PIXELS = 2
 
 
 # Each clip, frame batch and chunking once (B = 1 and 8, unchunked and chunked across clips), to keep
