@@ -56,6 +56,7 @@ bench: setup
 	$(BIN)/python -m benchmarks.bench_api
 	$(BIN)/python -m benchmarks.bench_limits
 	$(BIN)/python -m benchmarks.bench_worker_memory
+	$(BIN)/python -m benchmarks.bench_ops
 
 # GPU throughput (benchmarks/bench_gpu.py), its reduced matrix on CPU with the tiny model; the full
 # matrix on a GPU machine: benchmarks/run_bench_gpu_device.sh (README, Internals and performance).

@@ -19,7 +19,10 @@ from benchmarks.bench_gpu import SMOKE
 REPO = Path(__file__).resolve().parents[1]
 NOT_ON_THE_GPU_MACHINE = ("pydantic", "pydantic_settings", "celery", "redis", "boto3", "av", "decord")
 
-RUNNER = f"""
+
+def runner(module: str) -> str:
+    """Python source that runs ``module`` as __main__ where the service stack cannot be imported."""
+    return f"""
 import importlib.abc, runpy, sys
 
 class NotInstalled(importlib.abc.MetaPathFinder):
@@ -29,9 +32,12 @@ class NotInstalled(importlib.abc.MetaPathFinder):
         return None
 
 sys.meta_path.insert(0, NotInstalled())
-sys.argv = ["bench_gpu.py", *sys.argv[1:]]
-runpy.run_module("benchmarks.bench_gpu", run_name="__main__")
+sys.argv = [{module!r}, *sys.argv[1:]]
+runpy.run_module({module!r}, run_name="__main__")
 """
+
+
+RUNNER = runner("benchmarks.bench_gpu")
 
 
 def test_smoke_prints_every_figure_without_the_service_stack():

@@ -15,6 +15,7 @@ from transformers import AutoTokenizer, Sam3VideoModel
 from pipeline.core.errors import InputError, ModelUnavailableError
 from workers import cv_utils
 from workers.model_source import DEFAULT_MODEL, HOW_TO_GET_A_MODEL, check_model_source, looks_like_path
+from workers.object_batch import install as install_object_batch
 from workers.tiny_model import TINY_WARNING, is_tiny_model_dir
 
 log = logging.getLogger(__name__)
@@ -86,9 +87,12 @@ def _load_hub(repo_id: str) -> tuple[Sam3VideoModel, object, str]:
     return model, tokenizer, revision
 
 
-def load_model(source: str = DEFAULT_MODEL, device: str = "auto", threads: int | None = None) -> LoadedModel:
+def load_model(source: str = DEFAULT_MODEL, device: str = "auto", threads: int | None = None,
+               object_batch: bool = True) -> LoadedModel:
     """Load the model before any video is read, so a missing model fails first and clearly.
-    ``threads``: torch's CPU threads (SAM3V_TORCH_THREADS); None leaves torch's default."""
+    ``threads``: torch's CPU threads (SAM3V_TORCH_THREADS); None leaves torch's default.
+    ``object_batch``: the tracker steps all objects without new inputs as batches
+    (``workers.object_batch``, SAM3V_OBJECT_BATCH); False: transformers' per-object loop."""
     torch_device = resolve_device(device)
     # Before any weight is read: a missing model fails at once (no hub retries when offline).
     check_model_source(source)
@@ -114,4 +118,5 @@ def load_model(source: str = DEFAULT_MODEL, device: str = "auto", threads: int |
     postprocess = cv_utils.install(model, torch_device)
     log.info("mask post-processing (NMS IoU %s, fill_hole_area %s) by %s on %s",
              postprocess.nms_threshold, postprocess.fill_hole_area, postprocess.backend, torch_device.type)
+    install_object_batch(model, object_batch)
     return LoadedModel(model, tokenizer, torch_device, source, revision, tiny, postprocess)

@@ -71,7 +71,7 @@ def _load():
     from workers.model import load_model
 
     s = settings()
-    return load_model(s.model, s.device, s.torch_threads)
+    return load_model(s.model, s.device, s.torch_threads, s.object_batch)
 
 
 def model():

@@ -63,6 +63,10 @@ class Settings(BaseSettings):
         None, ge=1, le=64, description="Chunks a GPU worker process runs at once around one model (K); unset: 2 with "
                                        "CUDA (not yet measured), 1 on CPU. Above 1 the worker runs a threads pool")
     max_batch: int = Field(16, ge=1, le=256, description="Most frames in one batched detector call across a worker's streams")
+    object_batch: bool = Field(
+        True, description="Track all objects of a frame that have no new input as one batch per memory layout "
+                          "(workers.object_batch); false: transformers' loop, one object at a time. Masks do not "
+                          "depend on it")
 
     job_retention: float = Field(
         30 * 86400.0, ge=0, description="A finished job's Redis records (state, videos, counts) expire this long after it "

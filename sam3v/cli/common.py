@@ -22,6 +22,12 @@ FrameBatchOption = Annotated[Optional[int], typer.Option(
     "--frame-batch", min=1, max=64, help="Frames per batched detector call (B); results do not depend on it. "
                                          "Default SAM3V_FRAME_BATCH (8).")]
 
+# --object-batch/--no-object-batch of the commands that run the model (segment, run, worker): one definition.
+ObjectBatchOption = Annotated[Optional[bool], typer.Option(
+    "--object-batch/--no-object-batch", help="Track a frame's objects as batches (one pass per memory layout) "
+                                             "or one at a time (transformers' loop); results do not depend on it. "
+                                             "Default SAM3V_OBJECT_BATCH (on).")]
+
 
 def _console(stderr: bool) -> Console:
     console = Console(stderr=stderr)

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from pipeline.core.errors import InputError
-from sam3v.cli.common import FrameBatchOption, err_console, is_terminal, user_errors
+from sam3v.cli.common import FrameBatchOption, ObjectBatchOption, err_console, is_terminal, user_errors
 from sam3v.cli.jobs import finish, watch_job
 
 app = typer.Typer()
@@ -23,6 +23,7 @@ def run(
     model: Annotated[Optional[str], typer.Option(help="Model directory or Hugging Face id.")] = None,
     name: Annotated[str, typer.Option(help="A name for the job.")] = "",
     frame_batch: FrameBatchOption = None,
+    object_batch: ObjectBatchOption = None,
 ) -> None:
     """Run a manifest here and now: in-process broker and worker, local storage. No Redis or S3."""
     if not manifest.is_file():
@@ -35,6 +36,8 @@ def run(
     settings = embedded_settings(out, model)
     if frame_batch:
         settings = settings.model_copy(update={"frame_batch": frame_batch})
+    if object_batch is not None:
+        settings = settings.model_copy(update={"object_batch": object_batch})
     from sam3v.local_checks import check_model
 
     check_model(settings.model)  # in well under a second, before the model load

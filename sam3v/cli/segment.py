@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from pipeline.core.errors import InputError
-from sam3v.cli.common import FrameBatchOption, err_console, progress_bar, user_errors
+from sam3v.cli.common import FrameBatchOption, ObjectBatchOption, err_console, progress_bar, user_errors
 
 app = typer.Typer()
 
@@ -94,6 +94,7 @@ def segment(
              "needs to start a new object moves with it (SAM 3: 0.5 and 0.7). Lower finds more, higher "
              "fewer. Default: the model's own.")] = None,
     frame_batch: FrameBatchOption = None,
+    object_batch: ObjectBatchOption = None,
 ) -> None:
     """Segment one video: masks.json plus overlay.mp4 and/or mask.mp4 in --out."""
     if not video.exists():
@@ -111,7 +112,8 @@ def segment(
     from workers.model import load_model
     from workers.video_steps import segment_video
 
-    loaded = load_model(model, device, settings.torch_threads)
+    loaded = load_model(model, device, settings.torch_threads,
+                        settings.object_batch if object_batch is None else object_batch)
     if loaded.is_tiny:
         err_console.print("[yellow]warning:[/] tiny random test model: its masks are meaningless")
     with progress_bar("{task.fields[fps]:.1f} frames/s") as bar:

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from pipeline.core.errors import InputError
-from sam3v.cli.common import schedules_app, user_errors
+from sam3v.cli.common import ObjectBatchOption, schedules_app, user_errors
 
 app = typer.Typer()
 
@@ -42,6 +42,7 @@ def worker(
     frame_batch: Annotated[Optional[int], typer.Option(
         min=1, max=64, help="Frames per batched detector call (B) of the videos this worker plans; recorded per "
                             "video, so all its chunks share it. Default SAM3V_FRAME_BATCH (8).")] = None,
+    object_batch: ObjectBatchOption = None,
 ) -> None:
     """Start a Celery worker. With one stream: prefork; the model loads once per process, in the child,
     before it takes a task (a new process has SAM3V_WORKER_START_TIMEOUT to get ready). With K streams:
@@ -50,6 +51,8 @@ def worker(
     settings = _settings_with_broker("a worker needs a broker (redis://... or amqp://...)")
     if frame_batch:
         settings = settings.model_copy(update={"frame_batch": frame_batch})
+    if object_batch is not None:
+        settings = settings.model_copy(update={"object_batch": object_batch})
     from sam3v.worker_start import start_checks
     from workers import service
     from workers.runtime import worker_app
