@@ -43,7 +43,7 @@ demo-segment: setup $(TINY)/config.json
 	  --out out/segment --outputs overlay,mask,rle --max-frames 90
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=40
 
 bench: setup
 	@command -v wrk >/dev/null || { echo "installing wrk (bench_api's load generator)"; \
