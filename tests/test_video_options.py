@@ -209,23 +209,29 @@ def scores(doc: dict) -> list[float]:
     return [o["score"] for f in doc["frames"] for o in f["objects"]]
 
 
-def test_detection_threshold_filters_and_never_leaks_into_the_next_video(tiny, dog, tmp_path):
+def test_detection_threshold_filters_and_never_leaks_into_the_next_video(tiny, dog, tmp_path, monkeypatch):
     model = tiny.model
     defaults = (model.score_threshold_detection, model.new_det_thresh)
     before = rle_run(tiny, dog, tmp_path / "before")
     found = sorted(set(scores(before)))
-    assert len(found) >= 3, found
+    assert len(found) >= 2, found  # two levels suffice (the upper passes); NMS leaves fewer near-duplicates
     assert before["params"]["detection_threshold"] is None
 
-    # What the detector runs with, seen from inside the model's own forward pass.
+    # What each step's model object runs with (the thresholds live on the per-step copy, never on
+    # the shared model: frame_features.step_model).
+    from workers import frame_features, tracker as tracker_module
+
     seen: list[tuple[float, float]] = []
-    hook = model.detector_model.register_forward_pre_hook(
-        lambda *_: seen.append((model.score_threshold_detection, model.new_det_thresh)))
-    try:
-        t = found[len(found) // 2]  # a threshold some objects pass and some do not
-        mid = rle_run(tiny, dog, tmp_path / "mid", detection_threshold=t)
-    finally:
-        hook.remove()
+
+    def recording(*args, **kwargs):
+        mine = frame_features.step_model(*args, **kwargs)
+        seen.append((mine.score_threshold_detection, mine.new_det_thresh))
+        return mine
+
+    monkeypatch.setattr(tracker_module, "step_model", recording)
+    t = found[len(found) // 2]  # a threshold some objects pass and some do not
+    mid = rle_run(tiny, dog, tmp_path / "mid", detection_threshold=t)
+    monkeypatch.undo()
     assert seen and set(seen) == {detection_thresholds(model.config, t)}
     assert mid["params"]["detection_threshold"] == t
     assert scores(mid) and min(scores(mid)) >= t - 1e-6
