@@ -174,6 +174,9 @@ def test_sixteen_objects_track_as_the_per_object_loop(tiny_model_dir, group_size
     loaded = load_model(str(tiny_model_dir), "cpu")
     cap = DetectionCap(loaded.model)
     cap.set(16)
+    # The cap's 16 detections a frame overlap: SAM 3's detection NMS (on since issue 17) would keep
+    # about four, and this test is about many objects in one batch.
+    loaded.model.det_nms_thresh = 0.0
     frames = Frames(synthetic_frames(10, 120, 160), "synthetic")
 
     def run(batched: bool):
