@@ -139,12 +139,8 @@ def test_masks_equal_the_per_object_loop(tiny, unbatched, clips, tmp_path, group
 
 
 def test_two_streams_on_one_engine_equal_the_per_object_loop(tiny, unbatched, clips, tmp_path):
-    """K = 2: the two clips' chunks interleaved around one engine (B = 8), object batching on.
-
-    max_batch 8 keeps each backbone call one group, as in the runs alone: with 16, which groups meet
-    depends on thread timing and the backbone's batch make-up rounds differently, a second source of
-    last-bit differences that made this comparison flaky (groups meeting is test_frame_batch's)."""
-    engine, results, errors = FrameEngine(tiny, max_batch=8), {}, []
+    """K = 2: the two clips' chunks interleaved around one engine (B = 8), object batching on."""
+    engine, results, errors = FrameEngine(tiny, max_batch=16), {}, []
     start = threading.Barrier(2)
 
     def drive(name: str, chunk_frames: int | None) -> None:
