@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[worker,test]'
 # Test-only: Meta's sam3 package, for its reference post-processing (sam3.perflib, compared with
-# workers/cv_utils.py in tests/test_cv_utils.py). Without its declared dependencies: they pin
+# workers/model/cv_utils.py in tests/test_cv_utils.py). Without its declared dependencies: they pin
 # numpy < 2.4 and pull timm -> torchvision -> another torch; the perflib modules the tests
 # import need only torch, numpy and scikit-image (the test extra).
 	$(BIN)/python -m pip install -q --no-deps 'sam3==0.1.4'

@@ -106,12 +106,12 @@ def measure(video: Path, model_dir: Path, frames: int, chunk: int, sample_every:
             backend: str | None, contrast: bool) -> dict:
     import torch
 
-    from workers.decode import open_reader
-    from workers.model import load_model
-    from workers.probe import probe
-    from workers.tracker import VideoTracker
-    from workers.state_codec import TrackerState, load_state, save_state
-    from workers.state_pruning import prune
+    from workers.media.decode import open_reader
+    from workers.media.probe import probe
+    from workers.model.loading import load_model
+    from workers.model.state_codec import TrackerState, load_state, save_state
+    from workers.model.state_pruning import prune
+    from workers.model.tracker import VideoTracker
 
     def state_size(tracker) -> tuple[int, int]:
         document, tensors = TrackerState.capture(tracker).to_bytes()
@@ -226,7 +226,7 @@ def main() -> None:
         parser.error(f"--frames must be more than {MARK}")
 
     from benchmarks.common import machine
-    from workers.tiny_model import save_tiny_model
+    from workers.model.tiny_model import save_tiny_model
 
     command = " ".join([".venv/bin/python -m benchmarks.bench_chunk_memory", *sys.argv[1:]])
     wall = time.perf_counter()

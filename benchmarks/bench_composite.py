@@ -18,13 +18,13 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import VIDEO_720P, interleaved, machine
-from workers.decode import open_reader, yuv_capable
-from workers.encode import EncoderSettings
 from pipeline.core.planning import PART_FRAMES
-from workers.masks_document import FrameLog
-from workers.probe import probe
-from workers.render import RenderSpec, RenderStage
-from workers.tracker import FrameObjects
+from workers.media.decode import open_reader, yuv_capable
+from workers.media.encode import EncoderSettings
+from workers.media.frame_objects import FrameObjects
+from workers.media.masks_document import FrameLog
+from workers.media.probe import probe
+from workers.media.render import RenderSpec, RenderStage
 
 
 def moving_masks(n: int, height: int, width: int) -> list[FrameObjects]:

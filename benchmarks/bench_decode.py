@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 from benchmarks.common import VIDEO_720P, interleaved, machine
-from workers.decode import DecodeThread, open_reader
-from workers.probe import probe
+from workers.media.decode import DecodeThread, open_reader
+from workers.media.probe import probe
 
 
 def main() -> None:

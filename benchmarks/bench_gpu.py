@@ -16,7 +16,7 @@ config):
 
 - ``baseline``: main at 038fd06's per-frame loop (``benchmarks/frozen_038fd06``: ``push`` then
   ``prune``), one stream, for each object count;
-- ``engine``: ``workers.engine.FrameEngine``, for each object count N, frame batch B and K streams
+- ``engine``: ``workers.model.engine.FrameEngine``, for each object count N, frame batch B and K streams
   (K threads, each driving its own stream on the one engine): ms a frame per stream, frames/s per
   GPU in aggregate, peak GPU memory per stream (null on CPU), and the speed-up over the baseline.
 
@@ -27,7 +27,7 @@ next boundary of its frame groups (groups sit on the grid gB; the default 28 fra
 warm-up group for B = 8 and 16, one frame for B = 1), then the K streams start together and are
 timed over whole groups. ``torch.cuda.synchronize`` before the start and at each stream's end.
 The baseline warms up over the same ``--prewarm`` frames.
-bf16 autocast on CUDA, as ``workers.model`` does. ``--budget-s``: figures not started within it are
+bf16 autocast on CUDA, as ``workers.model.loading`` does. ``--budget-s``: figures not started within it are
 printed as ``skipped`` (the most important run first: 4 objects).
 
 Imports only torch, numpy, transformers and the model path of ``workers`` (PyAV when present), so
@@ -63,13 +63,13 @@ if str(REPO) not in sys.path:  # run as a script (python benchmarks/bench_gpu.py
 
 from benchmarks.frozen_038fd06.prune import prune as frozen_prune  # noqa: E402
 from benchmarks.frozen_038fd06.tracker import VideoTracker as FrozenTracker  # noqa: E402
-from workers import cv_utils  # noqa: E402
-from workers.model import LoadedModel  # noqa: E402
-from workers.state_codec import TrackerState  # noqa: E402
-from workers.state_pruning import prune  # noqa: E402
-from workers.tiny_model import SIZES, build_model  # noqa: E402
-from workers.tokenizer import build_clip_tokenizer  # noqa: E402
-from workers.tracker import VideoTracker, check_prompts  # noqa: E402
+from workers.model import cv_utils  # noqa: E402
+from workers.model.loading import LoadedModel  # noqa: E402
+from workers.model.state_codec import TrackerState  # noqa: E402
+from workers.model.state_pruning import prune  # noqa: E402
+from workers.model.tiny_model import SIZES, build_model  # noqa: E402
+from workers.model.tokenizer import build_clip_tokenizer  # noqa: E402
+from workers.model.tracker import VideoTracker, check_prompts  # noqa: E402
 
 SHARED = Path(os.environ.get("SAM3V_SHARED", REPO.parent / "shared"))
 VIDEO = SHARED / "videos" / "02_cups.mp4"
@@ -404,7 +404,7 @@ class Bench:
     device: torch.device
     loaded: LoadedModel
     cap: DetectionCap
-    engine: object  # workers.engine.FrameEngine
+    engine: object  # workers.model.engine.FrameEngine
     frames: Frames
     common: dict
     out: object | None
@@ -489,7 +489,7 @@ def setup(args: argparse.Namespace, out) -> Bench:
         torch.set_num_threads(args.threads)
     frames = load_frames(args.frames_file, args.decode_frames, (args.height, args.width))
     loaded = random_model(args.size, device, args.build_on)
-    from workers.engine import FrameEngine  # the new path
+    from workers.model.engine import FrameEngine  # the new path
 
     common = {
         "card": card(device),

@@ -10,8 +10,8 @@ that postprocessing stays cheap on a CPU). For each object count N:
 
 - ``baseline``: the frozen 038fd06 loop (``benchmarks/frozen_038fd06``: push, then prune),
   transformers' per-object tracker loop;
-- ``current``: today's path: ``workers.engine.FrameEngine`` at frame batch B, the object-batched
-  tracker (``workers.object_batch``) on (``--no-object-batch``: transformers' loop, as before it).
+- ``current``: today's path: ``workers.model.engine.FrameEngine`` at frame batch B, the object-batched
+  tracker (``workers.model.object_batch``) on (``--no-object-batch``: transformers' loop, as before it).
 
 Each warms up over ``--prewarm`` frames (past SAM 3's 15-frame hotstart and its 16-frame pointer
 window), then ``torch.profiler`` records ``--frames`` frames (whole groups of B). One JSON line
@@ -57,7 +57,7 @@ from benchmarks.bench_gpu import (  # noqa: E402
     synthetic_frames,
     warm_tracker,
 )
-from workers import object_batch  # noqa: E402
+from workers.model import object_batch  # noqa: E402
 
 # Operations that make the host wait for the device: a scalar read, or an output whose size only
 # the device knows.
@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     loaded = random_model("tiny", device, "cpu")
     cap = DetectionCap(loaded.model)
     frames = Frames(synthetic_frames(args.frames + args.prewarm, args.height, args.width), "synthetic moving shapes")
-    from workers.engine import FrameEngine  # the new path
+    from workers.model.engine import FrameEngine  # the new path
 
     engine = FrameEngine(loaded)
     common = {"card": card(device), "commit": git_commit(), "torch": torch.__version__,
@@ -157,7 +157,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--object-batch", action=argparse.BooleanOptionalAction, default=True,
                    help="today's path with the object-batched tracker (default) or transformers' loop (the path "
-                        "before workers.object_batch)")
+                        "before workers.model.object_batch)")
     p.add_argument("--out", default=None, help="also write the JSON lines to this file")
     return p
 

@@ -12,11 +12,11 @@ import tempfile
 from pathlib import Path
 
 from benchmarks.common import VIDEO_720P, machine
-from pipeline.core.storage import LocalStorage
-from workers.model import load_model
 from pipeline.core.specs import VideoOptions
-from workers.video_steps import segment_video
-from workers.tiny_model import save_tiny_model
+from pipeline.core.storage import LocalStorage
+from workers.chunks.video_steps import segment_video
+from workers.model.loading import load_model
+from workers.model.tiny_model import save_tiny_model
 
 
 def main() -> None:

@@ -159,7 +159,7 @@ def main() -> None:
         # 4. cancel with workers running the big job (resubmitted: the queue was emptied above)
         _, _, _, out = run_measured(submit + [str(big)], env)
         job = out.strip().splitlines()[-1]
-        from workers.tiny_model import save_tiny_model
+        from workers.model.tiny_model import save_tiny_model
 
         wenv = {**env, "SAM3V_MODEL": str(save_tiny_model(tmp / "tiny")), "SAM3V_TORCH_THREADS": "1",
                 "SAM3V_CACHE": str(tmp / "cache")}
@@ -234,7 +234,7 @@ def machinery(i):
     from pipeline.core.settings import get_settings
     from pipeline.core.status import StatusStore
     from pipeline.core.storage import LocalStorage
-    from workers.state_codec import load_state, save_state
+    from workers.model.state_codec import load_state, save_state
     store = StatusStore(connect(get_settings()))
     store.count_delivery("bench", "v", i)
     store.update_video("bench", "v", status="processing", frames_done=i)
@@ -253,10 +253,10 @@ def machinery(i):
 
 # A real tracker state: the tiny model after 40 frames of a real-looking synthetic clip.
 import numpy as np
-from workers.tiny_model import save_tiny_model
-from workers.model import load_model
-from workers.tracker import VideoTracker
-from workers.state_pruning import prune
+from workers.model.tiny_model import save_tiny_model
+from workers.model.loading import load_model
+from workers.model.tracker import VideoTracker
+from workers.model.state_pruning import prune
 LOADED = load_model(str(save_tiny_model(tmp / "tiny")), "cpu")
 TRACKER = VideoTracker(LOADED, ["dog"], 180, 320)
 rng = np.random.default_rng(0)

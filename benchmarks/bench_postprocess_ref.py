@@ -27,7 +27,7 @@ if str(REPO) not in sys.path:
 from transformers.models.sam3_video import modeling_sam3_video as msv  # noqa: E402
 
 from benchmarks.common import machine  # noqa: E402
-from workers.cv_utils import OfflineCvUtils  # noqa: E402
+from workers.model.cv_utils import OfflineCvUtils  # noqa: E402
 
 
 def _meta_backend():

@@ -157,7 +157,7 @@ def main() -> None:
     extra_env = dict(item.split("=", 1) for item in args.env)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
                             text=True).stdout.strip()
-    from workers.tiny_model import save_tiny_model
+    from workers.model.tiny_model import save_tiny_model
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-worker-memory-"))
     dep = deploy(tmp, args.frames, args.chunk, args.videos, save_tiny_model(tmp / "tiny"))

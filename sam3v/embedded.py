@@ -29,7 +29,7 @@ def embedded_app(settings: Settings) -> Celery:
     if settings.broker_url:
         raise RuntimeError("the embedded runner needs the in-process broker (SAM3V_BROKER_URL unset)")
     from sam3v.embedded_broker import TRANSPORT
-    from workers.runtime import worker_app
+    from workers.jobs.app import worker_app
 
     app = worker_app(settings)
     app.conf.broker_transport = TRANSPORT  # memory://, its queues read cpu first (see there)

@@ -34,13 +34,13 @@ def check_device(device: str) -> None:
 
 def check_video(video: Path) -> None:
     """Exists and is a video (ffprobe; the same reasons as the probe task)."""
-    from workers.probe import probe
+    from workers.media.probe import probe
 
     probe(video, name=str(video))
 
 
 def check_model(model: str) -> None:
-    from workers.model_source import check_model_source
+    from workers.model.model_source import check_model_source
 
     check_model_source(model)
 

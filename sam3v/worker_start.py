@@ -1,7 +1,7 @@
 """What `sam3v worker` does before Celery starts: the start checks (queues, concurrency, Redis,
 storage, and the model's source when the worker runs the model), then its record in Redis
 (``pipeline.core.worker_registry``) kept fresh while it lives. All in the parent: no CUDA, no weights
-(the weights load in the process that uses them before the worker consumes: ``workers.service``)."""
+(the weights load in the process that uses them before the worker consumes: ``workers.jobs.service``)."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def start_checks(settings: Settings, queues: str, concurrency: int, hostname: st
     names = check_worker_start(settings, queues, concurrency)
     runs_model = any(q.endswith("gpu") for q in names)
     if runs_model:
-        from workers.model_source import check_model_source
+        from workers.model.model_source import check_model_source
 
         try:
             check_model_source(settings.model)

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import sys
 
+from pipeline.core.layout import WorkKeys
 from pipeline.core.planning import plan_chunks
 from pipeline.core.storage import LocalStorage
-from pipeline.core.layout import WorkKeys
-from workers.chunk_runner import ChunkInputs, run_chunk_inputs
-from workers.model import load_model
-from workers.probe import probe
+from workers.chunks.chunk_runner import ChunkInputs, run_chunk_inputs
+from workers.media.probe import probe
+from workers.model.loading import load_model
 
 
 def main(model: str, video: str, artifacts: str, k: str, chunk_frames: str, num_frames: str, part_frames: str) -> None:

@@ -16,14 +16,14 @@ def media_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
-    from workers.tiny_model import save_tiny_model
+    from workers.model.tiny_model import save_tiny_model
 
     return save_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
 
 
 @pytest.fixture(scope="session")
 def tiny(tiny_model_dir):
-    from workers.model import load_model
+    from workers.model.loading import load_model
 
     return load_model(str(tiny_model_dir), "cpu")
 

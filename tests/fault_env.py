@@ -34,7 +34,15 @@ from pipeline.core.planning import Chunk, plan_chunks
 from pipeline.core.status import StatusStore
 from tests.guards import assert_found_objects
 from tests.services import start_worker, stop_process
-from tests.test_pipeline import BUCKET, CHUNK, FRAMES, cli, line, wait_terminal, write_manifest
+from tests.test_pipeline import (
+    BUCKET,
+    CHUNK,
+    FRAMES,
+    cli,
+    line,
+    wait_terminal,
+    write_manifest,
+)
 
 RESULTS = "results"  # the storage prefix of test_pipeline's env (s3://BUCKET/results)
 VIDEOS = ["dog", "bedroom"]  # clips test_pipeline's ``clips`` fixture put in the bucket
@@ -208,7 +216,7 @@ def assert_same_outputs(jobs: Jobs, clean: str, job: str, video_ids: list[str]) 
 
 
 
-# The worker writes a video's frames_done at most every 2 s (workers/tasks.py, _progress), and at
+# The worker writes a video's frames_done at most every 2 s (workers/jobs/chunk_watch.py, progress_reporter), and at
 # once on the first frame of each chunk task. A process stopped for longer than that reports at once
 # on its next frame: that is how freeze_in_chunk steps a chunk frame by frame.
 REPORT_INTERVAL = 2.0

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests import ffprobe_util as fp
-from workers import rle
+from workers.media import rle
 
 
 def assert_found_objects(doc: dict) -> None:

@@ -31,9 +31,10 @@ from sam3v.api.auth import digest
 from sam3v.api.service import GENERATION_ID
 from tests import media
 from tests.services import RedisServer, start_api, start_worker, stop_process
-from tests.test_api import A, KEY_A, SSEReader, enqueue, inputs, wait  # noqa: F401  (inputs: a fixture)
+from tests.test_api import KEY_A, A, SSEReader, enqueue, inputs, wait  # noqa: F401  (inputs: a fixture)
 from tests.test_pipeline import BUCKET, env, redis_server, s3  # noqa: F401  (module fixtures)
-from workers import runtime, sources
+from workers.jobs import context as runtime
+from workers.jobs import sources
 
 # --- URIs: parsed once, schemes in any case ----------------------------------------------------
 
@@ -126,7 +127,7 @@ def test_the_worker_reads_local_paths_only_for_jobs_that_allowed_them(tmp_path, 
 
 
 def test_a_probe_failure_names_the_input_not_the_workers_copy(media_dir, tmp_path):
-    from workers.video_steps import prepare
+    from workers.chunks.video_steps import prepare
 
     copy = tmp_path / "cache" / "sources" / "job__vid__job__vid__source"
     copy.parent.mkdir(parents=True)

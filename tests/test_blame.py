@@ -13,11 +13,19 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.fault_env import CHUNKS, VIDEOS, Jobs, Worker, assert_ends_as_the_clean_run, run_clean, wait_for
+from tests.fault_env import (
+    CHUNKS,
+    VIDEOS,
+    Jobs,
+    Worker,
+    assert_ends_as_the_clean_run,
+    run_clean,
+    wait_for,
+)
 from tests.test_pipeline import clips, env, redis_server, s3  # noqa: F401  (module fixtures)
 
 INJECT = Path(__file__).parent / "inject_disk_full"
-OUT_OF_SERVICE = 3  # workers.service.EXIT_OUT_OF_SERVICE
+OUT_OF_SERVICE = 3  # workers.jobs.service.EXIT_OUT_OF_SERVICE
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +76,8 @@ def half_copied_model(tiny_model_dir, tmp_path) -> Path:
 def test_weights_cut_short_are_the_workers_fault_naming_sam3v_model(half_copied_model):
     """At task time too (a process that loads the model late): not a video's failure."""
     from pipeline.core.errors import ModelUnavailableError
-    from workers.blame import worker_fault
-    from workers.model import load_model
+    from workers.jobs.blame import worker_fault
+    from workers.model.loading import load_model
 
     with pytest.raises(ModelUnavailableError) as caught:
         load_model(str(half_copied_model), "cpu")

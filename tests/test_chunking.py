@@ -20,16 +20,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipeline.core.layout import WorkKeys
+from pipeline.core.specs import VideoOptions
 from pipeline.core.storage import LocalStorage
 from tests import ffprobe_util as fp
 from tests import media
-from pipeline.core.layout import WorkKeys
-from pipeline.core.specs import VideoOptions
-from workers.chunk_runner import ChunkInputs, run_chunk_inputs
-from workers.finalize import finalize_video
-from workers.probe import probe
-from workers.video_steps import document_header, segment_video
-from workers.state_codec import StateError
+from workers.chunks.chunk_runner import ChunkInputs, run_chunk_inputs
+from workers.chunks.finalize import finalize_video
+from workers.chunks.video_steps import document_header, segment_video
+from workers.media.probe import probe
+from workers.model.state_codec import StateError
 
 N, SEG = 40, 16
 W, H = 426, 240

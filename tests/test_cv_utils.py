@@ -18,8 +18,8 @@ from transformers.models.sam3_video import modeling_sam3_video as msv
 
 from pipeline.core.errors import ProcessingError
 from tests.meta_reference import MetaCvUtils, connected_components, nms
-from workers import cv_utils
-from workers.model import load_model
+from workers.model import cv_utils
+from workers.model.loading import load_model
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 OURS = cv_utils.OfflineCvUtils()
@@ -92,7 +92,7 @@ def test_a_hub_kernel_that_fails_gives_way_to_ours(monkeypatch, tiny, kernel_slo
         raise OSError("cannot reach huggingface.co")
 
     _fake_kernels_package(monkeypatch, offline)
-    with caplog.at_level("INFO", logger="workers.cv_utils"):
+    with caplog.at_level("INFO", logger="workers.model.cv_utils"):
         chosen = cv_utils.install(tiny.model, tiny.device)
     assert chosen.backend == cv_utils.OfflineCvUtils.name
     assert isinstance(msv.cv_utils_kernel, cv_utils.OfflineCvUtils)

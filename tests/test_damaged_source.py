@@ -9,9 +9,9 @@ import pytest
 
 from pipeline.core.planning import plan_chunks
 from tests import media
-from workers.chunk_runner import ChunkInputs
-from workers.decode import DamagedSource, open_reader
-from workers.probe import probe
+from workers.chunks.chunk_runner import ChunkInputs
+from workers.media.decode import DamagedSource, open_reader
+from workers.media.probe import probe
 
 DAMAGED = 3  # the packet (and, without B-frames, the frame) overwritten
 

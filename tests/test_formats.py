@@ -7,13 +7,13 @@ import json
 import numpy as np
 import pytest
 
+from pipeline.core.specs import VideoOptions
 from pipeline.core.storage import LocalStorage
 from tests import ffprobe_util as fp
 from tests import media
 from tests.guards import assert_found_objects
-from workers import rle
-from pipeline.core.specs import VideoOptions
-from workers.video_steps import segment_video
+from workers.chunks.video_steps import segment_video
+from workers.media import rle
 
 
 def _segment(tiny, path, out, **kw):

@@ -35,13 +35,13 @@ from pipeline.core.storage import LocalStorage
 from tests import media
 from tests.guards import assert_found_objects
 from tests.inject_oom.oom_points import PLACES, patch
-from workers import frame_features
-from workers.chunk_runner import run_chunk_inputs
-from workers.decode import open_reader
-from workers.engine import FrameEngine, OutOfMemory, engine_for
-from workers.probe import probe
-from workers.tracker import VideoTracker, preprocess
-from workers.video_steps import VideoRun, segment_video
+from workers.chunks.chunk_runner import run_chunk_inputs
+from workers.chunks.video_steps import VideoRun, segment_video
+from workers.media.decode import open_reader
+from workers.media.probe import probe
+from workers.model import frame_features
+from workers.model.engine import FrameEngine, OutOfMemory, engine_for
+from workers.model.tracker import VideoTracker, preprocess
 
 N = 40
 W, H = 426, 240
@@ -157,7 +157,7 @@ def _run_video(loaded, clip: Path, out: Path, chunk_frames: int | None, engine: 
     """All chunks of one video through ``engine`` (as a worker's chunks would), then masks.json.
     A chunk that runs out of memory runs again alone; ``out_of_memory`` collects (chunk, error)."""
     out_of_memory = [] if out_of_memory is None else out_of_memory
-    from workers.video_steps import finalize, document_header, prepare
+    from workers.chunks.video_steps import document_header, finalize, prepare
 
     opts = VideoOptions(outputs=["rle"], chunk_frames=chunk_frames)
     plan = prepare(clip, opts, clip.name, None)

@@ -1,6 +1,7 @@
 """The layers hold: core <- control plane, core <- data plane (workers), and the entry points
-(sam3v/) on top. Read from the source (every import statement, those inside functions included),
-and checked once more at run time for the heavy stack."""
+(sam3v/) on top; inside the data plane, its rooms import one way (media <- model <- chunks <- jobs);
+and no import circle anywhere in pipeline/, workers/ and sam3v/. Read from the source (every import
+statement, those inside functions included), and checked once more at run time for the heavy stack."""
 
 from __future__ import annotations
 
@@ -49,10 +50,18 @@ def offenders(folder: str, forbidden: tuple[str, ...], root: Path = ROOT) -> lis
     return bad
 
 
+# The data plane's rooms, bottom first: each imports only the rooms before it (and pipeline.core).
+ROOMS = ("media", "model", "chunks", "jobs")
+
+
 @pytest.mark.parametrize("folder, forbidden", [
     ("pipeline/core", ("workers", "sam3v", "pipeline.control", *HEAVY)),
     ("pipeline/control", ("workers", "sam3v", *HEAVY)),
     ("workers", ("sam3v",)),
+    # Writing outputs never needs the model's stack: FrameObjects is media's own record.
+    ("workers/media", ("workers.model", "workers.chunks", "workers.jobs", "torch", "transformers", "safetensors")),
+    ("workers/model", ("workers.chunks", "workers.jobs")),
+    ("workers/chunks", ("workers.jobs",)),
 ])
 def test_no_import_points_upward_or_at_the_heavy_stack(folder, forbidden):
     assert modules_under(folder), f"{folder}: no modules found"
@@ -76,7 +85,7 @@ def test_the_walk_sees_imports_inside_functions(tmp_path):
 
 
 def test_nothing_below_the_entry_points_assigns_to_os_environ():
-    """Settings reach lower layers as objects (Settings, workers.runtime.configure), never by
+    """Settings reach lower layers as objects (Settings, workers.jobs.context.configure), never by
     editing the process environment."""
     bad = []
     for folder in ("pipeline", "workers"):
@@ -100,6 +109,98 @@ def test_the_control_plane_and_the_entry_points_import_without_the_heavy_stack()
         "import sam3v.cli, sam3v.api\n"
         "sam3v.api.create_app\n"
         f"heavy = [m for m in {HEAVY + ('workers',)!r} if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+
+
+def test_the_data_plane_lives_in_its_rooms():
+    """A module directly under workers/ would belong to no room and escape the one-way rule."""
+    loose = sorted(p.name for p in (ROOT / "workers").glob("*.py") if p.name != "__init__.py")
+    rooms = sorted(p.name for p in (ROOT / "workers").iterdir() if p.is_dir() and p.name != "__pycache__")
+    assert (loose, rooms) == ([], sorted(ROOMS))
+
+
+def module_graph(root: Path = ROOT, tops: tuple[str, ...] = ("pipeline", "workers", "sam3v")) -> dict[str, set[str]]:
+    """module -> the tree's modules it imports (at any depth). ``from pkg import sub`` is an edge to
+    ``pkg.sub`` when that is a module, else to ``pkg``, as import-linter reads it: a package's
+    ``__init__`` re-exporting its parts is not a circle with them."""
+    paths = {}
+    for top in tops:
+        for path in (root / top).rglob("*.py"):
+            parts = path.relative_to(root).with_suffix("").parts
+            paths[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph = {}
+    for name, path in paths.items():
+        edges = set()
+        for _, module in imports(path, root):
+            while module and module not in paths:
+                module = module.rpartition(".")[0]
+            if module and module != name:
+                edges.add(module)
+        graph[name] = edges
+    # `from pkg import sub` listed both pkg and pkg.sub: keep pkg only when nothing below it is named.
+    for name, edges in graph.items():
+        graph[name] = {m for m in edges if not any(o.startswith(m + ".") for o in edges)}
+    return graph
+
+
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected parts of more than one module (Tarjan), each sorted."""
+    index, low, stack, on, found, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            part = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                part.append(w)
+                if w == v:
+                    break
+            if len(part) > 1:
+                found.append(sorted(part))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_import_circle_anywhere():
+    graph = module_graph()
+    assert len(graph) > 100, "the walk found too few modules"
+    assert circles(graph) == []
+
+
+def test_the_circle_check_sees_a_circle_through_a_nested_import(tmp_path):
+    pkg = tmp_path / "workers" / "jobs"
+    pkg.mkdir(parents=True)
+    (tmp_path / "workers" / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text("")
+    (pkg / "context.py").write_text("def app():\n    import workers.jobs.tasks\n")
+    (pkg / "tasks.py").write_text("from workers.jobs.context import app\n")
+    (pkg / "policy.py").write_text("from workers.jobs import tasks\n")
+    assert circles(module_graph(tmp_path, ("workers",))) == [["workers.jobs.context", "workers.jobs.tasks"]]
+
+
+def test_the_media_room_imports_without_torch():
+    code = (
+        "import sys, pkgutil, importlib, workers.media\n"
+        "for m in pkgutil.walk_packages(workers.media.__path__, 'workers.media.'):\n"
+        "    importlib.import_module(m.name)\n"
+        "heavy = [m for m in ('torch', 'transformers', 'safetensors') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)

@@ -81,7 +81,7 @@ class _App:
 
 
 def test_the_sweeper_requeues_a_silent_processing_video_once(r, store):
-    from workers.sweeper import sweep_once
+    from workers.jobs.sweeper import sweep_once
 
     settings = Settings(heartbeat_timeout=60)
     beats = Heartbeats(r)
@@ -98,7 +98,7 @@ def test_the_sweeper_requeues_a_silent_processing_video_once(r, store):
 
 
 def test_the_sweeper_leaves_ended_and_cancelled_videos_alone(r, store):
-    from workers.sweeper import sweep_once
+    from workers.jobs.sweeper import sweep_once
 
     beats = Heartbeats(r)
     store.mark_cancelled("j")

@@ -15,8 +15,8 @@ from transformers.models.sam3_video import modeling_sam3_video as msv
 
 from pipeline.core.specs import VideoOptions
 from pipeline.core.storage import LocalStorage
-from workers import rle
-from workers.video_steps import segment_video
+from workers.chunks.video_steps import segment_video
+from workers.media import rle
 
 HOLE = (slice(20, 22), slice(20, 22))  # low-resolution rows, columns
 SPECK = (slice(50, 52), slice(50, 52))

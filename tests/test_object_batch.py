@@ -1,4 +1,4 @@
-"""Object-batched tracking (workers.object_batch) gives transformers' per-object results.
+"""Object-batched tracking (workers.model.object_batch) gives transformers' per-object results.
 
 - On the repository's clips, masks.json with object batching equals ``--no-object-batch`` at frame
   batch B = 1 and 8, unchunked and chunked (the tracker state carried through the state codec), and
@@ -18,14 +18,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.test_frame_batch import _clip, _run_video, masks_json
 from tests import media
-from workers import object_batch
-from workers.decode import open_reader
-from workers.engine import FrameEngine
-from workers.probe import probe
-from workers.rle import decode
-from workers.tracker import VideoTracker, check_prompts
+from tests.test_frame_batch import _clip, _run_video, masks_json
+from workers.media.decode import open_reader
+from workers.media.probe import probe
+from workers.media.rle import decode
+from workers.model import object_batch
+from workers.model.engine import FrameEngine
+from workers.model.tracker import VideoTracker, check_prompts
 
 FRAMES = 16  # past the tracker's 7-frame memory window; ids appear and are removed on these clips
 
@@ -40,7 +40,7 @@ def clips(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def unbatched(tiny_model_dir):
     """The tiny model with transformers' per-object loop (its own instance: ``tiny`` batches)."""
-    from workers.model import load_model
+    from workers.model.loading import load_model
 
     loaded = load_model(str(tiny_model_dir), "cpu", object_batch=False)
     assert not object_batch.enabled(loaded.model)
@@ -165,7 +165,7 @@ def test_two_streams_on_one_engine_equal_the_per_object_loop(tiny, unbatched, cl
 def test_sixteen_objects_track_as_the_per_object_loop(tiny_model_dir, group_sizes):
     """bench_gpu's cap: 16 detections a frame, at most 16 objects; every frame equal, batches of many."""
     from benchmarks.bench_gpu import DetectionCap, Frames, synthetic_frames
-    from workers.model import load_model
+    from workers.model.loading import load_model
 
     loaded = load_model(str(tiny_model_dir), "cpu")
     cap = DetectionCap(loaded.model)
@@ -197,7 +197,7 @@ def test_sixteen_objects_track_as_the_per_object_loop(tiny_model_dir, group_size
 def test_the_setting_reaches_a_workers_model(tiny_model_dir, monkeypatch):
     """SAM3V_OBJECT_BATCH=0 gives a worker's model transformers' loop; by default it batches."""
     from pipeline.core.settings import Settings
-    from workers import runtime
+    from workers.jobs import context as runtime
 
     monkeypatch.setenv("SAM3V_OBJECT_BATCH", "0")
     assert Settings().object_batch is False

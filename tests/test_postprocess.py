@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from benchmarks.frozen_038fd06 import tracker as frozen
-from workers import tracker
+from workers.model import tracker
 
 
 def random_frame(rng: np.random.Generator):

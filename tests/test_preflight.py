@@ -194,7 +194,7 @@ def _imported(stderr: str) -> set[str]:
 
 def _segment_refused(*args, env=None) -> tuple[str, set[str]]:
     """Run segment with -X importtime; the error line and the modules it imported. The model loader
-    lives in workers.model (which imports torch): neither imported means it was never called."""
+    lives in workers.model.loading (which imports torch): neither imported means it was never called."""
     done = subprocess.run([sys.executable, "-X", "importtime", "-m", "sam3v.cli", "segment", *map(str, args)],
                           capture_output=True, text=True, timeout=300, env=env)
     errors = [x for x in done.stderr.splitlines() if not x.startswith("import time:")]
@@ -204,7 +204,7 @@ def _segment_refused(*args, env=None) -> tuple[str, set[str]]:
 
 def _assert_no_model_load(modules: set[str]) -> None:
     assert modules, "no import report"
-    assert "workers.model" not in modules and "torch" not in modules and "transformers" not in modules
+    assert "workers.model.loading" not in modules and "torch" not in modules and "transformers" not in modules
 
 
 @pytest.mark.parametrize("case", ["empty-prompt", "not-a-video", "missing-model", "device-cuda"])

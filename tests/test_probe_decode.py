@@ -16,8 +16,8 @@ import pytest
 
 from pipeline.core.errors import InputError
 from tests import media
-from workers.decode import DecodeThread, Frame, iter_frames, open_reader
-from workers.probe import probe
+from workers.media.decode import DecodeThread, Frame, iter_frames, open_reader
+from workers.media.probe import probe
 
 Builder = Callable[[Path], Path]
 
@@ -167,7 +167,7 @@ def test_rotation_matches_ffmpeg_autorotate(clockwise: int, media_dir: Path) -> 
 
 def test_decord_rotation_is_applied_once(media_dir: Path) -> None:
     """decord rotates by itself; we turn its frames only when their shape shows it did not."""
-    from workers.decode import _DecordReader
+    from workers.media.decode import _DecordReader
 
     info = probe(media.rotated(media_dir, 90))
     assert _DecordReader._missing_turns(info, (320, 180, 3)) == 0  # already displayed upright

@@ -31,7 +31,7 @@ def samples() -> list[str]:
 
 
 def test_the_control_plane_counts_the_tokens_the_workers_tokenizer_does():
-    from workers.tokenizer import build_clip_tokenizer
+    from workers.model.tokenizer import build_clip_tokenizer
 
     reference = build_clip_tokenizer()
     assert {s: count_tokens(s) for s in samples()} == {s: len(reference(s).input_ids) for s in samples()}

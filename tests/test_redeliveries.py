@@ -18,9 +18,11 @@ def running_video(monkeypatch, tmp_path):
     monkeypatch.delenv("SAM3V_REDIS_URL", raising=False)
     monkeypatch.setenv("SAM3V_STORAGE_URL", str(tmp_path))
     from pipeline.core.settings import Settings
-    from workers import runtime, tasks
+    from workers.jobs import context as runtime
+    from workers.jobs import tasks
+    from workers.jobs.app import worker_app
 
-    runtime.worker_app(Settings())
+    worker_app(Settings())
     ctx = runtime.context()
     item = {"id": "v", "video": "x.mp4", "prompts": ["dog"], "line": 1}
     ctx.status.create_job("job1", "t", {}, [item], [])

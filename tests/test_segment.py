@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from pipeline.core.specs import VideoOptions
 from pipeline.core.storage import LocalStorage
 from tests import ffprobe_util as fp
 from tests import media
 from tests.guards import assert_found_objects, assert_not_all_black
-from workers import rle
-from workers.palette import color_for
-from pipeline.core.specs import VideoOptions
-from workers.video_steps import segment_video
+from workers.chunks.video_steps import segment_video
+from workers.media import rle
+from workers.media.palette import color_for
 
 
 @pytest.fixture(scope="module")

@@ -42,7 +42,7 @@ def test_a_mistyped_field_or_column_gets_did_you_mean():
 
 
 def test_masks_json_names_a_local_model_by_its_directory_name_only():
-    from workers.video_steps import public_model_id
+    from workers.chunks.video_steps import public_model_id
 
     assert public_model_id("/srv/secret/models/sam3-ft") == "local:sam3-ft"
     assert public_model_id("facebook/sam3") == "facebook/sam3"

@@ -1,4 +1,4 @@
-"""Host-local copies of sources (workers/sources.py): fetched once, reused, touched, evicted."""
+"""Host-local copies of sources (workers/jobs/sources.py): fetched once, reused, touched, evicted."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 from pipeline.core.errors import InputError
 from pipeline.core.settings import Settings
 from pipeline.core.storage import LocalStorage
-from workers import sources
+from workers.jobs import sources
 
 
 @pytest.fixture

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from workers.decode import open_reader
-from workers.probe import probe
-from workers.tracker import VideoTracker, check_prompts
+from workers.media.decode import open_reader
+from workers.media.probe import probe
+from workers.model.tracker import VideoTracker, check_prompts
 
 
 def test_tiny_model_tracks_a_few_objects_with_varying_masks(tiny, dog24):

@@ -21,9 +21,9 @@ import transformers
 
 from pipeline.core.errors import ProcessingError
 from tests import media
-from workers.model import load_model
-from workers.tracker import FrameObjects, VideoTracker
-from workers.state_codec import (
+from workers.media.frame_objects import FrameObjects
+from workers.model.loading import load_model
+from workers.model.state_codec import (
     JSON_NAME,
     TENSORS_NAME,
     StateError,
@@ -31,7 +31,8 @@ from workers.state_codec import (
     load_state,
     save_state,
 )
-from workers.state_pruning import MemoryWindows, prune
+from workers.model.state_pruning import MemoryWindows, prune
+from workers.model.tracker import VideoTracker
 
 REPO = Path(__file__).resolve().parents[1]
 N = 40
@@ -202,8 +203,8 @@ _CHILD = """
 import sys
 import numpy as np
 import torch
-from workers.model import load_model
-from workers.state_codec import load_state
+from workers.model.loading import load_model
+from workers.model.state_codec import load_state
 
 torch.set_num_threads(1)  # as in the parent: CPU results depend on the thread count
 

@@ -15,14 +15,14 @@ import numpy as np
 import pytest
 
 from pipeline.core.errors import InputError
+from pipeline.core.specs import VideoOptions, options_from_flags
 from pipeline.core.storage import LocalStorage
 from tests import ffprobe_util as fp
 from tests import media
 from tests.guards import assert_found_objects
-from pipeline.core.specs import VideoOptions, options_from_flags
-from workers.video_steps import segment_video
-from workers.frame_features import step_model
-from workers.tracker import detection_thresholds
+from workers.chunks.video_steps import segment_video
+from workers.model.frame_features import step_model
+from workers.model.tracker import detection_thresholds
 
 N, W, H, FPS = 48, 320, 180, 30  # media.hue_beep
 S = 13  # between keyframes (every 12) and off the encode grid: the decoder must seek, then drop
@@ -219,7 +219,8 @@ def test_detection_threshold_filters_and_never_leaks_into_the_next_video(tiny, d
 
     # What each step's model object runs with (the thresholds live on the per-step copy, never on
     # the shared model: frame_features.step_model).
-    from workers import frame_features, tracker as tracker_module
+    from workers.model import frame_features
+    from workers.model import tracker as tracker_module
 
     seen: list[tuple[float, float]] = []
 

@@ -2,7 +2,7 @@
 moto S3 server, a ``sam3v worker --streams 2`` subprocess (one process: the model, both streams and
 their decode/render/encoder threads; it also runs probe and finalize), the tiny model, real clips.
 
-Before glibc's malloc thresholds were fixed (``workers/allocator.py``) this process grew by about
+Before glibc's malloc thresholds were fixed (``workers/jobs/allocator.py``) this process grew by about
 100 MiB a job with nothing of ours in use growing (freed tensor buffers piled up in malloc's
 per-thread arenas): +27% from the 3rd to the 6th job. The bound here is generous; the figure over
 20 jobs is benchmarks/bench_worker_memory.py's (README, docs/performance.md).
@@ -15,7 +15,15 @@ from pathlib import Path
 
 from tests.fault_env import Jobs, Worker, wait_for
 from tests.services import rss_mib
-from tests.test_pipeline import BUCKET, clips, cli, env, redis_server, s3, write_manifest  # noqa: F401
+from tests.test_pipeline import (  # noqa: F401
+    BUCKET,
+    cli,
+    clips,
+    env,
+    redis_server,
+    s3,
+    write_manifest,
+)
 
 JOBS = 5
 SETTLED = 2  # jobs before the first figure compared (first imports, first arenas)

@@ -1,7 +1,7 @@
 # FROZEN ON PURPOSE: main at commit 038fd06's prune (the "pruning" section of its
 # workers/tracker_state.py), the step 038fd06's per-frame loop ran after each push: part of
 # bench_gpu.py's same-run baseline. DO NOT EDIT, DO NOT REFACTOR, DO NOT DEDUPLICATE. The
-# `duplicates` tool lists it as a twin of workers/state_pruning.py: that is deliberate, leave it.
+# `duplicates` tool lists it as a twin of workers/model/state_pruning.py: that is deliberate, leave it.
 #
 # The only changes from 038fd06's text: this docstring and the imports (only the pruning section is
 # kept, and its VideoTracker is the frozen one beside it).
@@ -14,7 +14,6 @@ import dataclasses
 import torch
 
 from benchmarks.frozen_038fd06.tracker import VideoTracker
-
 
 # --- pruning ------------------------------------------------------------------------------------
 

@@ -1,14 +1,14 @@
-# FROZEN ON PURPOSE: main at commit 038fd06's workers/tracker.py, the same-run baseline of
+# FROZEN ON PURPOSE: main at commit 038fd06's workers/model/tracker.py, the same-run baseline of
 # benchmarks/bench_gpu.py. DO NOT EDIT, DO NOT REFACTOR, DO NOT DEDUPLICATE.
 #
 # bench_gpu.py times this per-frame loop (VideoTracker.push then prune, as 038fd06's
 # workers/chunk.py ran it) beside the new frame engine in one run on one card, so a speed-up is
-# measured against fixed code, not against whatever workers/tracker.py has become. The
-# `duplicates` tool lists this file as a twin of workers/tracker.py: that is deliberate, leave it.
+# measured against fixed code, not against whatever workers/model/tracker.py has become. The
+# `duplicates` tool lists this file as a twin of workers/model/tracker.py: that is deliberate, leave it.
 #
-# The only change from `git show 038fd06:workers/tracker.py`: pipeline.errors has since moved to
-# pipeline.core.errors (one import line). It still imports the live workers.model.LoadedModel (a
-# plain holder of the model, tokenizer and device) and workers.tokenizer.TEXT_MAX_TOKENS (32).
+# The only change from `git show 038fd06:workers/model/tracker.py`: pipeline.errors has since moved to
+# pipeline.core.errors (one import line). It still imports the live workers.model.loading.LoadedModel (a
+# plain holder of the model, tokenizer and device) and workers.model.tokenizer.TEXT_MAX_TOKENS (32).
 """Run SAM 3 over a stream of frames: one inference session, frames pushed one at a time.
 
 This mirrors ``Sam3VideoModel.propagate_in_video_iterator`` (non-streaming semantics: hotstart
@@ -32,8 +32,8 @@ from transformers.models.sam3_video.modeling_sam3_video import (
 from transformers.models.sam3_video.processing_sam3_video import Sam3VideoProcessor
 
 from pipeline.core.errors import InputError
-from workers.model import LoadedModel
-from workers.tokenizer import TEXT_MAX_TOKENS
+from workers.model.loading import LoadedModel
+from workers.model.tokenizer import TEXT_MAX_TOKENS
 
 # SAM 3's image processor normalises with mean 0.5 / std 0.5 after scaling to [0, 1].
 _MEAN = 0.5

@@ -15,11 +15,11 @@ from pathlib import Path
 
 from celery import Celery
 
+from pipeline.control.manifest import Rejected, read_manifest, scan_manifest
 from pipeline.core.celery_app import PROBE, queue_for
 from pipeline.core.errors import InputError
-from pipeline.core.specs import DEFAULT_MAX_PROMPTS, VideoSpec
-from pipeline.control.manifest import Rejected, read_manifest, scan_manifest
 from pipeline.core.retention import keep_job
+from pipeline.core.specs import DEFAULT_MAX_PROMPTS, VideoSpec
 from pipeline.core.status import StatusStore
 
 BATCH = 1000  # videos recorded per round trip and tasks per pipelined publish
@@ -53,10 +53,10 @@ def submit_manifest(app: Celery, store: StatusStore, data: bytes | Path, source_
                     max_prompts: int = DEFAULT_MAX_PROMPTS, batch: int = BATCH, on_done: str | None = None) -> Submitted:
     """``data``: the manifest's bytes, or a file read line by line (``manifest_file``).
     ``max_prompts``: the caller's ``settings.max_prompts``; a line with more prompts is rejected.
-    ``on_done``: a URL the worker that ends the job POSTs its outcome to (workers/job_hook.py)."""
+    ``on_done``: a URL the worker that ends the job POSTs its outcome to (workers/jobs/job_hook.py)."""
     scan = scan_manifest(data, source_name, default_prompt)
     job_id = store.new_job_id()
-    # Workers read local paths only for a job that allowed them (workers/sources.py stage_source).
+    # Workers read local paths only for a job that allowed them (workers/jobs/sources.py stage_source).
     spec = {"source": source_name, "default_prompt": default_prompt, "lane": lane, "allow_local": allow_local}
     if on_done:
         spec["on_done"] = on_done

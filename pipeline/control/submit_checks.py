@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from pathlib import Path
 from typing import Literal, Protocol
 
 from pipeline.core import worker_registry

@@ -2,7 +2,7 @@
 
 ``make_app(settings)`` builds it; nothing builds one at import time. The control plane sends tasks
 by these names and never imports the data plane; a worker's entry point builds the app and
-registers the task bodies (``workers.runtime.worker_app``).
+registers the task bodies (``workers.jobs.app.worker_app``).
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def make_app(settings: Settings) -> Celery:
         worker_prefetch_multiplier=1,
         # A prefork child that has not reported up this long after it was forked is killed (Celery's
         # default, 4 s). The child reports up only after worker_process_init, where it imports the
-        # heavy modules and loads the model (workers.runtime): seconds to minutes. With the default,
+        # heavy modules and loads the model (workers.jobs.context): seconds to minutes. With the default,
         # every replacement of a dead child (an OOM kill) was killed in turn and the worker never
         # ran a task again. Kept there rather than loading in the background after reporting up:
         # the load then counts against no task's time limit, and the master hands a task only to a

@@ -2,7 +2,7 @@
 without torch or transformers.
 
 SAM 3's text encoder takes 32 tokens of OpenAI CLIP's byte-pair encoding (start and end tokens
-included). The workers tokenize with transformers (``workers.tokenizer``); here the same vocabulary
+included). The workers tokenize with transformers (``workers.model.tokenizer``); here the same vocabulary
 (``assets/bpe_simple_vocab_16e6.txt.gz``, shared with the workers) is loaded into the ``tokenizers``
 library with CLIP's normalisation and splitting, which counts the same tokens
 (tests/test_prompt_tokens.py compares the two). A byte bound comes first, so a 1 MB prompt is refused
@@ -56,7 +56,14 @@ def clip_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
 
 @lru_cache(maxsize=1)
 def _tokenizer():
-    from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
+    from tokenizers import (
+        Regex,
+        Tokenizer,
+        decoders,
+        normalizers,
+        pre_tokenizers,
+        processors,
+    )
     from tokenizers.models import BPE
 
     vocab, merges = clip_vocab_and_merges()

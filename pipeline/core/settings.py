@@ -65,7 +65,7 @@ class Settings(BaseSettings):
     max_batch: int = Field(16, ge=1, le=256, description="Most frames in one batched detector call across a worker's streams")
     object_batch: bool = Field(
         True, description="Track all objects of a frame that have no new input as one batch per memory layout "
-                          "(workers.object_batch); false: transformers' loop, one object at a time. Masks do not "
+                          "(workers.model.object_batch); false: transformers' loop, one object at a time. Masks do not "
                           "depend on it")
 
     job_retention: float = Field(

@@ -1,5 +1,5 @@
 r"""Signed HTTP notifications, shared by the API's per-generation webhooks (sam3v/api/webhooks.py)
-and a job's completion hook (``sam3v submit --on-done URL``, sent by workers/job_hook.py).
+and a job's completion hook (``sam3v submit --on-done URL``, sent by workers/jobs/job_hook.py).
 
 ``X-Sam3v-Signature: t=<unix time>,v2=<hex HMAC-SHA256 of "<t>\n<event>\n<delivery>\n<raw body>">``:
 the timestamp, the ``X-Sam3v-Event`` and ``X-Sam3v-Delivery`` headers and the body are all signed, so a

@@ -7,7 +7,7 @@ settings with these records (a submitter pointing at another bucket than the wor
 and ``sam3v api`` reports when no live worker serves the interactive queues.
 
 A worker that takes itself out of service (its model, GPU, disk or storage is at fault:
-``workers.service``) says why in its record, kept OUT_OF_SERVICE_TTL_S after it exits so that an
+``workers.jobs.service``) says why in its record, kept OUT_OF_SERVICE_TTL_S after it exits so that an
 operator (``GET /health``, ``redis-cli``) sees the reason; such a record serves no queue.
 """
 

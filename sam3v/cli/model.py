@@ -19,7 +19,7 @@ def model_tiny(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
     """Save a tiny randomly initialised SAM 3 video model. Its masks are MEANINGLESS: tests and demos only."""
-    from workers.tiny_model import TINY_WARNING, save_tiny_model
+    from workers.model.tiny_model import TINY_WARNING, save_tiny_model
 
     path = save_tiny_model(directory, seed)
     err_console.print(f"[yellow]warning:[/] {TINY_WARNING}")

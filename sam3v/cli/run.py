@@ -8,7 +8,13 @@ from typing import Annotated, Optional
 import typer
 
 from pipeline.core.errors import InputError
-from sam3v.cli.common import FrameBatchOption, ObjectBatchOption, err_console, is_terminal, user_errors
+from sam3v.cli.common import (
+    FrameBatchOption,
+    ObjectBatchOption,
+    err_console,
+    is_terminal,
+    user_errors,
+)
 from sam3v.cli.jobs import finish, watch_job
 
 app = typer.Typer()
@@ -42,7 +48,8 @@ def run(
 
     check_model(settings.model)  # in well under a second, before the model load
     celery_app = embedded_app(settings)
-    from workers.runtime import context, model as worker_model
+    from workers.jobs.context import context
+    from workers.jobs.context import model as worker_model
 
     worker_model()  # a missing model fails here, before any video is read
     store = context().status

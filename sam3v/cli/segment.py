@@ -8,7 +8,13 @@ from typing import Annotated, Optional
 import typer
 
 from pipeline.core.errors import InputError
-from sam3v.cli.common import FrameBatchOption, ObjectBatchOption, err_console, progress_bar, user_errors
+from sam3v.cli.common import (
+    FrameBatchOption,
+    ObjectBatchOption,
+    err_console,
+    progress_bar,
+    user_errors,
+)
 
 app = typer.Typer()
 
@@ -109,8 +115,8 @@ def segment(
     _check_prompt_count(prompt, settings.max_prompts)
     check_segment(video, prompt, model, device)  # before torch and the model load
     from pipeline.core.storage import LocalStorage
-    from workers.model import load_model
-    from workers.video_steps import segment_video
+    from workers.chunks.video_steps import segment_video
+    from workers.model.loading import load_model
 
     loaded = load_model(model, device, settings.torch_threads,
                         settings.object_batch if object_batch is None else object_batch)

@@ -54,8 +54,8 @@ def worker(
     if object_batch is not None:
         settings = settings.model_copy(update={"object_batch": object_batch})
     from sam3v.worker_start import start_checks
-    from workers import service
-    from workers.runtime import worker_app
+    from workers.jobs import service
+    from workers.jobs.app import worker_app
 
     started = start_checks(settings, queues, concurrency, hostname)  # refuses to start naming the setting
     k = _streams(streams or settings.streams, started.runs_model)
@@ -90,9 +90,9 @@ def worker(
 
 def _load_model_here(settings) -> bool:
     """A threads pool's one model; False (the worker out of service, saying why) if it cannot load."""
-    from workers import service
-    from workers.blame import worker_fault
-    from workers.runtime import model
+    from workers.jobs import service
+    from workers.jobs.blame import worker_fault
+    from workers.jobs.context import model
 
     try:
         model()

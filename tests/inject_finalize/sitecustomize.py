@@ -16,8 +16,8 @@ if os.environ.get("SAM3V_TEST_FINALIZE_AT"):
     import time
     from pathlib import Path
 
-    import workers.finalize as finalize
-    import workers.video_state as video_state
+    import workers.chunks.finalize as finalize
+    import workers.jobs.outcomes as video_state
 
     _at = os.environ["SAM3V_TEST_FINALIZE_AT"]
     _dir = Path(os.environ["SAM3V_TEST_FINALIZE_DIR"])
@@ -51,4 +51,4 @@ if os.environ.get("SAM3V_TEST_FINALIZE_AT"):
             os.kill(os.getpid(), signal.SIGKILL)
 
     finalize.concat_parts = concat_parts
-    video_state.finish_video = finish_video  # before workers.tasks imports it by name
+    video_state.finish_video = finish_video  # before workers.jobs.tasks imports it by name

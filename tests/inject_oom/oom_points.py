@@ -28,8 +28,8 @@ def _fire(mark: Path, place: str) -> None:
 
 def patch(place: str, frame: int, mark: Path) -> tuple[object, str, object]:
     """(owner, attribute, replacement): setting it makes ``place`` run out of memory once."""
-    from workers.state_codec import TrackerState
-    from workers.tracker import VideoTracker
+    from workers.model.state_codec import TrackerState
+    from workers.model.tracker import VideoTracker
 
     if place == "step":
         real_step = VideoTracker.step

@@ -10,8 +10,8 @@ if os.environ.get("SAM3V_TEST_TRACE"):
     import threading
     import time
 
-    from workers.engine import FrameEngine
-    from workers.tracker import VideoTracker
+    from workers.model.engine import FrameEngine
+    from workers.model.tracker import VideoTracker
 
     _path, _lock = os.environ["SAM3V_TEST_TRACE"], threading.Lock()
     _call, _step = FrameEngine._backbone_call, VideoTracker.step

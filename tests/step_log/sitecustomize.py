@@ -6,7 +6,7 @@ frames went through the model, how often, and in which process. Nothing here is 
 import os
 
 if os.environ.get("SAM3V_TEST_STEP_LOG"):
-    import workers.tracker as tracker
+    import workers.model.tracker as tracker
 
     _log = os.environ["SAM3V_TEST_STEP_LOG"]
     _step = tracker.VideoTracker.step

@@ -1,6 +1,6 @@
 """``health``: is this server able to run what it accepts? Open without a key (load balancers and
 probes call it); it names no host, only whether each interactive queue has a live worker and why a
-worker took itself out of service (its model, GPU, disk or storage: ``workers.service``)."""
+worker took itself out of service (its model, GPU, disk or storage: ``workers.jobs.service``)."""
 
 from __future__ import annotations
 

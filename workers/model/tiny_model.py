@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from transformers import Sam3VideoConfig, Sam3VideoModel
 
-from workers.tokenizer import build_clip_tokenizer
+from workers.model.tokenizer import build_clip_tokenizer
 
 TINY_MARKER = "sam3v_tiny_model.json"
 TINY_WARNING = "tiny random test model: its masks are meaningless (for tests, CI and demos only)"

@@ -16,7 +16,7 @@ on where a chunk starts when chunk sizes are multiples of B (``pipeline.core.pla
 - Tracker steps of different streams run at once: each step gets a model object of its own with
   the video's thresholds and the frame's features (``frame_features.step_model``), the weights
   shared. Each stream queues its device work on its own CUDA stream and the backbone on another
-  (``workers.lanes``), so a stream's host syncs (postprocess, transformers' ``.tolist()``) wait
+  (``workers.model.lanes``), so a stream's host syncs (postprocess, transformers' ``.tolist()``) wait
   only for its own work; features and pixels cross between them with events.
 - A frame's features are its own tensors (not views of the batch) and are dropped once its step
   is done.
@@ -45,11 +45,12 @@ import numpy as np
 import torch
 
 from pipeline.core.errors import Sam3vError
-from workers import frame_features
-from workers.frame_features import FrameFeatures
-from workers.lanes import Lane, Mark
-from workers.model import LoadedModel
-from workers.tracker import FrameObjects, VideoTracker
+from workers.media.frame_objects import FrameObjects
+from workers.model import frame_features
+from workers.model.frame_features import FrameFeatures
+from workers.model.lanes import Lane, Mark
+from workers.model.loading import LoadedModel
+from workers.model.tracker import VideoTracker
 
 DEFAULT_MAX_BATCH = 16
 RECORDED_CALLS = 1000

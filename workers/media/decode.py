@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from pipeline.core.errors import InputError
-from workers.probe import VideoInfo
+from workers.media.probe import VideoInfo
 
 if TYPE_CHECKING:
     import av

@@ -1,7 +1,7 @@
 """One video's steps, owned here and nowhere else: prepare (probe + plan), run chunk k, finalize.
 
 Two drivers run them. ``segment_video`` below runs them in order in this process (``sam3v
-segment``); the Celery tasks (``workers.tasks``) call exactly one step each, chained per video
+segment``); the Celery tasks (``workers.jobs.tasks``) call exactly one step each, chained per video
 (the embedded ``sam3v run`` and the HTTP API's embedded mode use those tasks on the in-process
 broker). Both plan with ``pipeline.core.planning.plan_chunks``, so a chunked run and an unchunked
 one cut the video the same way and give the same outputs.
@@ -24,17 +24,23 @@ from pathlib import Path, PurePath
 
 from pipeline.core.errors import InputError
 from pipeline.core.layout import WorkKeys
-from pipeline.core.planning import PART_FRAMES, Chunk, default_chunk_frames, frames_to_process, plan_chunks
+from pipeline.core.planning import (
+    PART_FRAMES,
+    Chunk,
+    default_chunk_frames,
+    frames_to_process,
+    plan_chunks,
+)
 from pipeline.core.specs import VideoOptions
 from pipeline.core.storage import LocalStorage, Storage
-from workers.chunk_runner import ChunkInputs, ChunkResult, run_chunk_inputs
-from workers.encode import EncoderSettings
-from workers.engine import engine_for
-from workers.finalize import finalize_video
-from workers.model import LoadedModel
-from workers.model_source import looks_like_path
-from workers.probe import VideoInfo, probe
-from workers.tracker import check_prompts
+from workers.chunks.chunk_runner import ChunkInputs, ChunkResult, run_chunk_inputs
+from workers.chunks.finalize import finalize_video
+from workers.media.encode import EncoderSettings
+from workers.media.probe import VideoInfo, probe
+from workers.model.engine import engine_for
+from workers.model.loading import LoadedModel
+from workers.model.model_source import looks_like_path
+from workers.model.tracker import check_prompts
 
 Progress = Callable[[int, int | None], None]
 

@@ -15,9 +15,9 @@ from pathlib import Path
 from pipeline.core.errors import ProcessingError
 from pipeline.core.layout import OUTPUT_FILES, WorkKeys
 from pipeline.core.storage import Storage, join_key
-from workers.masks_document import FrameLog, build_document, document_json
-from workers.mux import add_audio, is_constant_rate, retime
-from workers.probe import VideoInfo
+from workers.media.masks_document import FrameLog, build_document, document_json
+from workers.media.mux import add_audio, is_constant_rate, retime
+from workers.media.probe import VideoInfo
 
 
 def concat_parts(parts: list[Path], out: Path) -> None:

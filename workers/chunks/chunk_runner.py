@@ -30,16 +30,23 @@ from pipeline.core.errors import Cancelled, InputError
 from pipeline.core.layout import WorkKeys
 from pipeline.core.planning import PART_FRAMES, Chunk, encode_limit
 from pipeline.core.storage import Storage
-from workers.decode import DecodeThread, Frame, open_reader, yuv_capable
-from workers.engine import FrameEngine, engine_for
-from workers.encode import EncoderSettings
-from workers.masks_document import FrameLog
-from workers.model import LoadedModel
-from workers.probe import VideoInfo
-from workers.render import RenderSpec, RenderStage
-from workers.tracker import FrameObjects, VideoTracker
-from workers.state_codec import JSON_NAME, TENSORS_NAME, StateError, load_state, save_state
-from workers.state_pruning import prune
+from workers.media.decode import DecodeThread, Frame, open_reader, yuv_capable
+from workers.media.encode import EncoderSettings
+from workers.media.frame_objects import FrameObjects
+from workers.media.masks_document import FrameLog
+from workers.media.probe import VideoInfo
+from workers.media.render import RenderSpec, RenderStage
+from workers.model.engine import FrameEngine, engine_for
+from workers.model.loading import LoadedModel
+from workers.model.state_codec import (
+    JSON_NAME,
+    TENSORS_NAME,
+    StateError,
+    load_state,
+    save_state,
+)
+from workers.model.state_pruning import prune
+from workers.model.tracker import VideoTracker
 
 CARRY_FORMAT = "sam3v.chunk-carry"
 CARRY_VERSION = 1

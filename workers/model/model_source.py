@@ -2,7 +2,7 @@
 worker's parent, `sam3v segment` and `sam3v run` refuse a missing model before anything heavy.
 
 A directory must hold a SAM 3 video ``config.json`` and weight files (whether they load is the
-load's to say: a worker loads them before it consumes, ``workers.service``). A Hugging Face id must be in the local cache
+load's to say: a worker loads them before it consumes, ``workers.jobs.service``). A Hugging Face id must be in the local cache
 or answer one request to the hub: without this check, a machine with no network spent 40 s in
 huggingface_hub's retries (5 per file) before the one-line error.
 """

@@ -19,7 +19,12 @@ import threading
 import time
 
 from celery import Celery
-from celery.signals import after_task_publish, before_task_publish, worker_ready, worker_shutdown
+from celery.signals import (
+    after_task_publish,
+    before_task_publish,
+    worker_ready,
+    worker_shutdown,
+)
 
 from pipeline.core.celery_app import FINALIZE, PROBE, SEGMENT_CHUNK, queue_for
 from pipeline.core.heartbeats import Heartbeats
@@ -69,7 +74,7 @@ def sweep_forever(app: Celery, settings: Settings, stop: threading.Event) -> Non
 
 @worker_ready.connect
 def _start(sender=None, **_kwargs) -> None:
-    from workers.runtime import settings
+    from workers.jobs.context import settings
 
     _stop.clear()
     threading.Thread(target=sweep_forever, args=(sender.app, settings(), _stop), name="sam3v-sweeper",
@@ -94,7 +99,7 @@ def _mark_pending(sender=None, headers=None, body=None, **_kwargs) -> None:
     if sender not in VIDEO_TASKS or not headers or _PUBLISHED_AT not in headers:
         return
     try:
-        from workers.runtime import context
+        from workers.jobs.context import context
 
         job_id, video_id = body[0][:2]
         Heartbeats(context().status.r).pending(job_id, video_id, headers[_PUBLISHED_AT])

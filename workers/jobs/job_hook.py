@@ -19,8 +19,13 @@ from celery import current_app, shared_task
 from pipeline.core.celery_app import queue_for
 from pipeline.core.errors import InputError
 from pipeline.core.urls import post_json
-from pipeline.core.webhook_signing import JOB_HOOKS, key_secret, server_secret, signed_headers
-from workers.runtime import context
+from pipeline.core.webhook_signing import (
+    JOB_HOOKS,
+    key_secret,
+    server_secret,
+    signed_headers,
+)
+from workers.jobs.context import context
 
 JOB_HOOK = "sam3v.job_hook"
 EVENT = "job_completed"

@@ -15,7 +15,7 @@ import dataclasses
 
 import torch
 
-from workers.tracker import VideoTracker
+from workers.model.tracker import VideoTracker
 
 
 @dataclasses.dataclass(frozen=True)

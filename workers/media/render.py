@@ -17,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-from workers import rle
-from workers.decode import Frame
-from workers.composite import mask_frame, overlay, overlay_yuv
-from workers.encode import EncoderSettings, FrameEncoder
-from workers.masks_document import FrameLog
-from workers.tracker import FrameObjects
+from workers.media import rle
+from workers.media.composite import mask_frame, overlay, overlay_yuv
+from workers.media.decode import Frame
+from workers.media.encode import EncoderSettings, FrameEncoder
+from workers.media.frame_objects import FrameObjects
+from workers.media.masks_document import FrameLog
 
 _STOP = object()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from workers.palette import color_for
+from workers.media.palette import color_for
 
 DEFAULT_OPACITY = 0.5
 

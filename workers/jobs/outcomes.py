@@ -18,9 +18,9 @@ from pipeline.core.layout import JobKeys
 from pipeline.core.results import results_jsonl
 from pipeline.core.retention import expire_job
 from pipeline.core.status import TERMINAL
-from workers.job_hook import send_job_hook
-from workers.runtime import Context
-from workers.sources import drop_cached
+from workers.jobs.context import Context
+from workers.jobs.job_hook import send_job_hook
+from workers.jobs.sources import drop_cached
 
 log = logging.getLogger(__name__)
 

@@ -60,7 +60,7 @@ def evict_stale(settings: Settings, now: float | None = None) -> int:
 def job_allows_local(job_id: str) -> bool:
     """Whether ``job_id`` was submitted with local paths allowed (embedded ``sam3v run``), as this
     worker's status store recorded it."""
-    from workers.runtime import context
+    from workers.jobs.context import context
 
     return bool(context().status.job_spec(job_id).get("allow_local"))
 

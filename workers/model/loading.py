@@ -13,10 +13,15 @@ import transformers
 from transformers import AutoTokenizer, Sam3VideoModel
 
 from pipeline.core.errors import InputError, ModelUnavailableError
-from workers import cv_utils
-from workers.model_source import DEFAULT_MODEL, HOW_TO_GET_A_MODEL, check_model_source, looks_like_path
-from workers.object_batch import install as install_object_batch
-from workers.tiny_model import TINY_WARNING, is_tiny_model_dir
+from workers.model import cv_utils
+from workers.model.model_source import (
+    DEFAULT_MODEL,
+    HOW_TO_GET_A_MODEL,
+    check_model_source,
+    looks_like_path,
+)
+from workers.model.object_batch import install as install_object_batch
+from workers.model.tiny_model import TINY_WARNING, is_tiny_model_dir
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +97,7 @@ def load_model(source: str = DEFAULT_MODEL, device: str = "auto", threads: int |
     """Load the model before any video is read, so a missing model fails first and clearly.
     ``threads``: torch's CPU threads (SAM3V_TORCH_THREADS); None leaves torch's default.
     ``object_batch``: the tracker steps all objects without new inputs as batches
-    (``workers.object_batch``, SAM3V_OBJECT_BATCH); False: transformers' per-object loop."""
+    (``workers.model.object_batch``, SAM3V_OBJECT_BATCH); False: transformers' per-object loop."""
     torch_device = resolve_device(device)
     # Before any weight is read: a missing model fails at once (no hub retries when offline).
     check_model_source(source)

@@ -8,7 +8,6 @@ frames can be fed as they are decoded and a frame's output is final once its win
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -19,24 +18,14 @@ from transformers.models.sam3_video.modeling_sam3_video import (
 )
 
 from pipeline.core.errors import InputError
-from workers.frame_features import FrameFeatures, step_model
-from workers.model import LoadedModel
-from workers.tokenizer import TEXT_MAX_TOKENS
+from workers.media.frame_objects import FrameObjects
+from workers.model.frame_features import FrameFeatures, step_model
+from workers.model.loading import LoadedModel
+from workers.model.tokenizer import TEXT_MAX_TOKENS
 
 # SAM 3's image processor normalises with mean 0.5 / std 0.5 after scaling to [0, 1].
 _MEAN = 0.5
 _STD = 0.5
-
-
-@dataclass
-class FrameObjects:
-    """The final objects of one frame, at the video's displayed size."""
-
-    frame_idx: int
-    object_ids: list[int]
-    scores: list[float]
-    prompts: list[str]
-    masks: np.ndarray  # (N, H, W) bool
 
 
 def check_prompts(tokenizer, prompts: list[str]) -> list[str]:

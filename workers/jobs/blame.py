@@ -5,7 +5,7 @@ worker's (its model missing or not loadable, a CUDA error, a full disk, no permi
 storage) would fail every video it took: such a worker drained a nightly queue into failures faster
 than every healthy worker together. So a worker fault fails no video: the task goes back to the
 queue, not counted against SAM3V_MAX_REDELIVERIES, and the worker takes itself out of service
-(``workers.service``).
+(``workers.jobs.service``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ _PERMISSION_ERRNOS = {errno.EACCES, errno.EPERM}
 _STORAGE_DENIED = {"AccessDenied", "Forbidden", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch",
                    "ExpiredToken", "InvalidToken"}
 # What torch says when the GPU, its driver or a kernel is broken (not "out of memory": a chunk that
-# needs more memory than the card has is the video's, handled by workers.engine.OutOfMemory).
+# needs more memory than the card has is the video's, handled by workers.model.engine.OutOfMemory).
 _CUDA_SIGNS = ("CUDA error", "CUDA driver", "CUDNN_STATUS", "CUBLAS_STATUS", "cuDNN error",
                "no CUDA GPUs are available", "Found no NVIDIA driver", "device-side assert",
                "CUDA-capable device")

@@ -13,8 +13,8 @@ import logging
 
 from pipeline.core.layout import VideoKeys
 from pipeline.core.retention import expire_job
-from workers.runtime import Context
-from workers.video_state import attempt_of, write_results
+from workers.jobs.context import Context
+from workers.jobs.outcomes import attempt_of, write_results
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def drop_failed_work(ctx: Context, job_id: str, video_id: str, attempt: int) -> 
 
 def drop_finished_work(ctx: Context, job_id: str, video_id: str, attempt: int) -> bool:
     """A succeeded video's chunks are read by nobody again. A finalize killed between recording the
-    success and this is redelivered and ends here (``workers.tasks._not_wanted``)."""
+    success and this is redelivered and ends here (``workers.jobs.tasks._not_wanted``)."""
     return _drop_work(ctx, job_id, video_id, attempt, "succeeded")
 
 

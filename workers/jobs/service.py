@@ -1,6 +1,6 @@
 """A `sam3v worker` in service, or out of it.
 
-A worker whose model, GPU, disk or storage access is at fault (``workers.blame``) must not take
+A worker whose model, GPU, disk or storage access is at fault (``workers.jobs.blame``) must not take
 tasks: each would fail its video in a fraction of a second. So:
 
 - At start, the master does not consume until one of its processes has loaded the model's weights

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from workers import rle
-from workers.tracker import FrameObjects
+from workers.media import rle
+from workers.media.frame_objects import FrameObjects
 
 SCHEMA_VERSION = 1
 
