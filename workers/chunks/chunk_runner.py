@@ -30,6 +30,7 @@ from pipeline.core.errors import Cancelled, InputError
 from pipeline.core.layout import WorkKeys
 from pipeline.core.planning import PART_FRAMES, Chunk, encode_limit
 from pipeline.core.storage import Storage
+from workers.chunks.backward_pass import backward_pass
 from workers.media.decode import DecodeThread, Frame, open_reader, yuv_capable
 from workers.media.encode import EncoderSettings
 from workers.media.frame_objects import FrameObjects
@@ -46,6 +47,7 @@ from workers.model.state_codec import (
     save_state,
 )
 from workers.model.state_pruning import prune
+from workers.model.visual_objects import visual_objects
 from workers.model.tracker import VideoTracker
 
 CARRY_FORMAT = "sam3v.chunk-carry"
@@ -98,6 +100,13 @@ class ChunkInputs:
     detection_threshold: float | None = None  # None: the model's own
     decoder: str = "pyav"  # the decoder tried first (SAM3V_DECODER)
     frame_batch: int = 1  # frames per detector batch, on the video's own grid (recorded when planned)
+    # Visual prompts (``ObjectPrompt``s, or dicts of their fields): objects given as points, a box or
+    # a mask on a frame, tracked both ways (``workers.chunks.backward_pass``). One chunk only.
+    objects: tuple = ()
+
+    def __post_init__(self):
+        if self.objects:
+            refuse_chunked_visual(self.chunk.index, self.chunk.final)
 
     @property
     def damaged_is_error(self) -> bool:
@@ -106,6 +115,14 @@ class ChunkInputs:
         them, and the video could not be joined. A video in one chunk is decoded past damage, as
         the ffmpeg CLI does."""
         return not (self.chunk.index == 0 and self.chunk.final)
+
+
+def refuse_chunked_visual(index: int, final: bool) -> None:
+    """Visual prompts need the video in one chunk: the backward pass does not yet carry its tracker
+    from chunk k+1 to chunk k, and a chunked run must equal the unchunked one, never approximate it."""
+    if not (index == 0 and final):
+        raise InputError("visual prompts (--point/--box/--mask, objects) need the video in one chunk in this "
+                         "version: run without --chunk-frames (chunk_frames) for this video")
 
 
 @dataclass
@@ -202,8 +219,11 @@ class ChunkRunner:
         job, k = self.inputs, self.inputs.chunk.index
         if k == 0:
             origin = job.start_frame
+            visual = visual_objects(job.objects, origin, job.info.height, job.info.width)
+            backward = backward_pass(self.loaded, job.info, visual, origin, job.decoder, job.damaged_is_error,
+                                     self.should_stop) if visual else {}
             tracker = VideoTracker(self.loaded, job.prompts, job.info.height, job.info.width,
-                                   detection_threshold=job.detection_threshold)
+                                   detection_threshold=job.detection_threshold, visual=visual, backward=backward)
             return tracker, Carry(origin, origin, origin)
         state_dir = self.workdir / "state-in"
         state_dir.mkdir()

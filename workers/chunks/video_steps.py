@@ -18,7 +18,7 @@ import json
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 
@@ -33,7 +33,7 @@ from pipeline.core.planning import (
 )
 from pipeline.core.specs import VideoOptions
 from pipeline.core.storage import LocalStorage, Storage
-from workers.chunks.chunk_runner import ChunkInputs, ChunkResult, run_chunk_inputs
+from workers.chunks.chunk_runner import ChunkInputs, ChunkResult, refuse_chunked_visual, run_chunk_inputs
 from workers.chunks.finalize import finalize_video
 from workers.media.encode import EncoderSettings
 from workers.media.probe import VideoInfo, probe
@@ -41,6 +41,7 @@ from workers.model.engine import engine_for
 from workers.model.loading import LoadedModel
 from workers.model.model_source import looks_like_path
 from workers.model.tracker import check_prompts
+from workers.model.visual_objects import visual_objects
 
 Progress = Callable[[int, int | None], None]
 
@@ -131,12 +132,13 @@ class VideoRun:
     part_frames: int = PART_FRAMES
     decoder: str = "pyav"
     frame_batch: int = 1  # the video's detector batch (recorded when it is planned)
+    objects: tuple = ()  # visual prompts (ObjectPrompt), tracked both ways
 
     def inputs(self, chunk: Chunk) -> ChunkInputs:
         o = self.opts
         return ChunkInputs(self.info, chunk, self.num_frames, self.prompts, o.video_outputs(), o.mask_opacity,
                            EncoderSettings(), self.part_frames, o.start_frame, o.detection_threshold, self.decoder,
-                           self.frame_batch)
+                           self.frame_batch, tuple(self.objects))
 
 
 def chunk_done(artifacts: Storage, work: WorkKeys, k: int) -> dict | None:
@@ -212,16 +214,20 @@ class _Tally:
 def segment_video(source: str | Path, loaded: LoadedModel, opts: VideoOptions, prompts: list[str],
                   storage: Storage, prefix: str = "", progress: Progress | None = None,
                   part_frames: int = PART_FRAMES, decoder: str = "pyav", frame_batch: int = 1,
-                  max_batch: int | None = None) -> SegmentResult:
+                  max_batch: int | None = None, objects: Sequence = ()) -> SegmentResult:
     """Run every step of one video here: masks.json and the requested videos under ``prefix``.
+    ``objects``: visual prompts (``ObjectPrompt``s), tracked both ways; the video runs as one chunk.
 
     Chunk artifacts go to a temporary directory; every chunk boundary goes through the tracker
     state codec (written, then read back), exactly as when chunks run on different workers."""
     wall = time.perf_counter()
-    prompts = check_prompts(loaded.tokenizer, prompts)
+    prompts = check_prompts(loaded.tokenizer, prompts, visual=bool(objects))
     name = Path(source).name
     plan = prepare(Path(source), opts, name, chunk_seconds=None)
-    video = VideoRun(plan.info, opts, prompts, plan.num_frames, part_frames, decoder, frame_batch)
+    if objects:  # before any compute
+        refuse_chunked_visual(0, len(plan.chunks) == 1)
+        visual_objects(objects, opts.start_frame, plan.info.height, plan.info.width, plan.num_frames)  # bad input
+    video = VideoRun(plan.info, opts, prompts, plan.num_frames, part_frames, decoder, frame_batch, tuple(objects))
     tally = _Tally()
     work = WorkKeys()
     with tempfile.TemporaryDirectory(prefix="sam3v-chunks-") as tmp:

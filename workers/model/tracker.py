@@ -19,18 +19,22 @@ from transformers.models.sam3_video.modeling_sam3_video import (
 
 from pipeline.core.errors import InputError
 from workers.media.frame_objects import FrameObjects
+from workers.model import frame_features
 from workers.model.frame_features import FrameFeatures, step_model
 from workers.model.loading import LoadedModel
 from workers.model.tokenizer import TEXT_MAX_TOKENS
+from workers.model.visual_objects import VisualObject, max_visual_id
+from workers.model.visual_tracker import VisualSession, merge
 
 # SAM 3's image processor normalises with mean 0.5 / std 0.5 after scaling to [0, 1].
 _MEAN = 0.5
 _STD = 0.5
 
 
-def check_prompts(tokenizer, prompts: list[str]) -> list[str]:
-    """Refuse empty prompts and prompts the text encoder would have to truncate."""
-    if not prompts:
+def check_prompts(tokenizer, prompts: list[str], visual: bool = False) -> list[str]:
+    """Refuse empty prompts and prompts the text encoder would have to truncate; no text prompt at
+    all only when the video has visual prompts (``visual``)."""
+    if not prompts and not visual:
         raise InputError("--prompt: at least one text prompt is required")
     cleaned = []
     for prompt in prompts:
@@ -66,10 +70,19 @@ def preprocess(rgb: np.ndarray, image_size: int, device: torch.device) -> torch.
 
 
 class VideoTracker:
-    """Feed frames in order with ``push``; get each frame's final objects once its window closes."""
+    """Feed frames in order with ``push``; get each frame's final objects once its window closes.
+
+    ``visual``: objects given as points, boxes or masks, tracked forwards by SAM 3's interactive
+    tracker on the same frames' features (``workers.model.visual_tracker``) and written with the
+    text-found objects of their frame; ``backward``: their masks on frames before their first
+    prompt, by model frame, from the backward pass (``workers.chunks.backward_pass``). Text-found
+    objects are numbered after the visual ones. Without text prompts only the visual objects run
+    (the frames still close after the hotstart delay, as with text).
+    """
 
     def __init__(self, loaded: LoadedModel, prompts: list[str], height: int, width: int,
-                 state_device: str | torch.device | None = None, detection_threshold: float | None = None):
+                 state_device: str | torch.device | None = None, detection_threshold: float | None = None,
+                 visual: list[VisualObject] | None = None, backward: dict[int, FrameObjects] | None = None):
         self._loaded = loaded
         self._model = loaded.model
         self.height = height
@@ -89,6 +102,11 @@ class VideoTracker:
         for prompt in prompts:
             self._add_prompt(prompt)
         self.buffer: list[Sam3VideoSegmentationOutput] = []
+        self.visual = VisualSession(loaded, visual, height, width, state_device=state_device) if visual else None
+        if visual:
+            self.session.max_obj_id = max(self.session.max_obj_id, max_visual_id(visual))
+        self.backward = dict(backward or {})
+        self._visual_found: dict[int, FrameObjects] = {}  # forward masks of frames still in the buffer
 
     def _add_prompt(self, text: str) -> None:
         # What Sam3VideoProcessor.add_text_prompt does, without building the processor.
@@ -116,12 +134,23 @@ class VideoTracker:
         model computes them); returns the raw outputs whose hotstart window closed, oldest first.
         Touches nothing shared but the weights: steps of different trackers may run at once."""
         self.session.add_new_frame(pixels, frame_idx)
-        threshold = self.detection_threshold
-        model = step_model(self._model, None if threshold is None else detection_thresholds(self._model.config, threshold),
-                           features)
-        with self._autocast():
-            out = model(inference_session=self.session, frame_idx=frame_idx)
-        del model  # with it, the frame's features (the session keeps the tracker's part until the next step)
+        if self.visual is not None and features is None:
+            # The visual objects read the frame's features too: computed once, for both.
+            with self._autocast():
+                features = frame_features.compute(self._model, pixels[None])[0]
+        if self.session.prompts:
+            threshold = self.detection_threshold
+            model = step_model(self._model,
+                               None if threshold is None else detection_thresholds(self._model.config, threshold),
+                               features)
+            with self._autocast():
+                out = model(inference_session=self.session, frame_idx=frame_idx)
+            del model  # with it, the frame's features (the session keeps the tracker's part until the next step)
+        else:
+            out = _no_text_output(frame_idx)
+        if self.visual is not None:
+            self._visual_found[frame_idx] = self.visual.step(frame_idx, features)
+        del features
         # The model never reads a past frame's pixels again; keep the key (num_frames counts keys).
         self.session.processed_frames[frame_idx] = None
         self.session.hotstart_removed_obj_ids.update(out.removed_obj_ids)
@@ -138,7 +167,14 @@ class VideoTracker:
     @torch.inference_mode()
     def finalise(self, closed: list[Sam3VideoSegmentationOutput]) -> list[FrameObjects]:
         """Final objects of frames whose window closed (``step``'s outputs)."""
-        return [postprocess(self.session, out, self.height, self.width) for out in closed]
+        return [self._with_visual(postprocess(self.session, out, self.height, self.width)) for out in closed]
+
+    def _with_visual(self, found: FrameObjects) -> FrameObjects:
+        if self.visual is None and not self.backward:
+            return found
+        others = [f for f in (self._visual_found.pop(found.frame_idx, None), self.backward.pop(found.frame_idx, None))
+                  if f is not None]
+        return merge(found, *others) if others else found
 
     def push(self, frame_idx: int, rgb: np.ndarray) -> list[FrameObjects]:
         """``step`` and ``finalise`` for one decoded frame, its features computed by the model."""
@@ -149,6 +185,13 @@ class VideoTracker:
         """End of the video: every buffered frame is final."""
         closed, self.buffer = self.buffer, []
         return self.finalise(closed)
+
+
+def _no_text_output(frame_idx: int) -> Sam3VideoSegmentationOutput:
+    """A frame's output with no text prompt: no text-found objects."""
+    return Sam3VideoSegmentationOutput(object_ids=[], obj_id_to_mask={}, obj_id_to_score={},
+                                       obj_id_to_tracker_score={}, removed_obj_ids=set(), suppressed_obj_ids=set(),
+                                       frame_idx=frame_idx)
 
 
 def postprocess(session: Sam3VideoInferenceSession, out: Sam3VideoSegmentationOutput,
