@@ -223,7 +223,8 @@ class ChunkRunner:
             backward = backward_pass(self.loaded, job.info, visual, origin, job.decoder, job.damaged_is_error,
                                      self.should_stop) if visual else {}
             tracker = VideoTracker(self.loaded, job.prompts, job.info.height, job.info.width,
-                                   detection_threshold=job.detection_threshold, visual=visual, backward=backward)
+                                   detection_threshold=job.detection_threshold, visual=visual, backward=backward,
+                                   num_frames=job.num_frames)
             return tracker, Carry(origin, origin, origin)
         state_dir = self.workdir / "state-in"
         state_dir.mkdir()

@@ -75,14 +75,16 @@ class VideoTracker:
     ``visual``: objects given as points, boxes or masks, tracked forwards by SAM 3's interactive
     tracker on the same frames' features (``workers.model.visual_tracker``) and written with the
     text-found objects of their frame; ``backward``: their masks on frames before their first
-    prompt, by model frame, from the backward pass (``workers.chunks.backward_pass``). Text-found
+    prompt, by model frame, from the backward pass (``workers.chunks.backward_pass``); ``num_frames``:
+    the frames the run will process (the visual tracker's object-pointer window). Text-found
     objects are numbered after the visual ones. Without text prompts only the visual objects run
     (the frames still close after the hotstart delay, as with text).
     """
 
     def __init__(self, loaded: LoadedModel, prompts: list[str], height: int, width: int,
                  state_device: str | torch.device | None = None, detection_threshold: float | None = None,
-                 visual: list[VisualObject] | None = None, backward: dict[int, FrameObjects] | None = None):
+                 visual: list[VisualObject] | None = None, backward: dict[int, FrameObjects] | None = None,
+                 num_frames: int | None = None):
         self._loaded = loaded
         self._model = loaded.model
         self.height = height
@@ -102,7 +104,10 @@ class VideoTracker:
         for prompt in prompts:
             self._add_prompt(prompt)
         self.buffer: list[Sam3VideoSegmentationOutput] = []
-        self.visual = VisualSession(loaded, visual, height, width, state_device=state_device) if visual else None
+        # The visual session numbers the video as transformers' interactive tracker does when it holds
+        # the whole video (``num_frames``: the frames processed; None: unknown, counted as pushed).
+        self.visual = VisualSession(loaded, visual, height, width, frames=range(num_frames) if num_frames else None,
+                                    state_device=state_device) if visual else None
         if visual:
             self.session.max_obj_id = max(self.session.max_obj_id, max_visual_id(visual))
         self.backward = dict(backward or {})

@@ -4,7 +4,7 @@ with their ids and how masks.json describes them. No torch here: this is the mod
 A video's ``objects`` (``pipeline.core.visual_prompts.ObjectPrompt``) may name an id; prompts
 with the same id are one object given on several frames; a prompt without an id is an object of
 its own. Ids the caller chose are kept; the others take the smallest ids nobody chose, in the
-order given. Objects found by text prompts are numbered after every visual object (the text
+order given (``assigned_ids``). Objects found by text prompts are numbered after every visual object (the text
 tracker's session starts at ``max_visual_id``), so the two kinds share one id space.
 
 Coordinates are pixels of the displayed frame (as ``bbox`` in masks.json); frames are source
@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.core.errors import InputError
+from pipeline.core.visual_prompts import ObjectPrompt, assigned_ids
 from workers.media import rle
 
 
@@ -31,12 +32,7 @@ class FramePrompt:
     points: tuple[tuple[float, float], ...] = ()
     labels: tuple[int, ...] = ()  # 1 positive, 0 negative, one per point
     box: tuple[float, float, float, float] | None = None  # x0, y0, x1, y1
-    mask: np.ndarray | None = None  # (H, W) bool
-
-    def __post_init__(self):
-        if self.mask is not None and (self.points or self.box is not None):
-            raise InputError(f"frame {self.frame}: a mask prompt cannot be combined with points or a box on the "
-                             "same frame (SAM's tracker takes one or the other)")
+    mask: np.ndarray | None = None  # (H, W) bool; with points or a box, SAM's mask prompt beside them
 
 
 @dataclass(frozen=True)
@@ -57,77 +53,61 @@ class VisualObject:
         return next((p for p in self.prompts if p.frame == frame), None)
 
 
-def _field(prompt, name: str):
-    value = getattr(prompt, name, None)
-    return prompt.get(name) if value is None and isinstance(prompt, dict) else value
-
-
-def _describe(prompt, frame: int) -> dict:
+def _describe(prompt: ObjectPrompt) -> dict:
     """How masks.json says an object was prompted on one frame (source frame, pixels as given)."""
-    entry: dict[str, Any] = {"frame": frame}
-    if _field(prompt, "box") is not None:
-        entry["box"] = [float(v) for v in _field(prompt, "box")]
-    if _field(prompt, "points") is not None:
-        entry["points"] = [[float(x), float(y)] for x, y in _field(prompt, "points")]
-        entry["labels"] = [int(v) for v in (_field(prompt, "labels") or [1] * len(entry["points"]))]
-    if _field(prompt, "mask") is not None:
-        mask = _field(prompt, "mask")
-        entry["mask"] = {"size": list(mask["size"]), "bbox": rle.bbox(mask)}
+    entry: dict[str, Any] = {"frame": prompt.frame}
+    if prompt.box is not None:
+        entry["box"] = [float(v) for v in prompt.box]
+    if prompt.points is not None:
+        entry["points"] = [[float(x), float(y)] for x, y in prompt.points]
+        entry["labels"] = prompt.point_labels()
+    if prompt.mask is not None:
+        entry["mask"] = {"size": list(prompt.mask.size), "bbox": rle.bbox(prompt.mask.model_dump())}
     return entry
 
 
-def _frame_prompt(prompt, model_frame: int, height: int, width: int, where: str) -> FramePrompt:
-    points = _field(prompt, "points") or []
-    labels = _field(prompt, "labels")
-    labels = [1] * len(points) if labels is None else list(labels)
-    if len(labels) != len(points):
-        raise InputError(f"{where}: {len(points)} points but {len(labels)} labels")
-    box = _field(prompt, "box")
+def _frame_prompt(prompt: ObjectPrompt, model_frame: int, height: int, width: int, where: str) -> FramePrompt:
     xyxy = None
-    if box is not None:
-        x, y, w, h = (float(v) for v in box)
+    if prompt.box is not None:
+        x, y, w, h = (float(v) for v in prompt.box)
         xyxy = (x, y, x + w, y + h)
     mask = None
-    raw = _field(prompt, "mask")
-    if raw is not None:
-        if [int(v) for v in raw["size"]] != [height, width]:
-            raise InputError(f"{where}: mask of size {list(raw['size'])} (h, w), the video's frames are "
-                             f"[{height}, {width}]")
-        mask = rle.decode(raw)
-    if not points and xyxy is None and mask is None:
-        raise InputError(f"{where}: give points, a box or a mask")
-    return FramePrompt(model_frame, tuple((float(x), float(y)) for x, y in points), tuple(int(v) for v in labels),
-                       xyxy, mask)
+    if prompt.mask is not None:
+        if list(prompt.mask.size) != [height, width]:
+            raise InputError(f"{where}.mask: size {list(prompt.mask.size)} ([height, width]), the video's frames "
+                             f"are [{height}, {width}]")
+        mask = rle.decode(prompt.mask.model_dump())
+    return FramePrompt(model_frame, tuple((float(x), float(y)) for x, y in prompt.points or ()),
+                       tuple(prompt.point_labels()), xyxy, mask)
 
 
-def visual_objects(objects: Sequence, start_frame: int, height: int, width: int,
+def visual_objects(objects: Sequence[ObjectPrompt | dict], start_frame: int, height: int, width: int,
                    num_frames: int | None = None) -> list[VisualObject]:
-    """The video's objects from its object prompts (``ObjectPrompt`` or dicts of the same fields),
-    ids assigned, ordered by id; ``num_frames``: the frames processed from ``start_frame`` on."""
-    chosen = {int(_field(p, "id")) for p in objects if _field(p, "id") is not None}
-    free = (i for i in range(len(chosen) + len(objects) + 1) if i not in chosen)
-    groups: dict[int, list[tuple[int, object]]] = {}
-    for n, prompt in enumerate(objects):
-        obj_id = _field(prompt, "id")
-        obj_id = next(free) if obj_id is None else int(obj_id)
+    """The video's objects from its object prompts (dicts are validated as ``ObjectPrompt``), ids
+    assigned as ``assigned_ids`` does, ordered by id; ``num_frames``: frames processed from
+    ``start_frame`` on. What the spec's validation already refuses is refused here too: a worker
+    may get a task written by another version."""
+    prompts = [p if isinstance(p, ObjectPrompt) else ObjectPrompt.model_validate(p) for p in objects]
+    groups: dict[int, list[tuple[int, ObjectPrompt]]] = {}
+    for n, (obj_id, prompt) in enumerate(zip(assigned_ids(prompts), prompts)):
         groups.setdefault(obj_id, []).append((n, prompt))
     found = []
     for obj_id, given in sorted(groups.items()):
         by_frame: dict[int, FramePrompt] = {}
         descriptions = []
-        for n, prompt in sorted(given, key=lambda item: int(_field(item[1], "frame"))):
-            frame = int(_field(prompt, "frame"))
-            where = f"objects[{n}] (id {obj_id}, frame {frame})"
+        for n, prompt in sorted(given, key=lambda item: item[1].frame):
+            frame = prompt.frame
+            where = f"objects[{n}]"
             if frame < start_frame:
-                raise InputError(f"{where}: frame {frame} is before start_frame {start_frame}")
+                raise InputError(f"{where}.frame: {frame} is before start_frame {start_frame}")
             if num_frames is not None and frame >= start_frame + num_frames:
-                raise InputError(f"{where}: frame {frame} is past the last frame processed "
+                raise InputError(f"{where}.frame: {frame} is past the last frame processed "
                                  f"({start_frame + num_frames - 1})")
             if frame - start_frame in by_frame:
-                raise InputError(f"{where}: object {obj_id} is given twice on frame {frame}; give it once per "
-                                 "frame (points and a box together in one prompt)")
+                raise InputError(f"{where}.id: object {obj_id} is already given on frame {frame}: give its "
+                                 "points, box and mask in one entry")
             by_frame[frame - start_frame] = _frame_prompt(prompt, frame - start_frame, height, width, where)
-            descriptions.append(_describe(prompt, frame))
+            descriptions.append(_describe(prompt))
         found.append(VisualObject(obj_id, tuple(by_frame.values()),
                                   descriptions[0] if len(descriptions) == 1 else descriptions))
     return found

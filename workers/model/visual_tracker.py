@@ -100,27 +100,36 @@ class VisualSession:
         """``obj_id``'s prompt on this frame as an initial conditioning frame, its memory encoded."""
         session, tracker = self.session, self._tracker
         obj_idx = session.obj_id_to_idx(obj_id)
-        point_inputs, mask_inputs = self._inputs(prompt)
+        point_inputs, mask_inputs, mask_logits = self._inputs(prompt)
         out = tracker._run_single_frame_inference(
             inference_session=session, frame_idx=prompt.frame, obj_idx=obj_idx, batch_size=1,
             is_init_cond_frame=True, point_inputs=point_inputs, mask_inputs=mask_inputs, reverse=False,
-            streaming=False)
+            prev_sam_mask_logits=mask_logits, streaming=False)
         session.store_output(obj_idx, prompt.frame, output_value=out, is_conditioning_frame=True)
         tracker._batch_encode_memories(
             inference_session=session, frame_idx=prompt.frame, objects_needing_memory_encoding=[obj_idx],
             high_res_masks_for_memory=[out["high_res_masks"]],
             object_score_logits_for_memory=[out["object_score_logits"]], is_mask_from_pts_per_obj=[True])
 
-    def _inputs(self, prompt: FramePrompt) -> tuple[dict | None, torch.Tensor | None]:
-        """What ``Sam3TrackerVideoProcessor`` makes of a prompt: coordinates scaled from the displayed
-        frame to the model's square input; a box as two corner points labelled 2 and 3, before the
-        clicks; a mask resized to the input (bilinear, antialiased, >= 0.5)."""
+    def _inputs(self, prompt: FramePrompt) -> tuple[dict | None, torch.Tensor | None, torch.Tensor | None]:
+        """(point inputs, mask input, mask logits beside points) as ``Sam3TrackerVideoProcessor`` and
+        the tracker take them: coordinates scaled from the displayed frame to the model's square input;
+        a box as two corner points labelled 2 and 3, before the clicks; a mask alone resized to the
+        input (bilinear, antialiased, >= 0.5) and used as the object's mask (``_use_mask_as_output``);
+        a mask with points or a box goes to SAM's mask decoder as its dense prompt, as logits (+-10,
+        as transformers turns an input mask into logits) at the prompt encoder's mask size."""
         size = self._loaded.image_size
         device = self._loaded.device
+        mask = None
         if prompt.mask is not None:
             mask = torch.from_numpy(prompt.mask).to(device).float()[None, None]
             mask = F.interpolate(mask, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-            return None, (mask >= 0.5).float()
+            mask = (mask >= 0.5).float()
+            if not prompt.points and prompt.box is None:
+                return None, mask, None
+            small = F.interpolate(mask, size=self._tracker.prompt_encoder.mask_input_size, mode="bilinear",
+                                  align_corners=False, antialias=True)
+            mask = (small >= 0.5).float() * 20.0 - 10.0
         coords: list[tuple[float, float]] = []
         labels: list[int] = []
         if prompt.box is not None:
@@ -131,8 +140,8 @@ class VisualSession:
         labels += list(prompt.labels)
         scale = torch.tensor([size / self.width, size / self.height], dtype=torch.float32)
         points = (torch.tensor(coords, dtype=torch.float32) * scale).to(device)
-        return {"point_coords": points[None, None], "point_labels": torch.tensor(labels, dtype=torch.int32,
-                                                                               device=device)[None, None]}, None
+        labels_t = torch.tensor(labels, dtype=torch.int32, device=device)
+        return {"point_coords": points[None, None], "point_labels": labels_t[None, None]}, None, mask
 
     def _frame_objects(self, frame_idx: int, obj_ids: list[int], low_res: torch.Tensor,
                        score_logits: torch.Tensor) -> FrameObjects:

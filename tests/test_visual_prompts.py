@@ -1,0 +1,228 @@
+"""Visual prompts (#22, the model half): objects given as points, a box or a mask, tracked by SAM 3's
+interactive tracker on the one loaded model, both ways, written with the text-found objects.
+
+Tiny random model on real frames of 01_dog.mp4, CPU. Its masks mean nothing, so the assertions are
+about the mechanism: where an object is present, which frames it covers, that its id and
+description are kept, that a run equals transformers' own interactive tracker fed the same inputs,
+and that an input reaches the model (a negative point changes the mask where it is put).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.core.errors import InputError
+from pipeline.core.specs import VideoOptions
+from pipeline.core.storage import LocalStorage
+from pipeline.core.visual_prompts import ObjectPrompt
+from tests import media
+from workers.chunks import backward_pass as backward_module
+from workers.chunks.backward_pass import _features, backward_pass
+from workers.chunks.video_steps import segment_video
+from workers.media import rle
+from workers.media.decode import open_reader
+from workers.media.probe import probe
+from workers.model.visual_objects import visual_objects
+from workers.model.visual_tracker import VisualSession
+
+DOG = media.DOG
+W, H = 1280, 720  # 01_dog.mp4, displayed
+BOX = [400.0, 200.0, 300.0, 300.0]  # x, y, w, h
+
+
+def _frames(doc: dict, obj_id: int) -> list[int]:
+    return [f["frame"] for f in doc["frames"] if any(o["id"] == obj_id for o in f["objects"])]
+
+
+def _entry(doc: dict, frame: int, obj_id: int) -> dict:
+    frame_entry = next(f for f in doc["frames"] if f["frame"] == frame)
+    return next(o for o in frame_entry["objects"] if o["id"] == obj_id)
+
+
+def _run(tiny, out: Path, objects: list[ObjectPrompt], prompts: list[str], **opts) -> dict:
+    segment_video(DOG, tiny, VideoOptions(outputs=["rle"], **opts), prompts, LocalStorage(out), objects=objects)
+    return json.loads((out / "masks.json").read_bytes())
+
+
+@pytest.fixture(scope="module")
+def both_ways(tiny, tmp_path_factory):
+    """One run of 42 frames (about a minute on 2 loaded cores): a box on frame 20 (id 5), a point on
+    frame 1 (id assigned: 0), a box on frame 40 (id 2)."""
+    objects = [ObjectPrompt(id=5, frame=20, box=BOX),
+               ObjectPrompt(frame=1, points=[[640.0, 360.0]]),
+               ObjectPrompt(id=2, frame=40, box=[100.0, 100.0, 200.0, 150.0])]
+    return _run(tiny, tmp_path_factory.mktemp("both"), objects, [], max_frames=42)
+
+
+def test_box_on_frame_0_is_tracked_to_the_last_frame(tiny, tmp_path):
+    doc = _run(tiny, tmp_path, [ObjectPrompt(frame=0, box=BOX)], [], max_frames=10)
+    assert doc["prompts"] == []
+    assert doc["objects"] == [{"id": 0, "prompt": {"frame": 0, "box": BOX}, "first_frame": 0, "last_frame": 9}]
+    mask = rle.decode(_entry(doc, 0, 0)["segmentation"])
+    x, y, w, h = (int(v) for v in BOX)
+    assert mask[y:y + h, x:x + w].any(), "the frame-0 mask does not reach into its box"
+    assert _frames(doc, 0) == list(range(10))
+
+
+def test_box_on_frame_20_is_tracked_backwards_and_forwards(both_ways):
+    assert _frames(both_ways, 5) == list(range(42)), "frames 0-19 come from the backward pass, 21-41 forwards"
+    described = {o["id"]: o for o in both_ways["objects"]}
+    assert described[5]["prompt"] == {"frame": 20, "box": BOX}
+    assert described[0]["prompt"] == {"frame": 1, "points": [[640.0, 360.0]], "labels": [1]}
+
+
+def test_objects_prompted_on_frames_1_and_40_are_both_present_at_the_end(both_ways):
+    last = both_ways["frames"][-1]
+    assert last["frame"] == 41
+    assert {0, 2, 5} <= {o["id"] for o in last["objects"]}
+    assert _frames(both_ways, 0) == list(range(42)) and _frames(both_ways, 2) == list(range(42))
+
+
+def test_text_objects_share_the_id_space_after_the_visual_ones(tiny, tmp_path):
+    doc = _run(tiny, tmp_path, [ObjectPrompt(id=5, frame=3, box=BOX)], ["dog"], max_frames=6)
+    text = [o for o in doc["objects"] if o["prompt"] == "dog"]
+    assert text, "the tiny model finds some 'dog' objects"
+    assert min(o["id"] for o in text) > 5
+    assert doc["prompts"] == ["dog"]
+    assert _frames(doc, 5) == list(range(6))
+    assert any(len(f["objects"]) > 1 for f in doc["frames"]), "visual and text objects on one frame"
+
+
+def test_a_mask_from_an_earlier_run_continues_that_object(tiny, both_ways, tmp_path):
+    seg = _entry(both_ways, 41, 5)["segmentation"]
+    doc = _run(tiny, tmp_path, [ObjectPrompt(id=5, frame=41, mask=seg)], [], start_frame=41, max_frames=4)
+    assert _frames(doc, 5) == [41, 42, 43, 44]
+    given, got = rle.decode(seg), rle.decode(_entry(doc, 41, 5)["segmentation"])
+    iou = (given & got).sum() / (given | got).sum()
+    # The mask is the object on its frame (SAM's mask-as-output, exactly as transformers: see the
+    # reference tests below), through the tiny model's 64 x 64 low-resolution masks: same region.
+    assert iou > 0.7, iou
+    assert doc["objects"][0]["prompt"] == {"frame": 41, "mask": {"size": [H, W], "bbox": rle.bbox(seg)}}
+
+
+# --- against transformers' own interactive tracker ------------------------------------------------
+
+@pytest.fixture(scope="module")
+def dog_features(tiny):
+    info = probe(DOG, "dog")
+    with open_reader(info, 0, 8) as reader:
+        return info, [_features(tiny, frame.rgb) for frame in reader]
+
+
+def _reference(tiny, features, prompt_frame: int, reverse: bool, **inputs):
+    """What transformers does with one object: ``Sam3TrackerVideoProcessor.add_inputs_to_inference_session``
+    and ``Sam3TrackerVideoModel.forward`` from the prompt's frame on, in one direction."""
+    from transformers.models.sam3_tracker_video.modeling_sam3_tracker_video import Sam3TrackerVideoInferenceSession
+    from transformers.models.sam3_tracker_video.processing_sam3_tracker_video import Sam3TrackerVideoProcessor
+
+    processor = object.__new__(Sam3TrackerVideoProcessor)  # only its input handling is used: no image processor
+    processor.target_size, processor.point_pad_value = tiny.image_size, -10
+    session = Sam3TrackerVideoInferenceSession(video_height=H, video_width=W, dtype=torch.float32)
+    session.processed_frames = dict.fromkeys(range(len(features)))
+    processor.add_inputs_to_inference_session(session, frame_idx=prompt_frame, obj_ids=3, **inputs)
+    order = range(prompt_frame, -1, -1) if reverse else range(prompt_frame, len(features))
+    outs = {}
+    with torch.inference_mode():
+        for t in order:
+            f = features[t]
+            session.cache.cache_vision_features(t, {"vision_feats": f.tracker_feats, "vision_pos_embeds": f.tracker_pos})
+            out = tiny.model.tracker_model(inference_session=session, frame_idx=t, reverse=reverse)
+            outs[t] = (out.pred_masks, out.object_score_logits)
+    return outs
+
+
+def _ours(tiny, features, prompt: ObjectPrompt, reverse: bool):
+    session = VisualSession(tiny, visual_objects([prompt], 0, H, W), H, W, reverse=reverse,
+                            frames=range(len(features)))
+    order = range(prompt.frame, -1, -1) if reverse else range(prompt.frame, len(features))
+    return session, {t: session.step(t, features[t]) for t in order}
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forwards", "backwards"])
+def test_one_object_equals_transformers_interactive_tracker(tiny, dog_features, reverse):
+    _, features = dog_features
+    prompt = ObjectPrompt(id=3, frame=4, box=BOX, points=[[500.0, 300.0], [650.0, 420.0]], labels=[1, 0])
+    session, ours = _ours(tiny, features, prompt, reverse)
+    x, y, w, h = BOX
+    ref = _reference(tiny, features, 4, reverse, input_points=[[[[500.0, 300.0], [650.0, 420.0]]]],
+                     input_labels=[[[1, 0]]], input_boxes=[[[x, y, x + w, y + h]]])
+    assert sorted(ours) == sorted(ref)
+    for t, (masks, scores) in ref.items():
+        expected = session._frame_objects(t, [3], masks, scores)
+        assert ours[t].object_ids == expected.object_ids == [3], t
+        assert np.array_equal(ours[t].masks, expected.masks), f"frame {t}"
+        assert ours[t].scores == expected.scores
+
+
+def test_a_mask_prompt_equals_transformers_interactive_tracker(tiny, dog_features):
+    _, features = dog_features
+    mask = np.zeros((H, W), dtype=bool)
+    mask[150:500, 300:800] = True
+    seg = rle.encode(mask)
+    session, ours = _ours(tiny, features, ObjectPrompt(id=3, frame=2, mask=seg), reverse=False)
+    ref = _reference(tiny, features, 2, False, input_masks=mask)
+    for t, (masks, scores) in ref.items():
+        assert np.array_equal(ours[t].masks, session._frame_objects(t, [3], masks, scores).masks), f"frame {t}"
+
+
+def test_a_negative_point_reaches_the_model_where_it_is_put(tiny, dog_features):
+    """With random weights a negative point need not remove anything; what holds for the real
+    mechanism is that it is a label-0 click at its pixel: the prompt frame's mask changes with it,
+    and it changes at the point."""
+    _, features = dog_features
+    box_only = ObjectPrompt(id=3, frame=0, box=BOX)
+    with_negative = ObjectPrompt(id=3, frame=0, box=BOX, points=[[550.0, 350.0]], labels=[0])
+    with_positive = ObjectPrompt(id=3, frame=0, box=BOX, points=[[550.0, 350.0]], labels=[1])
+    masks = {}
+    for name, prompt in (("box", box_only), ("neg", with_negative), ("pos", with_positive)):
+        session = VisualSession(tiny, visual_objects([prompt], 0, H, W), H, W, frames=range(1))
+        masks[name] = session.step(0, features[0]).masks[0]
+    assert not np.array_equal(masks["box"], masks["neg"]), "the negative point changed nothing"
+    assert not np.array_equal(masks["neg"], masks["pos"]), "the point's label does not reach the model"
+    window = (slice(300, 400), slice(500, 600))  # around the point
+    assert (masks["neg"][window] != masks["pos"][window]).any()
+
+
+# --- the backward pass ----------------------------------------------------------------------------
+
+def test_backward_pass_is_the_same_in_any_decode_segments(tiny, dog_features, monkeypatch):
+    """Frames are decoded forwards a segment at a time, the last segment first: the cut never shows."""
+    info, _ = dog_features
+    objects = visual_objects([ObjectPrompt(id=1, frame=6, box=BOX), ObjectPrompt(id=2, frame=3, points=[[600.0, 300.0]])],
+                             0, H, W)
+    whole = backward_pass(tiny, info, objects, 0)
+    monkeypatch.setattr(backward_module, "SEGMENT_FRAMES", 3)
+    cut = backward_pass(tiny, info, objects, 0)
+    assert sorted(whole) == list(range(6))
+    assert [whole[t].object_ids for t in range(6)] == [[1, 2], [1, 2], [1, 2], [1], [1], [1]]
+    for t in whole:
+        assert np.array_equal(whole[t].masks, cut[t].masks), t
+
+
+# --- refusals, before any compute -----------------------------------------------------------------
+
+def test_chunked_runs_with_visual_prompts_are_refused_clearly(tiny, tmp_path):
+    with pytest.raises(InputError, match="one chunk"):
+        segment_video(DOG, tiny, VideoOptions(outputs=["rle"], max_frames=20, chunk_frames=10), [],
+                      LocalStorage(tmp_path), objects=[ObjectPrompt(frame=3, box=BOX)])
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("prompt, message", [
+    (ObjectPrompt(frame=30, box=BOX), r"objects\[0\].frame: 30 is past the last frame processed \(9\)"),
+    (ObjectPrompt(frame=2, mask=rle.encode(np.ones((10, 10), dtype=bool))), r"objects\[0\].mask: size \[10, 10\]"),
+])
+def test_a_prompt_the_video_cannot_hold_is_refused(tiny, tmp_path, prompt, message):
+    with pytest.raises(InputError, match=message):
+        segment_video(DOG, tiny, VideoOptions(outputs=["rle"], max_frames=10), [], LocalStorage(tmp_path),
+                      objects=[prompt])
+
+
+def test_text_prompts_may_be_left_out_only_with_visual_prompts(tiny, tmp_path):
+    with pytest.raises(InputError, match="at least one text prompt"):
+        segment_video(DOG, tiny, VideoOptions(outputs=["rle"], max_frames=2), [], LocalStorage(tmp_path))
