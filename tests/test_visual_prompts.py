@@ -188,6 +188,24 @@ def test_a_negative_point_reaches_the_model_where_it_is_put(tiny, dog_features):
     assert (masks["neg"][window] != masks["pos"][window]).any()
 
 
+def test_a_later_prompt_of_the_same_object_conditions_it_again(tiny, dog_features):
+    """As SAM's clicks on another frame: the frame becomes a conditioning frame of the object (its
+    mask is the prompt's own, memory aside), and the frames after it remember both prompts."""
+    _, features = dog_features
+    first = ObjectPrompt(id=3, frame=0, box=BOX)
+    later = ObjectPrompt(id=3, frame=4, points=[[300.0, 500.0]])
+    both = VisualSession(tiny, visual_objects([first, later], 0, H, W), H, W, frames=range(8))
+    only_first = VisualSession(tiny, visual_objects([first], 0, H, W), H, W, frames=range(8))
+    only_later = VisualSession(tiny, visual_objects([later], 0, H, W), H, W, frames=range(8))
+    out = {name: {t: s.step(t, features[t]).masks for t in range(s_from, 6)}
+           for name, s, s_from in (("both", both, 0), ("first", only_first, 0), ("later", only_later, 4))}
+    assert np.array_equal(out["both"][4], out["later"][4])
+    assert not np.array_equal(out["both"][4], out["first"][4])
+    assert not np.array_equal(out["both"][5], out["first"][5])
+    assert not np.array_equal(out["both"][5], out["later"][5])
+    assert all(np.array_equal(out["both"][t], out["first"][t]) for t in range(4))
+
+
 # --- the backward pass ----------------------------------------------------------------------------
 
 def test_backward_pass_is_the_same_in_any_decode_segments(tiny, dog_features, monkeypatch):
