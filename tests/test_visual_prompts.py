@@ -19,7 +19,7 @@ import torch
 from pipeline.core.errors import InputError
 from pipeline.core.specs import VideoOptions
 from pipeline.core.storage import LocalStorage
-from pipeline.core.visual_prompts import ObjectPrompt
+from pipeline.core.visual_prompts import Exemplar, ObjectPrompt
 from tests import media
 from workers.chunks import backward_pass as backward_module
 from workers.chunks.backward_pass import _features, backward_pass
@@ -27,7 +27,9 @@ from workers.chunks.video_steps import segment_video
 from workers.media import rle
 from workers.media.decode import open_reader
 from workers.media.probe import probe
-from workers.model.visual_objects import visual_objects
+from workers.model.tracker import VideoTracker
+from workers.model import visual_objects as visual_objects_module
+from workers.model.visual_objects import exemplar_boxes, visual_objects
 from workers.model.visual_tracker import VisualSession
 
 DOG = media.DOG
@@ -244,3 +246,65 @@ def test_a_prompt_the_video_cannot_hold_is_refused(tiny, tmp_path, prompt, messa
 def test_text_prompts_may_be_left_out_only_with_visual_prompts(tiny, tmp_path):
     with pytest.raises(InputError, match="at least one text prompt"):
         segment_video(DOG, tiny, VideoOptions(outputs=["rle"], max_frames=2), [], LocalStorage(tmp_path))
+
+
+# --- exemplars --------------------------------------------------------------------------------------
+
+def _detector_calls(tiny, monkeypatch, exemplars: list[Exemplar], frames: int = 4,
+                    run_geometry: bool = True) -> list[tuple]:
+    """(input_boxes, input_boxes_labels, pred_logits) of each detector call of a text run of
+    ``frames`` frames; ``run_geometry`` False: the boxes are recorded, the detector runs without them
+    (for a machine without torchvision, which SAM 3's geometry encoder needs)."""
+    detector_class = type(tiny.model.detector_model)
+    original = detector_class.forward
+    calls = []
+
+    def spy(self, *args, input_boxes=None, input_boxes_labels=None, **kwargs):
+        given = (input_boxes, input_boxes_labels) if run_geometry else (None, None)
+        out = original(self, *args, input_boxes=given[0], input_boxes_labels=given[1], **kwargs)
+        calls.append((input_boxes, input_boxes_labels, out.pred_logits.clone()))
+        return out
+
+    monkeypatch.setattr(detector_class, "forward", spy)
+    tracker = VideoTracker(tiny, ["dog"], H, W, exemplars=exemplar_boxes(exemplars, 0, H, W, frames))
+    with open_reader(probe(DOG, "dog"), 0, frames) as reader:
+        for frame in reader:
+            tracker.push(frame.index, frame.rgb)
+    monkeypatch.setattr(detector_class, "forward", original)
+    return calls
+
+
+EXEMPLARS = [Exemplar(frame=2, box=BOX), Exemplar(frame=2, box=[0.0, 0.0, 128.0, 72.0], positive=False)]
+
+
+def test_exemplars_reach_the_detector_on_their_frame_only(tiny, monkeypatch):
+    monkeypatch.setattr(visual_objects_module, "geometry_encoder_available", lambda: True)
+    calls = _detector_calls(tiny, monkeypatch, EXEMPLARS, run_geometry=False)
+    assert [boxes is not None for boxes, _, _ in calls] == [False, False, True, False]
+    boxes, labels, _ = calls[2]
+    x, y, w, h = BOX
+    expected = [[(x + w / 2) / W, (y + h / 2) / H, w / W, h / H], [64 / W, 36 / H, 128 / W, 72 / H]]
+    assert torch.allclose(boxes, torch.tensor([expected]))
+    assert labels.tolist() == [[1, 0]]
+
+
+def test_exemplars_change_the_detections_of_their_frame(tiny, monkeypatch):
+    """Runs where torchvision is installed (SAM 3's geometry encoder needs it): skipped, not passed, here."""
+    pytest.importorskip("torchvision")
+    calls = _detector_calls(tiny, monkeypatch, EXEMPLARS)
+    plain = _detector_calls(tiny, monkeypatch, [])
+    assert not torch.equal(calls[2][2], plain[2][2])
+    assert torch.equal(calls[1][2], plain[1][2])
+
+
+def test_exemplars_without_torchvision_are_refused_clearly(monkeypatch):
+    monkeypatch.setattr(visual_objects_module, "geometry_encoder_available", lambda: False)
+    with pytest.raises(InputError, match="exemplars: .*torchvision is not installed"):
+        exemplar_boxes(EXEMPLARS, 0, H, W, 10)
+    assert exemplar_boxes([], 0, H, W, 10) == {}
+
+
+def test_exemplars_without_a_text_prompt_are_refused(tiny, tmp_path):
+    with pytest.raises(InputError, match="exemplars: .* give a text prompt too"):
+        segment_video(DOG, tiny, VideoOptions(outputs=["rle"], max_frames=4), [], LocalStorage(tmp_path),
+                      exemplars=[Exemplar(frame=1, box=BOX)])

@@ -47,7 +47,7 @@ from workers.model.state_codec import (
     save_state,
 )
 from workers.model.state_pruning import prune
-from workers.model.visual_objects import visual_objects
+from workers.model.visual_objects import exemplar_boxes, visual_objects
 from workers.model.tracker import VideoTracker
 
 CARRY_FORMAT = "sam3v.chunk-carry"
@@ -103,6 +103,7 @@ class ChunkInputs:
     # Visual prompts (``ObjectPrompt``s, or dicts of their fields): objects given as points, a box or
     # a mask on a frame, tracked both ways (``workers.chunks.backward_pass``). One chunk only.
     objects: tuple = ()
+    exemplars: tuple = ()  # ``Exemplar``s: boxes the detector reads beside the text prompts on their frame
 
     def __post_init__(self):
         if self.objects:
@@ -121,8 +122,8 @@ def refuse_chunked_visual(index: int, final: bool) -> None:
     """Visual prompts need the video in one chunk: the backward pass does not yet carry its tracker
     from chunk k+1 to chunk k, and a chunked run must equal the unchunked one, never approximate it."""
     if not (index == 0 and final):
-        raise InputError("visual prompts (--point/--box/--mask, objects) need the video in one chunk in this "
-                         "version: run without --chunk-frames (chunk_frames) for this video")
+        raise InputError("chunk_frames: visual prompts (objects; --point/--box/--mask) need the video in one "
+                         "chunk in this version: leave chunk_frames (--chunk-frames) out for this video")
 
 
 @dataclass
@@ -224,7 +225,7 @@ class ChunkRunner:
                                      self.should_stop) if visual else {}
             tracker = VideoTracker(self.loaded, job.prompts, job.info.height, job.info.width,
                                    detection_threshold=job.detection_threshold, visual=visual, backward=backward,
-                                   num_frames=job.num_frames)
+                                   num_frames=job.num_frames, exemplars=self._exemplars())
             return tracker, Carry(origin, origin, origin)
         state_dir = self.workdir / "state-in"
         state_dir.mkdir()
@@ -237,10 +238,15 @@ class ChunkRunner:
         if carry.next_frame != job.chunk.start:
             raise StateError(f"chunk {k} starts at frame {job.chunk.start} but the state continues at {carry.next_frame}")
         tracker = load_state(state_dir, self.loaded)
+        tracker.exemplars = self._exemplars()  # inputs, not state
         if tracker.detection_threshold != job.detection_threshold:
             raise StateError(f"chunk {k} asks for detection threshold {job.detection_threshold}, but the state was "
                              f"written with {tracker.detection_threshold}: a video's chunks must share their options")
         return tracker, carry
+
+    def _exemplars(self) -> dict[int, tuple[list, list]]:
+        job = self.inputs
+        return exemplar_boxes(job.exemplars, job.start_frame, job.info.height, job.info.width, job.num_frames)
 
     # --- run ----------------------------------------------------------------------------------
     def run(self) -> None:

@@ -41,7 +41,7 @@ from workers.model.engine import engine_for
 from workers.model.loading import LoadedModel
 from workers.model.model_source import looks_like_path
 from workers.model.tracker import check_prompts
-from workers.model.visual_objects import visual_objects
+from workers.model.visual_objects import exemplar_boxes, visual_objects
 
 Progress = Callable[[int, int | None], None]
 
@@ -89,15 +89,27 @@ def count_frames(path: Path, name: str) -> int:
         raise InputError(f"{name}: cannot count its frames") from None
 
 
-def prepare(path: Path, opts: VideoOptions, name: str, chunk_seconds: float | None) -> VideoPlan:
+def prepare(path: Path, opts: VideoOptions, name: str, chunk_seconds: float | None,
+            objects: Sequence | None = None) -> VideoPlan:
     """Probe the video at ``path`` (``name``: what the user called it) and plan its chunks:
-    ``opts.chunk_frames``, else ``chunk_seconds`` of video, else (None) one chunk."""
+    ``opts.chunk_frames``, else ``chunk_seconds`` of video, else (None) one chunk.
+
+    A video with visual prompts (``objects``, default ``opts.objects``) is planned as one chunk: the
+    backward pass is not carried across chunks yet, and a chunked run must equal an unchunked one
+    (an explicit ``chunk_frames`` is refused); its prompts are checked against the video here,
+    before any compute."""
     info = probe(path, name)
     expected = info.frames_expected or count_frames(path, name)
     if expected < 1:
         raise InputError(f"{name}: no video frames")
     num_frames = frames_to_process(expected, opts.start_frame, opts.max_frames, name)
     size = opts.chunk_frames or (default_chunk_frames(info.fps, chunk_seconds) if chunk_seconds else None)
+    objects = getattr(opts, "objects", ()) if objects is None else objects
+    if objects:
+        if opts.chunk_frames:
+            refuse_chunked_visual(0, False)
+        size = None
+        visual_objects(objects, opts.start_frame, info.height, info.width, num_frames)
     return VideoPlan(info, num_frames, plan_chunks(num_frames, size, opts.start_frame))
 
 
@@ -133,12 +145,13 @@ class VideoRun:
     decoder: str = "pyav"
     frame_batch: int = 1  # the video's detector batch (recorded when it is planned)
     objects: tuple = ()  # visual prompts (ObjectPrompt), tracked both ways
+    exemplars: tuple = ()  # Exemplar boxes, read by the detector beside the text prompts on their frame
 
     def inputs(self, chunk: Chunk) -> ChunkInputs:
         o = self.opts
         return ChunkInputs(self.info, chunk, self.num_frames, self.prompts, o.video_outputs(), o.mask_opacity,
                            EncoderSettings(), self.part_frames, o.start_frame, o.detection_threshold, self.decoder,
-                           self.frame_batch, tuple(self.objects))
+                           self.frame_batch, tuple(self.objects), tuple(self.exemplars))
 
 
 def chunk_done(artifacts: Storage, work: WorkKeys, k: int) -> dict | None:
@@ -214,20 +227,20 @@ class _Tally:
 def segment_video(source: str | Path, loaded: LoadedModel, opts: VideoOptions, prompts: list[str],
                   storage: Storage, prefix: str = "", progress: Progress | None = None,
                   part_frames: int = PART_FRAMES, decoder: str = "pyav", frame_batch: int = 1,
-                  max_batch: int | None = None, objects: Sequence = ()) -> SegmentResult:
+                  max_batch: int | None = None, objects: Sequence = (), exemplars: Sequence = ()) -> SegmentResult:
     """Run every step of one video here: masks.json and the requested videos under ``prefix``.
     ``objects``: visual prompts (``ObjectPrompt``s), tracked both ways; the video runs as one chunk.
+    ``exemplars``: ``Exemplar`` boxes that sharpen the text prompts on their frames.
 
     Chunk artifacts go to a temporary directory; every chunk boundary goes through the tracker
     state codec (written, then read back), exactly as when chunks run on different workers."""
     wall = time.perf_counter()
-    prompts = check_prompts(loaded.tokenizer, prompts, visual=bool(objects))
+    prompts = check_prompts(loaded.tokenizer, prompts, visual=bool(objects), exemplars=bool(exemplars))
     name = Path(source).name
-    plan = prepare(Path(source), opts, name, chunk_seconds=None)
-    if objects:  # before any compute
-        refuse_chunked_visual(0, len(plan.chunks) == 1)
-        visual_objects(objects, opts.start_frame, plan.info.height, plan.info.width, plan.num_frames)  # bad input
-    video = VideoRun(plan.info, opts, prompts, plan.num_frames, part_frames, decoder, frame_batch, tuple(objects))
+    plan = prepare(Path(source), opts, name, chunk_seconds=None, objects=objects)
+    exemplar_boxes(exemplars, opts.start_frame, plan.info.height, plan.info.width, plan.num_frames)  # refused here
+    video = VideoRun(plan.info, opts, prompts, plan.num_frames, part_frames, decoder, frame_batch, tuple(objects),
+                     tuple(exemplars))
     tally = _Tally()
     work = WorkKeys()
     with tempfile.TemporaryDirectory(prefix="sam3v-chunks-") as tmp:

@@ -118,7 +118,8 @@ def segment_chunk_task(self, job_id: str, video_id: str, k: int, start: int, sto
         spec = _spec(ctx, job_id, video_id)
         loaded = model()
         Heartbeats(ctx.status.r).beat(job_id, video_id)
-        prompts = check_prompts(loaded.tokenizer, spec.prompts)
+        prompts = check_prompts(loaded.tokenizer, spec.prompts, visual=bool(spec.objects),
+                                exemplars=bool(spec.exemplars))
         info = probe(local_source(ctx.storage, ctx.settings, entry["source"], job_id, video_id))
         if k == 0:
             header_model, params = document_header(loaded, spec, prompts)
@@ -126,7 +127,8 @@ def segment_chunk_task(self, job_id: str, video_id: str, k: int, start: int, sto
                                     header={"model": header_model, "params": params, "prompts": prompts})
         # Videos planned before frame batches were recorded ran with 1: their chunks keep it.
         video = VideoRun(info, spec, prompts, num_frames, entry.get("part_frames") or PART_FRAMES,
-                         ctx.settings.decoder, int(entry.get("frame_batch") or 1))
+                         ctx.settings.decoder, int(entry.get("frame_batch") or 1), tuple(spec.objects),
+                         tuple(spec.exemplars))
         try:
             result = run_chunk(video, Chunk(k, start, stop, final), loaded, ctx.storage, work,
                                progress_reporter(ctx, job_id, video_id, attempt),

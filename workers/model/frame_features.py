@@ -15,6 +15,7 @@ with the video's detection thresholds: several videos' steps may run at once on 
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -79,10 +80,13 @@ def _own(module: torch.nn.Module) -> torch.nn.Module:
 
 
 def step_model(model: torch.nn.Module, thresholds: tuple[float, float] | None,
-               features: FrameFeatures | None) -> torch.nn.Module:
+               features: FrameFeatures | None, exemplars: tuple[list, list] | None = None) -> torch.nn.Module:
     """The model object for one video's step: ``model``'s weights, with the video's detection
-    thresholds ``(score_threshold_detection, new_det_thresh)`` (None: the model's own) and the
-    frame's precomputed ``features`` (None: it computes its own, as transformers does).
+    thresholds ``(score_threshold_detection, new_det_thresh)`` (None: the model's own), the
+    frame's precomputed ``features`` (None: it computes its own, as transformers does) and the
+    frame's ``exemplars`` (boxes as normalised cx, cy, w, h; labels 1/0), which the detector reads
+    beside every text prompt on this frame: SAM 3's geometry prompt, which ``Sam3Model`` takes
+    (``input_boxes``, ``input_boxes_labels``) but ``Sam3VideoModel.run_detection`` never passes.
 
     Made for each step (a dictionary copy), so anything set on the shared model (a benchmark's
     detection cap) is seen by the next step, and nothing a step sets reaches another video.
@@ -102,4 +106,13 @@ def step_model(model: torch.nn.Module, thresholds: tuple[float, float] | None,
         detector.get_vision_features = vision
         mine._modules["detector_model"] = detector
         mine.get_vision_features_for_tracker = tracker
+    if exemplars is not None:
+        detector = _own(mine.detector_model)
+        boxes, labels = exemplars
+        device = next(model.parameters()).device
+        # nn.Module.__call__ reads ``forward`` on the instance first: only this step's detector changes.
+        detector.forward = functools.partial(
+            detector.forward, input_boxes=torch.tensor([boxes], dtype=torch.float32, device=device),
+            input_boxes_labels=torch.tensor([labels], dtype=torch.long, device=device))
+        mine._modules["detector_model"] = detector
     return mine

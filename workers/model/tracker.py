@@ -31,9 +31,14 @@ _MEAN = 0.5
 _STD = 0.5
 
 
-def check_prompts(tokenizer, prompts: list[str], visual: bool = False) -> list[str]:
+def check_prompts(tokenizer, prompts: list[str], visual: bool = False, exemplars: bool = False) -> list[str]:
     """Refuse empty prompts and prompts the text encoder would have to truncate; no text prompt at
-    all only when the video has visual prompts (``visual``)."""
+    all only when the video has visual prompts (``visual``: objects). Exemplars sharpen a text
+    concept: without one they are refused (transformers 5.24's ``Sam3VideoModel`` detects text
+    concepts only; a box-only concept is not in its video path)."""
+    if exemplars and not prompts:
+        raise InputError("exemplars: an exemplar sharpens a text prompt on its frame; give a text prompt too "
+                         "(--prompt): a concept given by boxes alone is not supported")
     if not prompts and not visual:
         raise InputError("--prompt: at least one text prompt is required")
     cleaned = []
@@ -76,7 +81,10 @@ class VideoTracker:
     tracker on the same frames' features (``workers.model.visual_tracker``) and written with the
     text-found objects of their frame; ``backward``: their masks on frames before their first
     prompt, by model frame, from the backward pass (``workers.chunks.backward_pass``); ``num_frames``:
-    the frames the run will process (the visual tracker's object-pointer window). Text-found
+    the frames the run will process (the visual tracker's object-pointer window); ``exemplars``:
+    boxes by model frame that the detector reads beside the text prompts on that frame only (as
+    Meta's video predictor gives a frame's boxes to its detector; ``visual_objects.exemplar_boxes``).
+    Text-found
     objects are numbered after the visual ones. Without text prompts only the visual objects run
     (the frames still close after the hotstart delay, as with text).
     """
@@ -84,7 +92,7 @@ class VideoTracker:
     def __init__(self, loaded: LoadedModel, prompts: list[str], height: int, width: int,
                  state_device: str | torch.device | None = None, detection_threshold: float | None = None,
                  visual: list[VisualObject] | None = None, backward: dict[int, FrameObjects] | None = None,
-                 num_frames: int | None = None):
+                 num_frames: int | None = None, exemplars: dict[int, tuple[list, list]] | None = None):
         self._loaded = loaded
         self._model = loaded.model
         self.height = height
@@ -111,6 +119,8 @@ class VideoTracker:
         if visual:
             self.session.max_obj_id = max(self.session.max_obj_id, max_visual_id(visual))
         self.backward = dict(backward or {})
+        # Inputs, not state: a restored tracker is given them again (the chunk runner).
+        self.exemplars = dict(exemplars or {})
         self._visual_found: dict[int, FrameObjects] = {}  # forward masks of frames still in the buffer
 
     def _add_prompt(self, text: str) -> None:
@@ -147,7 +157,7 @@ class VideoTracker:
             threshold = self.detection_threshold
             model = step_model(self._model,
                                None if threshold is None else detection_thresholds(self._model.config, threshold),
-                               features)
+                               features, self.exemplars.get(frame_idx))
             with self._autocast():
                 out = model(inference_session=self.session, frame_idx=frame_idx)
             del model  # with it, the frame's features (the session keeps the tracker's part until the next step)

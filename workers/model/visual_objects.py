@@ -13,6 +13,7 @@ frame indices, turned here into the model's numbering (0 at ``start_frame``).
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.core.errors import InputError
-from pipeline.core.visual_prompts import ObjectPrompt, assigned_ids
+from pipeline.core.visual_prompts import Exemplar, ObjectPrompt, assigned_ids
 from workers.media import rle
 
 
@@ -116,3 +117,29 @@ def visual_objects(objects: Sequence[ObjectPrompt | dict], start_frame: int, hei
 def max_visual_id(objects: Sequence[VisualObject]) -> int:
     """The highest visual object id (-1: none): text-found objects are numbered after it."""
     return max((o.obj_id for o in objects), default=-1)
+
+
+def exemplar_boxes(exemplars: Sequence[Exemplar | dict], start_frame: int, height: int, width: int,
+                   num_frames: int | None = None) -> dict[int, tuple[list[list[float]], list[int]]]:
+    """Exemplars by model frame, as SAM 3's detector takes them: boxes as (cx, cy, w, h) normalised
+    by the frame's size (``Sam3Processor``'s form), labels 1 (an example) or 0 (a counter-example)."""
+    found: dict[int, tuple[list[list[float]], list[int]]] = {}
+    if exemplars and not geometry_encoder_available():
+        raise InputError("exemplars: this installation cannot take exemplars: SAM 3's geometry encoder pools "
+                         "each box's features with torchvision.ops.roi_align, and torchvision is not installed "
+                         "(install the torchvision build that matches torch, or leave exemplars out)")
+    for n, raw in enumerate(exemplars):
+        ex = raw if isinstance(raw, Exemplar) else Exemplar.model_validate(raw)
+        if not start_frame <= ex.frame < (start_frame + num_frames if num_frames is not None else ex.frame + 1):
+            raise InputError(f"exemplars[{n}].frame: {ex.frame} is outside the frames processed")
+        x, y, w, h = (float(v) for v in ex.box)
+        boxes, labels = found.setdefault(ex.frame - start_frame, ([], []))
+        boxes.append([(x + w / 2) / width, (y + h / 2) / height, w / width, h / height])
+        labels.append(1 if ex.positive else 0)
+    return found
+
+
+def geometry_encoder_available() -> bool:
+    """Whether SAM 3's geometry encoder can run: transformers 5.24 calls ``torchvision.ops.roi_align``
+    (``Sam3GeometryEncoder``) and imports torchvision only where it is installed."""
+    return importlib.util.find_spec("torchvision") is not None
