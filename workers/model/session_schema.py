@@ -72,7 +72,10 @@ OPTIONAL_SESSION_ATTRIBUTES = {"obj_with_new_inputs"}
 CACHE_ATTRIBUTES = {"inference_device", "inference_state_device", "max_vision_features_cache_size", "_vision_features"}
 
 # VideoTracker's attributes: the model comes from the restoring process, the rest is carried.
-TRACKER_ATTRIBUTES = {"_loaded", "_model", "height", "width", "detection_threshold", "session", "buffer"}
+TRACKER_ATTRIBUTES = {"_loaded", "_model", "height", "width", "detection_threshold", "session", "buffer",
+                      # Visual prompts (#22): a tracker holding any is refused (one chunk only, for now);
+                      # exemplars are inputs the chunk runner gives a restored tracker again.
+                      "visual", "backward", "_visual_found", "exemplars"}
 
 # The only classes a state may instantiate (by name, never by import path).
 MODEL_OUTPUTS: dict[str, type[ModelOutput]] = {

@@ -83,6 +83,9 @@ class TrackerState:
         """Snapshot a tracker (between two pushes); the tracker itself is left untouched."""
         session = tracker.session
         check_layout(tracker, session)
+        if tracker.visual is not None or tracker.backward:
+            raise StateError("cannot capture the tracker: it tracks visual objects (points, boxes, masks), which "
+                             "the state codec does not carry yet: a video with visual prompts runs as one chunk")
         if session.output_buffer:
             raise StateError("cannot capture the tracker: session.output_buffer is not empty, and "
                              "Sam3VideoModel.forward never fills it; the codec does not carry it")
