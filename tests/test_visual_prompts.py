@@ -308,3 +308,29 @@ def test_exemplars_without_a_text_prompt_are_refused(tiny, tmp_path):
     with pytest.raises(InputError, match="exemplars: .* give a text prompt too"):
         segment_video(DOG, tiny, VideoOptions(outputs=["rle"], max_frames=4), [], LocalStorage(tmp_path),
                       exemplars=[Exemplar(frame=1, box=BOX)])
+
+
+def test_pruning_the_visual_session_is_exact(tiny):
+    """The chunk runner prunes after every frame; the forward visual session's history goes too
+    (its memory window is 6 frames: 10 frames prune some) and the masks stay bit-identical."""
+    from workers.model.state_pruning import prune
+
+    info = probe(DOG, "dog")
+    objects = visual_objects([ObjectPrompt(id=1, frame=0, box=BOX), ObjectPrompt(id=2, frame=2, points=[[300.0, 200.0]])],
+                             0, H, W, 10)
+    runs = {}
+    for pruned in (False, True):
+        tracker = VideoTracker(tiny, [], H, W, visual=objects, num_frames=10)
+        found = []
+        with open_reader(info, 0, 10) as reader:
+            for frame in reader:
+                found += tracker.push(frame.index, frame.rgb)
+                if pruned:
+                    prune(tracker, frame.index)
+        runs[pruned] = found + tracker.flush()
+        memories = [sum("maskmem_features" in out for out in o["non_cond_frame_outputs"].values())
+                    for o in tracker.visual.session.output_dict_per_obj.values()]
+        assert (max(memories) <= 6) == pruned, memories  # 9 frames tracked after object 1's prompt
+    assert [f.object_ids for f in runs[True]] == [f.object_ids for f in runs[False]]
+    for a, b in zip(runs[True], runs[False]):
+        assert np.array_equal(a.masks, b.masks), a.frame_idx

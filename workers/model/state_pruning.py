@@ -82,7 +82,16 @@ def prune(tracker: VideoTracker, frame_idx: int | None = None, windows: MemoryWi
     for t in frames:
         if t <= frame_idx:
             frames[t] = None
+    if tracker.visual is not None:
+        freed += _prune_visual(tracker.visual.session, frame_idx, w)
     return freed
+
+
+def _prune_visual(session, frame_idx: int, w: MemoryWindows) -> int:
+    """The forward visual session (``workers.model.visual_tracker``): the same tracker reading the same
+    windows, its objects conditioned only on frames already pushed, so the same pruning is exact."""
+    freed = sum(_prune_outputs(outputs, frame_idx, w) for outputs in session.output_dict_per_obj.values())
+    return freed + _prune_past_frames(session, frame_idx)
 
 
 def _nbytes(value) -> int:
