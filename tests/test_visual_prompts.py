@@ -27,8 +27,8 @@ from workers.chunks.video_steps import segment_video
 from workers.media import rle
 from workers.media.decode import open_reader
 from workers.media.probe import probe
-from workers.model.tracker import VideoTracker
 from workers.model import visual_objects as visual_objects_module
+from workers.model.tracker import VideoTracker
 from workers.model.visual_objects import exemplar_boxes, visual_objects
 from workers.model.visual_tracker import VisualSession
 
@@ -119,8 +119,12 @@ def dog_features(tiny):
 def _reference(tiny, features, prompt_frame: int, reverse: bool, **inputs):
     """What transformers does with one object: ``Sam3TrackerVideoProcessor.add_inputs_to_inference_session``
     and ``Sam3TrackerVideoModel.forward`` from the prompt's frame on, in one direction."""
-    from transformers.models.sam3_tracker_video.modeling_sam3_tracker_video import Sam3TrackerVideoInferenceSession
-    from transformers.models.sam3_tracker_video.processing_sam3_tracker_video import Sam3TrackerVideoProcessor
+    from transformers.models.sam3_tracker_video.modeling_sam3_tracker_video import (
+        Sam3TrackerVideoInferenceSession,
+    )
+    from transformers.models.sam3_tracker_video.processing_sam3_tracker_video import (
+        Sam3TrackerVideoProcessor,
+    )
 
     processor = object.__new__(Sam3TrackerVideoProcessor)  # only its input handling is used: no image processor
     processor.target_size, processor.point_pad_value = tiny.image_size, -10

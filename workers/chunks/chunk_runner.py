@@ -47,8 +47,8 @@ from workers.model.state_codec import (
     save_state,
 )
 from workers.model.state_pruning import prune
-from workers.model.visual_objects import exemplar_boxes, visual_objects
 from workers.model.tracker import VideoTracker
+from workers.model.visual_objects import exemplar_boxes, visual_objects
 
 CARRY_FORMAT = "sam3v.chunk-carry"
 CARRY_VERSION = 1

@@ -33,7 +33,12 @@ from pipeline.core.planning import (
 )
 from pipeline.core.specs import VideoOptions
 from pipeline.core.storage import LocalStorage, Storage
-from workers.chunks.chunk_runner import ChunkInputs, ChunkResult, refuse_chunked_visual, run_chunk_inputs
+from workers.chunks.chunk_runner import (
+    ChunkInputs,
+    ChunkResult,
+    refuse_chunked_visual,
+    run_chunk_inputs,
+)
 from workers.chunks.finalize import finalize_video
 from workers.media.encode import EncoderSettings
 from workers.media.probe import VideoInfo, probe

@@ -24,10 +24,11 @@ forwards on that frame), and it encodes the memories of a frame's objects as one
 are binarised if any one of them came from a prompt.
 
 A session tracks forwards (frames in increasing order) or backwards (decreasing): the backward pass
-of a video is its own session, run before the forward one (``workers.chunks``). Only
+of a video is its own session, run before the forward one (``workers.chunks.backward_pass``). Only
 objects present in the session are tracked; an object joins at its first prompt in the session's
-direction. ``num_frames`` (the object-pointer window, as in the text tracker) counts the frames
-pushed so far going forwards and the whole range going backwards.
+direction. The session's frame keys (``num_frames``, which sets the object-pointer window) are the
+frames the run covers (``frames``), as when transformers' interactive tracker holds the whole video;
+without them, the frames pushed so far.
 """
 
 from __future__ import annotations
