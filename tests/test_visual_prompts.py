@@ -230,11 +230,21 @@ def test_backward_pass_is_the_same_in_any_decode_segments(tiny, dog_features, mo
 
 # --- refusals, before any compute -----------------------------------------------------------------
 
-def test_chunked_runs_with_visual_prompts_are_refused_clearly(tiny, tmp_path):
-    with pytest.raises(InputError, match="one chunk"):
-        segment_video(DOG, tiny, VideoOptions(outputs=["rle"], max_frames=20, chunk_frames=10), [],
-                      LocalStorage(tmp_path), objects=[ObjectPrompt(frame=3, box=BOX)])
-    assert not any(tmp_path.iterdir())
+def test_chunked_equals_unchunked_with_boundaries_on_both_sides_of_a_prompt(tiny, tmp_path):
+    """Chunks of 8 frames cut at 8 and 16 around the box on frame 10: the backward pass (run in chunk
+    0) hands frames 0-9 on through the state, the forward visual session and the frames still in the
+    hotstart window cross both boundaries; masks.json is byte-identical to the one-chunk run."""
+    objects = [ObjectPrompt(id=1, frame=10, box=BOX), ObjectPrompt(id=4, frame=3, points=[[600.0, 300.0]])]
+    docs = {}
+    for chunk_frames in (None, 8):
+        out = tmp_path / str(chunk_frames)
+        result = segment_video(DOG, tiny, VideoOptions(outputs=["rle"], max_frames=20, chunk_frames=chunk_frames),
+                               [], LocalStorage(out), objects=objects)
+        assert result.num_chunks == (1 if chunk_frames is None else 3)
+        docs[chunk_frames] = (out / "masks.json").read_bytes()
+    assert docs[8] == docs[None]
+    doc = json.loads(docs[None])
+    assert _frames(doc, 1) == list(range(20)) and _frames(doc, 4) == list(range(20))
 
 
 @pytest.mark.parametrize("prompt, message", [

@@ -9,8 +9,10 @@ run's masks stand) and handed to the forward run, which writes them with that fr
 
 The pass runs before the forward run, so every frame is drawn once, in order. Frames are decoded
 forwards in segments of ``SEGMENT_FRAMES``, the last segment first, and each segment is tracked in
-reverse: at most one segment of decoded frames is held. The pass runs in one process, for a video
-in one chunk (``ChunkInputs.objects`` refuses chunked runs with visual prompts).
+reverse: at most one segment of decoded frames is held. The pass runs in one process, in a video's
+chunk 0 (the whole pass: chunks in reverse with their own carried state are still to do); its
+masks of later chunks' frames travel in the tracker state (``state_codec``), so a chunked run
+equals the unchunked one.
 """
 
 from __future__ import annotations

@@ -101,13 +101,10 @@ class ChunkInputs:
     decoder: str = "pyav"  # the decoder tried first (SAM3V_DECODER)
     frame_batch: int = 1  # frames per detector batch, on the video's own grid (recorded when planned)
     # Visual prompts (``ObjectPrompt``s, or dicts of their fields): objects given as points, a box or
-    # a mask on a frame, tracked both ways (``workers.chunks.backward_pass``). One chunk only.
+    # a mask on a frame, tracked both ways (``workers.chunks.backward_pass``: all of it in chunk 0;
+    # its masks and the forward visual session travel in the tracker state).
     objects: tuple = ()
     exemplars: tuple = ()  # ``Exemplar``s: boxes the detector reads beside the text prompts on their frame
-
-    def __post_init__(self):
-        if self.objects:
-            refuse_chunked_visual(self.chunk.index, self.chunk.final)
 
     @property
     def damaged_is_error(self) -> bool:
@@ -116,14 +113,6 @@ class ChunkInputs:
         them, and the video could not be joined. A video in one chunk is decoded past damage, as
         the ffmpeg CLI does."""
         return not (self.chunk.index == 0 and self.chunk.final)
-
-
-def refuse_chunked_visual(index: int, final: bool) -> None:
-    """Visual prompts need the video in one chunk: the backward pass does not yet carry its tracker
-    from chunk k+1 to chunk k, and a chunked run must equal the unchunked one, never approximate it."""
-    if not (index == 0 and final):
-        raise InputError("chunk_frames: visual prompts (objects; --point/--box/--mask) need the video in one "
-                         "chunk in this version: leave chunk_frames (--chunk-frames) out for this video")
 
 
 @dataclass
@@ -237,7 +226,8 @@ class ChunkRunner:
         carry = Carry.from_json((state_dir / CARRY_NAME).read_bytes(), self.artifacts.uri(self.work.state_dir(k - 1)))
         if carry.next_frame != job.chunk.start:
             raise StateError(f"chunk {k} starts at frame {job.chunk.start} but the state continues at {carry.next_frame}")
-        tracker = load_state(state_dir, self.loaded)
+        visual = visual_objects(job.objects, job.start_frame, job.info.height, job.info.width)
+        tracker = load_state(state_dir, self.loaded, visual=visual)
         tracker.exemplars = self._exemplars()  # inputs, not state
         if tracker.detection_threshold != job.detection_threshold:
             raise StateError(f"chunk {k} asks for detection threshold {job.detection_threshold}, but the state was "

@@ -36,7 +36,6 @@ from pipeline.core.storage import LocalStorage, Storage
 from workers.chunks.chunk_runner import (
     ChunkInputs,
     ChunkResult,
-    refuse_chunked_visual,
     run_chunk_inputs,
 )
 from workers.chunks.finalize import finalize_video
@@ -99,10 +98,8 @@ def prepare(path: Path, opts: VideoOptions, name: str, chunk_seconds: float | No
     """Probe the video at ``path`` (``name``: what the user called it) and plan its chunks:
     ``opts.chunk_frames``, else ``chunk_seconds`` of video, else (None) one chunk.
 
-    A video with visual prompts (``objects``, default ``opts.objects``) is planned as one chunk: the
-    backward pass is not carried across chunks yet, and a chunked run must equal an unchunked one
-    (an explicit ``chunk_frames`` is refused); its prompts are checked against the video here,
-    before any compute."""
+    A video's visual prompts (``objects``, default ``opts.objects``) are checked against the video
+    here, before any compute."""
     info = probe(path, name)
     expected = info.frames_expected or count_frames(path, name)
     if expected < 1:
@@ -111,9 +108,6 @@ def prepare(path: Path, opts: VideoOptions, name: str, chunk_seconds: float | No
     size = opts.chunk_frames or (default_chunk_frames(info.fps, chunk_seconds) if chunk_seconds else None)
     objects = getattr(opts, "objects", ()) if objects is None else objects
     if objects:
-        if opts.chunk_frames:
-            refuse_chunked_visual(0, False)
-        size = None
         visual_objects(objects, opts.start_frame, info.height, info.width, num_frames)
     return VideoPlan(info, num_frames, plan_chunks(num_frames, size, opts.start_frame))
 

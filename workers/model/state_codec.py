@@ -55,7 +55,10 @@ from workers.model.session_schema import (
     tensor_role,
 )
 from workers.model.tagged_codec import DTYPES, Decoder, Encoder, StateError
+from workers.media.frame_objects import FrameObjects
 from workers.model.tracker import VideoTracker
+from workers.model.visual_objects import VisualObject
+from workers.model.visual_tracker import VisualSession
 
 __all__ = ["JSON_NAME", "TENSORS_NAME", "StateError", "TrackerState", "load_state", "save_state"]
 
@@ -83,9 +86,6 @@ class TrackerState:
         """Snapshot a tracker (between two pushes); the tracker itself is left untouched."""
         session = tracker.session
         check_layout(tracker, session)
-        if tracker.visual is not None or tracker.backward:
-            raise StateError("cannot capture the tracker: it tracks visual objects (points, boxes, masks), which "
-                             "the state codec does not carry yet: a video with visual prompts runs as one chunk")
         if session.output_buffer:
             raise StateError("cannot capture the tracker: session.output_buffer is not empty, and "
                              "Sam3VideoModel.forward never fills it; the codec does not carry it")
@@ -124,6 +124,8 @@ class TrackerState:
                 "values": values,
             },
         }
+        if tracker.visual is not None or tracker.backward:
+            document["visual"] = _capture_visual(tracker, enc)
         return cls(document, enc.tensors)
 
     @property
@@ -229,19 +231,22 @@ class TrackerState:
             raise
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise StateError(f"{source}: malformed state document ({type(err).__name__}: {err})") from err
+        visual = _decode_visual(self.document.get("visual"), dec, source)
         extra = sorted(set(self.tensors) - dec.used)
         if extra:
             raise StateError(f"{source}: the safetensors file holds tensors the document does not "
                              f"reference: {extra[:5]}{' ...' if len(extra) > 5 else ''}")
-        return decoded, buffer
+        return decoded, buffer, visual
 
     def _validate(self) -> None:
         self._decode(self.source, devices=None)
 
     # restore -------------------------------------------------------------------------------------
 
-    def restore(self, loaded: LoadedModel, state_device: str | torch.device | None = None) -> VideoTracker:
-        """A new VideoTracker that continues exactly where the captured one stopped."""
+    def restore(self, loaded: LoadedModel, state_device: str | torch.device | None = None,
+                visual: list[VisualObject] | None = None) -> VideoTracker:
+        """A new VideoTracker that continues exactly where the captured one stopped. ``visual``: the
+        video's visual objects (inputs, not state), when the state tracks some."""
         source = self.source
         recorded = self.document.get("model", {})
         if recorded.get("revision") != loaded.revision:
@@ -257,7 +262,7 @@ class TrackerState:
         check_layout(tracker, session)
         devices = {"inference": torch.device(session.inference_device),
                    "state": torch.device(session.inference_state_device)}
-        values, buffer = self._decode(source, devices)
+        values, buffer, visual_state = self._decode(source, devices)
         for name, value in values.items():
             setattr(session, name, value)
         runs = self.document["session"]["processed_frames"]
@@ -267,6 +272,11 @@ class TrackerState:
         session.dtype = DTYPES[self.document["session"]["dtype"]]
         session.cache.max_vision_features_cache_size = session.max_vision_features_cache_size
         tracker.buffer = buffer
+        if visual_state is not None:
+            _restore_visual(tracker, visual_state, visual, loaded, state_device, source)
+        elif visual:
+            raise StateError(f"{source}: the video has visual objects but the state tracks none: it was written "
+                             "for another request")
         return tracker
 
 
@@ -279,9 +289,92 @@ def save_state(tracker: VideoTracker, directory: str | Path) -> TrackerState:
 
 
 def load_state(directory: str | Path, loaded: LoadedModel, state_device: str | torch.device | None = None,
-               map_location: str | torch.device | None = None) -> VideoTracker:
+               map_location: str | torch.device | None = None,
+               visual: list[VisualObject] | None = None) -> VideoTracker:
     state = TrackerState.from_files(directory, map_location or loaded.device)
-    return state.restore(loaded, state_device=state_device)
+    return state.restore(loaded, state_device=state_device, visual=visual)
+
+
+# --- visual objects (#22) -----------------------------------------------------------------------
+# The forward visual session is the same class as the text session (Sam3VideoInferenceSession) and
+# is carried the same way, attribute by attribute; the frames' visual masks still waiting for their
+# hotstart window (``_visual_found``) and the backward pass's masks of frames not yet written
+# (``backward``) travel as bool tensors with their ids and scores. The objects themselves (their
+# prompts and descriptions) are inputs: the chunk runner gives them again.
+
+def _found_value(found: FrameObjects) -> dict:
+    return {"ids": [int(i) for i in found.object_ids], "scores": [float(v) for v in found.scores],
+            "masks": torch.from_numpy(found.masks)}
+
+
+def _capture_visual(tracker: VideoTracker, enc: Encoder) -> dict:
+    doc: dict = {"session": None,
+                 "found": enc.value({t: _found_value(f) for t, f in tracker._visual_found.items()}, "visual/found"),
+                 "backward": enc.value({t: _found_value(f) for t, f in tracker.backward.items()}, "visual/backward")}
+    if tracker.visual is not None:
+        vs = tracker.visual.session
+        doc["session"] = {
+            "values": {name: enc.value(getattr(vs, name), f"visual/session/{name}")
+                       for name, how in SESSION_ATTRIBUTES.items() if how == CARRIED and hasattr(vs, name)},
+            "processed_frames": frame_ranges(vs.processed_frames.keys()),
+            "last": tracker.visual.last,
+        }
+    return doc
+
+
+def _decode_visual(doc: dict | None, dec: Decoder, source: str) -> dict | None:
+    if doc is None:
+        return None
+    try:
+        out = {"found": dec.value(doc["found"], "visual/found"), "backward": dec.value(doc["backward"], "visual/backward"),
+               "session": None}
+        for key in ("found", "backward"):
+            for t, f in out[key].items():
+                if type(t) is not int or set(f) != {"ids", "scores", "masks"} or len(f["ids"]) != len(f["masks"]):
+                    raise dec.fail(f"visual/{key}/{t}", "not a frame's visual objects")
+        session = doc["session"]
+        if session is not None:
+            values = {name: dec.value(v, f"visual/session/{name}") for name, v in session["values"].items()}
+            unknown = sorted(set(values) - {k for k, how in SESSION_ATTRIBUTES.items() if how == CARRIED})
+            if unknown:
+                raise dec.fail("visual/session", f"unknown attribute(s) {unknown}")
+            last = session["last"]
+            if last is not None and type(last) is not int:
+                raise dec.fail("visual/session/last", "not a frame number")
+            out["session"] = {"values": values, "runs": session["processed_frames"], "last": last}
+        return out
+    except StateError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise StateError(f"{source}: malformed visual state ({type(err).__name__}: {err})") from err
+
+
+def _restore_visual(tracker: VideoTracker, state: dict, objects: list[VisualObject] | None, loaded: LoadedModel,
+                    state_device, source: str) -> None:
+    if not objects:
+        raise StateError(f"{source}: the state tracks visual objects but the video has none: it was written for "
+                         "another request")
+    described = {o.obj_id: o.description for o in objects}
+
+    def frames(by_frame: dict) -> dict[int, FrameObjects]:
+        out = {}
+        for t, f in by_frame.items():
+            if not set(f["ids"]) <= set(described):
+                raise StateError(f"{source}: the state's visual objects {f['ids']} are not the video's {sorted(described)}")
+            out[t] = FrameObjects(t, list(f["ids"]), list(f["scores"]), [described[i] for i in f["ids"]],
+                                  f["masks"].cpu().numpy())
+        return out
+
+    tracker._visual_found = frames(state["found"])
+    tracker.backward = frames(state["backward"])
+    if state["session"] is not None:
+        visual = VisualSession(loaded, objects, tracker.height, tracker.width, state_device=state_device)
+        for name, value in state["session"]["values"].items():
+            setattr(visual.session, name, value)
+        visual.session.processed_frames = {k: None for start, stop in state["session"]["runs"]
+                                           for k in range(start, stop)}
+        visual.last = state["session"]["last"]
+        tracker.visual = visual
 
 
 # --- reading the files --------------------------------------------------------------------------
