@@ -44,6 +44,7 @@ from transformers.models.sam3_video.modeling_sam3_video import (
 )
 
 from workers.media.atomic_files import write_atomically, write_bytes_atomically
+from workers.media.frame_objects import FrameObjects
 from workers.model.loading import LoadedModel
 from workers.model.session_schema import (
     CARRIED,
@@ -55,7 +56,6 @@ from workers.model.session_schema import (
     tensor_role,
 )
 from workers.model.tagged_codec import DTYPES, Decoder, Encoder, StateError
-from workers.media.frame_objects import FrameObjects
 from workers.model.tracker import VideoTracker
 from workers.model.visual_objects import VisualObject
 from workers.model.visual_tracker import VisualSession
