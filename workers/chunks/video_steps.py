@@ -228,7 +228,7 @@ def segment_video(source: str | Path, loaded: LoadedModel, opts: VideoOptions, p
                   part_frames: int = PART_FRAMES, decoder: str = "pyav", frame_batch: int = 1,
                   max_batch: int | None = None, objects: Sequence = (), exemplars: Sequence = ()) -> SegmentResult:
     """Run every step of one video here: masks.json and the requested videos under ``prefix``.
-    ``objects``: visual prompts (``ObjectPrompt``s), tracked both ways; the video runs as one chunk.
+    ``objects``: visual prompts (``ObjectPrompt``s), tracked both ways.
     ``exemplars``: ``Exemplar`` boxes that sharpen the text prompts on their frames.
 
     Chunk artifacts go to a temporary directory; every chunk boundary goes through the tracker

@@ -73,7 +73,7 @@ CACHE_ATTRIBUTES = {"inference_device", "inference_state_device", "max_vision_fe
 
 # VideoTracker's attributes: the model comes from the restoring process, the rest is carried.
 TRACKER_ATTRIBUTES = {"_loaded", "_model", "height", "width", "detection_threshold", "session", "buffer",
-                      # Visual prompts (#22): a tracker holding any is refused (one chunk only, for now);
+                      # Visual prompts (#22): carried in the state's "visual" section (state_codec);
                       # exemplars are inputs the chunk runner gives a restored tracker again.
                       "visual", "backward", "_visual_found", "exemplars"}
 
