@@ -253,12 +253,12 @@ def check_against_video(spec: Any, width: int, height: int, frame_count: int) ->
 
 def _check_frame(where: tuple, frame: int, first: int, end: int, frame_count: int, max_frames: int | None) -> None:
     if frame >= frame_count:
-        raise FieldError(where, f"{frame} is past the end of the video: it has {frame_count} frames "
+        raise FieldError(where, f"frame {frame} is past the end of the video: it has {frame_count} frames "
                                 f"(0 to {frame_count - 1})")
     if frame < first:
-        raise FieldError(where, f"{frame} is before start_frame {first}: only frames {first} on are processed")
+        raise FieldError(where, f"frame {frame} is before start_frame {first}: only frames {first} on are processed")
     if frame >= end:
-        raise FieldError(where, f"{frame} is past the last frame processed, {end - 1} "
+        raise FieldError(where, f"frame {frame} is past the last frame processed, {end - 1} "
                                 f"(start_frame {first} + max_frames {max_frames})")
 
 
