@@ -248,7 +248,7 @@ def segment(video, *flags, env=None):
     (["--point", "x:1,2"], ["--point x:1,2", "FRAME 'x'"]),
     (["--point", "0:1,2:5"], ["--point 0:1,2:5", "5 is not a point label"]),
     (["--point", "0:1,2:yes"], ["--point 0:1,2:yes", "LABEL"]),
-    (["--point", "0:1,2@x"], ["--point 0:1,2@x", "@ID"]),
+    (["--point", "0:1,2@x"], ["--point 0:1,2@x", "@ID must be", "(expected FRAME:X,Y[:LABEL][@ID])"]),
     (["--box", "0:1,2,3"], ["--box 0:1,2,3", "X,Y,W,H"]),
     (["--box", "0:10,10,0,5"], ["--box 0:10,10,0,5", "zero area"]),
     (["--box", "0:10,10,5,5@1", "--box", "0:20,20,5,5@1"], ["--box 0:20,20,5,5@1", "already gives", "@ID"]),
