@@ -7,6 +7,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import subprocess
+import sys
 
 import httpx
 import jsonschema
@@ -22,6 +25,7 @@ from pipeline.core.specs import VideoSpec, first_error
 from pipeline.core.visual_prompts import assigned_ids, check_against_video, rle_runs, too_many
 from sam3v.api.schemas import GenerateRequest, GenerationRequest, request_schema
 from sam3v.cli.visual_flags import mask_from_png
+from tests import media
 from tests.test_api import A, api, enqueue, inputs, wait  # noqa: F401  (module fixtures)
 from tests.test_cli import assert_user_error, run
 from tests.test_pipeline import BUCKET, env, redis_server, s3  # noqa: F401  (module fixtures)
@@ -351,3 +355,28 @@ def test_api_frame_beyond_the_video_fails_it_at_the_probe(api, inputs):  # noqa:
     assert doc["status"] == "failed", doc
     assert "objects[0].frame: frame 50 is past the end of the video: it has 8 frames" in doc["error_message"], doc
     assert doc["prompt"] is None and doc["params"]["objects"][0]["frame"] == 50
+
+
+# --- a job: one video's bad visual prompt affects no other ---------------------------------------
+
+def test_job_fails_only_the_video_whose_prompt_the_video_cannot_hold(media_dir, tiny_model_dir, tmp_path):
+    """`sam3v run` (in-process broker and worker): line 2's box lies on frame 30 of a 10-frame clip,
+    line 3's entry has a label 2. The probe task fails line 2 with the field; line 3 is rejected at
+    submit; line 1 (text) runs to the end."""
+    clip = media.clip(media_dir, 10)
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("\n".join(json.dumps(line) for line in (
+        {"id": "dog", "video": str(clip), "max_frames": 4},
+        {"id": "late", "video": str(clip), "objects": [{"frame": 30, "box": BOX}]},
+        {"id": "label", "video": str(clip), "objects": [{"frame": 0, "points": [[1, 1]], "labels": [2]}]},
+    )) + "\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SAM3V_")}
+    done = subprocess.run([sys.executable, "-m", "sam3v.cli", "run", str(manifest), "--out", str(tmp_path / "out"),
+                           "--prompt", "dog", "--model", str(tiny_model_dir)],
+                          env=env, capture_output=True, text=True, timeout=600)
+    job = done.stdout.strip().splitlines()[-1]
+    results = {r["line"]: r for r in map(json.loads, (tmp_path / "out" / job / "results.jsonl").read_text().splitlines())}
+    assert results[1]["state"] == "succeeded" and results[1]["frames"] == 4, results
+    assert results[2]["state"] == "failed" and results[2]["frames"] == 0, results
+    assert "objects[0].frame: frame 30 is past the end of the video: it has 10 frames" in results[2]["error"]
+    assert results[3]["state"] == "rejected" and results[3]["error"].startswith("objects[0].labels[0]: 2 is not")

@@ -16,7 +16,9 @@ MODEL_ID = "sam-3-video"
 
 
 class GenerationRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # The schema says what _something_to_find checks: prompt, or a visual prompt.
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "anyOf": [{"required": ["prompt"]}, {"required": ["objects"]}, {"required": ["exemplars"]}]})
 
     model: str = Field(MODEL_ID, description="Model id: sam-3-video.")
     input_video: str = Field(..., json_schema_extra={"format": "uri"},
@@ -130,6 +132,4 @@ class GenerateRequest(GenerationRequest):
 def request_schema() -> dict:
     schema = GenerationRequest.model_json_schema()
     schema["title"] = "sam-3-video request"
-    # What _something_to_find checks, said in the schema: prompt, or a visual prompt.
-    schema["anyOf"] = [{"required": ["prompt"]}, {"required": ["objects"]}, {"required": ["exemplars"]}]
     return schema

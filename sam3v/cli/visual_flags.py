@@ -49,8 +49,8 @@ class VisualFlags:
 
     objects: list[ObjectPrompt]
     exemplars: list[Exemplar]
-    _entries: list[_Entry]
-    _exemplar_flags: list[str]
+    entries_read: list[_Entry]  # one per object entry, in the order of objects
+    exemplar_flags: list[str]
 
     def __bool__(self) -> bool:
         return bool(self.objects or self.exemplars)
@@ -65,8 +65,8 @@ class VisualFlags:
         if index is None:
             return "--exemplar" if kind == "exemplars" else "--point/--box/--mask"
         if kind == "exemplars":
-            return self._exemplar_flags[index]
-        entry = self._entries[index]
+            return self.exemplar_flags[index]
+        entry = self.entries_read[index]
         part = rest[0] if rest else None
         if part in ("points", "labels") and entry.point_flags:
             j = rest[1] if len(rest) > 1 and isinstance(rest[1], int) else 0
@@ -186,12 +186,13 @@ def mask_from_png(path: Path) -> dict:
     return encode(pixels > 0)
 
 
-def _validated(model, data: dict, flag_of) -> object:
+def _validated(model, data: dict, where: tuple, flags: VisualFlags):
+    """``model(**data)``, the spec's entry at ``where``; its error said as the flag value behind it."""
     try:
         return model(**data)
     except ValidationError as err:
         first = err.errors()[0]
-        raise InputError(f"{flag_of(tuple(first['loc']))}: {first['msg'].removeprefix('Value error, ')}") from None
+        raise flags.flag_error(FieldError((*where, *first["loc"]), first["msg"].removeprefix("Value error, "))) from None
 
 
 def read_visual_flags(points: list[str], boxes: list[str], masks: list[str], exemplars: list[str]) -> VisualFlags:
@@ -203,14 +204,12 @@ def read_visual_flags(points: list[str], boxes: list[str], masks: list[str], exe
         _read_box(entries, value)
     for value in masks:
         _read_mask(entries, value)
-    ordered = list(entries.values())
-    objects = []
-    for i, e in enumerate(ordered):
+    read = [_read_exemplar(v) for v in exemplars]
+    flags = VisualFlags([], [], list(entries.values()), [shown for _, shown in read])
+    for i, e in enumerate(flags.entries_read):
         data = {"id": e.id, "frame": e.frame, "points": e.points or None, "labels": e.labels or None,
                 "box": e.box, "mask": e.mask}
-        flags = VisualFlags([], [], ordered, [])
-        objects.append(_validated(ObjectPrompt, data, lambda loc, i=i, flags=flags: flags.flag_for(("objects", i, *loc))))
-    read = [_read_exemplar(v) for v in exemplars]
-    shown = [s for _, s in read]
-    found = [_validated(Exemplar, data, lambda loc, s=s: s) for data, s in read]
-    return VisualFlags(objects, found, ordered, shown)
+        flags.objects.append(_validated(ObjectPrompt, data, ("objects", i), flags))
+    for i, (data, _) in enumerate(read):
+        flags.exemplars.append(_validated(Exemplar, data, ("exemplars", i), flags))
+    return flags
