@@ -8,13 +8,19 @@ from typing import Annotated, Optional
 import typer
 
 from pipeline.core.errors import InputError
-from sam3v.cli.visual_flags import BOX_FORM, EXEMPLAR_FORM, MASK_FORM, POINT_FORM, read_visual_flags
 from sam3v.cli.common import (
     FrameBatchOption,
     ObjectBatchOption,
     err_console,
     progress_bar,
     user_errors,
+)
+from sam3v.cli.visual_flags import (
+    BOX_FORM,
+    EXEMPLAR_FORM,
+    MASK_FORM,
+    POINT_FORM,
+    read_visual_flags,
 )
 
 app = typer.Typer()
