@@ -103,7 +103,7 @@ def test_prompt_count_counts_objects_not_entries():
     s = spec(prompts=["dog"], objects=[{"id": 1, "frame": 0, "box": BOX}, {"id": 1, "frame": 5, "box": BOX},
                                        {"frame": 0, "points": [[1, 1]]}])
     assert too_many(1, s.objects, [], 3) is None  # dog + object 1 (two entries) + one unnamed
-    assert too_many(1, s.objects, [], 2) == ("objects", "1 text prompts and 2 objects, at most 2 per video (SAM3V_MAX_PROMPTS)")
+    assert too_many(1, s.objects, [], 2) == ("objects", "2 objects and 1 text prompt, at most 2 per video (SAM3V_MAX_PROMPTS)")
 
 
 # --- the spec against the video ------------------------------------------------------------------
@@ -213,7 +213,7 @@ def test_manifest_lines_with_visual_prompts(tmp_path):
     ({"objects": [{"id": 2, "frame": 7, "box": BOX}, {"id": 2, "frame": 7, "box": BOX}]},
      "objects[1].id: object 2 is already given on frame 7 (objects[0])"),
     ({"objects": [{"id": i, "frame": 0, "box": BOX} for i in range(3)], "prompt": "dog"},
-     "objects: 1 text prompts and 3 objects, at most 3 per video"),
+     "objects: 3 objects and 1 text prompt, at most 3 per video"),
     ({"exemplars": [{"frame": 0, "box": BOX}] * 4}, "exemplars: 4 exemplars, at most 3"),
     ({"objects": {"frame": 0, "box": BOX}}, "objects: must be a JSON array"),
     ({"objects": [{"frame": 0}]}, "objects[0]: give points, a box or a mask"),
@@ -277,7 +277,7 @@ def test_segment_refuses_a_mask_png_of_another_size_and_too_many_objects(dog24, 
                       f"--mask 0:{tmp_path / 'half.png'}@1", "[360, 640]", "[720, 1280]")
     done = segment(dog24, "-p", "dog", "--box", "0:10,10,50,50@1", "--point", "3:10,10@2",
                    settings={"SAM3V_MAX_PROMPTS": "2"})
-    assert_user_error(done, "--point/--box/--mask: 1 text prompts and 2 objects, at most 2")
+    assert_user_error(done, "--point/--box/--mask: 2 objects and 1 text prompt, at most 2")
 
 
 def test_segment_takes_good_visual_flags_up_to_the_model(dog24, tmp_path):

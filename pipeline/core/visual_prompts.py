@@ -231,7 +231,7 @@ def too_many(prompts: int, objects: list[ObjectPrompt], exemplars: list[Exemplar
     each costs model time on every frame. None when they do not."""
     n = count_objects(objects)
     if prompts + n > limit:
-        what = f"{prompts} text prompts and {n} objects" if prompts else f"{n} objects"
+        what = f"{n} objects" + (f" and {prompts} text prompt{'s' * (prompts > 1)}" if prompts else "")
         return ("objects" if objects else "prompts"), f"{what}, at most {limit} per video (SAM3V_MAX_PROMPTS)"
     if len(exemplars) > limit:
         return "exemplars", f"{len(exemplars)} exemplars, at most {limit} per video (SAM3V_MAX_PROMPTS)"
