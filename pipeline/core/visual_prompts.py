@@ -27,8 +27,18 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import AllowInfNan, BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, ValidationError, \
-    field_validator, model_validator
+from pydantic import (
+    AllowInfNan,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from pipeline.core.errors import FieldError
@@ -221,7 +231,7 @@ def too_many(prompts: int, objects: list[ObjectPrompt], exemplars: list[Exemplar
     each costs model time on every frame. None when they do not."""
     n = count_objects(objects)
     if prompts + n > limit:
-        what = f"{prompts} text prompts and {n} objects" if prompts else f"{n} objects"
+        what = f"{n} objects" + (f" and {prompts} text prompt{'s' * (prompts > 1)}" if prompts else "")
         return ("objects" if objects else "prompts"), f"{what}, at most {limit} per video (SAM3V_MAX_PROMPTS)"
     if len(exemplars) > limit:
         return "exemplars", f"{len(exemplars)} exemplars, at most {limit} per video (SAM3V_MAX_PROMPTS)"
@@ -253,12 +263,12 @@ def check_against_video(spec: Any, width: int, height: int, frame_count: int) ->
 
 def _check_frame(where: tuple, frame: int, first: int, end: int, frame_count: int, max_frames: int | None) -> None:
     if frame >= frame_count:
-        raise FieldError(where, f"{frame} is past the end of the video: it has {frame_count} frames "
+        raise FieldError(where, f"frame {frame} is past the end of the video: it has {frame_count} frames "
                                 f"(0 to {frame_count - 1})")
     if frame < first:
-        raise FieldError(where, f"{frame} is before start_frame {first}: only frames {first} on are processed")
+        raise FieldError(where, f"frame {frame} is before start_frame {first}: only frames {first} on are processed")
     if frame >= end:
-        raise FieldError(where, f"{frame} is past the last frame processed, {end - 1} "
+        raise FieldError(where, f"frame {frame} is past the last frame processed, {end - 1} "
                                 f"(start_frame {first} + max_frames {max_frames})")
 
 
