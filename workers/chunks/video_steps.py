@@ -226,14 +226,17 @@ class _Tally:
 def segment_video(source: str | Path, loaded: LoadedModel, opts: VideoOptions, prompts: list[str],
                   storage: Storage, prefix: str = "", progress: Progress | None = None,
                   part_frames: int = PART_FRAMES, decoder: str = "pyav", frame_batch: int = 1,
-                  max_batch: int | None = None, objects: Sequence = (), exemplars: Sequence = ()) -> SegmentResult:
+                  max_batch: int | None = None, objects: Sequence | None = None,
+                  exemplars: Sequence | None = None) -> SegmentResult:
     """Run every step of one video here: masks.json and the requested videos under ``prefix``.
-    ``objects``: visual prompts (``ObjectPrompt``s), tracked both ways.
-    ``exemplars``: ``Exemplar`` boxes that sharpen the text prompts on their frames.
+    ``objects``: visual prompts (``ObjectPrompt``s), tracked both ways; ``exemplars``: ``Exemplar``
+    boxes that sharpen the text prompts on their frames (None: ``opts``' own, a ``VideoSpec``'s).
 
     Chunk artifacts go to a temporary directory; every chunk boundary goes through the tracker
     state codec (written, then read back), exactly as when chunks run on different workers."""
     wall = time.perf_counter()
+    objects = getattr(opts, "objects", ()) if objects is None else objects
+    exemplars = getattr(opts, "exemplars", ()) if exemplars is None else exemplars
     prompts = check_prompts(loaded.tokenizer, prompts, visual=bool(objects), exemplars=bool(exemplars))
     name = Path(source).name
     plan = prepare(Path(source), opts, name, chunk_seconds=None, objects=objects)
