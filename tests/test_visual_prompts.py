@@ -348,3 +348,14 @@ def test_pruning_the_visual_session_is_exact(tiny):
     assert [f.object_ids for f in runs[True]] == [f.object_ids for f in runs[False]]
     for a, b in zip(runs[True], runs[False]):
         assert np.array_equal(a.masks, b.masks), a.frame_idx
+
+
+def test_sam3v_segment_with_only_a_box_runs_end_to_end(tiny_model_dir, dog24, tmp_path):
+    """The CLI's spec reaches the model: a box on frame 3 alone, no --prompt, both directions."""
+    from tests.test_cli import run
+
+    done = run("segment", dog24, "--out", tmp_path, "--model", tiny_model_dir, "--device", "cpu",
+               "--box", "3:400,200,300,300@9", "--max-frames", "6", "--outputs", "rle")
+    assert done.returncode == 0, done.stderr
+    doc = json.loads((tmp_path / "masks.json").read_bytes())
+    assert doc["objects"] == [{"id": 9, "prompt": {"frame": 3, "box": BOX}, "first_frame": 0, "last_frame": 5}]
