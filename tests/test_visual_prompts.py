@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import torch
@@ -21,6 +22,8 @@ from pipeline.core.specs import VideoOptions
 from pipeline.core.storage import LocalStorage
 from pipeline.core.visual_prompts import Exemplar, ObjectPrompt
 from tests import media
+from tests.test_api import api, inputs  # noqa: F401  (module fixtures: API, Redis, a worker)
+from tests.test_pipeline import env, redis_server, s3  # noqa: F401  (module fixtures)
 from workers.chunks import backward_pass as backward_module
 from workers.chunks.backward_pass import _features, backward_pass
 from workers.chunks.video_steps import segment_video
@@ -116,7 +119,7 @@ def dog_features(tiny):
         return info, [_features(tiny, frame.rgb) for frame in reader]
 
 
-def _reference(tiny, features, prompt_frame: int, reverse: bool, **inputs):
+def _reference(tiny, features, prompt_frame: int, reverse: bool, **given):
     """What transformers does with one object: ``Sam3TrackerVideoProcessor.add_inputs_to_inference_session``
     and ``Sam3TrackerVideoModel.forward`` from the prompt's frame on, in one direction."""
     from transformers.models.sam3_tracker_video.modeling_sam3_tracker_video import (
@@ -130,7 +133,7 @@ def _reference(tiny, features, prompt_frame: int, reverse: bool, **inputs):
     processor.target_size, processor.point_pad_value = tiny.image_size, -10
     session = Sam3TrackerVideoInferenceSession(video_height=H, video_width=W, dtype=torch.float32)
     session.processed_frames = dict.fromkeys(range(len(features)))
-    processor.add_inputs_to_inference_session(session, frame_idx=prompt_frame, obj_ids=3, **inputs)
+    processor.add_inputs_to_inference_session(session, frame_idx=prompt_frame, obj_ids=3, **given)
     order = range(prompt_frame, -1, -1) if reverse else range(prompt_frame, len(features))
     outs = {}
     with torch.inference_mode():
@@ -359,3 +362,16 @@ def test_sam3v_segment_with_only_a_box_runs_end_to_end(tiny_model_dir, dog24, tm
     assert done.returncode == 0, done.stderr
     doc = json.loads((tmp_path / "masks.json").read_bytes())
     assert doc["objects"] == [{"id": 9, "prompt": {"frame": 3, "box": BOX}, "first_frame": 0, "last_frame": 5}]
+
+
+def test_api_request_with_only_a_box_succeeds_through_the_queue(api, inputs):  # noqa: F811
+    """Through the API, Redis, a real Celery worker and the result URLs: a box on frame 4 of an
+    8-frame clip, no text; its object covers frames 0-3 (backwards) and 5-7 (forwards)."""
+    from tests.test_api import enqueue, wait
+
+    gen = enqueue(api, {"input_video": f"{inputs['base']}/clip.mp4", "objects": [{"id": 7, "frame": 4, "box": BOX}]})
+    doc = wait(api, gen)
+    assert doc["status"] == "succeeded", doc
+    masks = httpx.get(doc["result_urls"]["masks"]).json()
+    assert masks["objects"] == [{"id": 7, "prompt": {"frame": 4, "box": BOX}, "first_frame": 0, "last_frame": 7}]
+    assert httpx.get(doc["result_url"]).content[4:8] == b"ftyp"
