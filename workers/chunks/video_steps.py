@@ -93,22 +93,15 @@ def count_frames(path: Path, name: str) -> int:
         raise InputError(f"{name}: cannot count its frames") from None
 
 
-def prepare(path: Path, opts: VideoOptions, name: str, chunk_seconds: float | None,
-            objects: Sequence | None = None) -> VideoPlan:
+def prepare(path: Path, opts: VideoOptions, name: str, chunk_seconds: float | None) -> VideoPlan:
     """Probe the video at ``path`` (``name``: what the user called it) and plan its chunks:
-    ``opts.chunk_frames``, else ``chunk_seconds`` of video, else (None) one chunk.
-
-    A video's visual prompts (``objects``, default ``opts.objects``) are checked against the video
-    here, before any compute."""
+    ``opts.chunk_frames``, else ``chunk_seconds`` of video, else (None) one chunk."""
     info = probe(path, name)
     expected = info.frames_expected or count_frames(path, name)
     if expected < 1:
         raise InputError(f"{name}: no video frames")
     num_frames = frames_to_process(expected, opts.start_frame, opts.max_frames, name)
     size = opts.chunk_frames or (default_chunk_frames(info.fps, chunk_seconds) if chunk_seconds else None)
-    objects = getattr(opts, "objects", ()) if objects is None else objects
-    if objects:
-        visual_objects(objects, opts.start_frame, info.height, info.width, num_frames)
     return VideoPlan(info, num_frames, plan_chunks(num_frames, size, opts.start_frame))
 
 
@@ -239,7 +232,9 @@ def segment_video(source: str | Path, loaded: LoadedModel, opts: VideoOptions, p
     exemplars = getattr(opts, "exemplars", ()) if exemplars is None else exemplars
     prompts = check_prompts(loaded.tokenizer, prompts, visual=bool(objects), exemplars=bool(exemplars))
     name = Path(source).name
-    plan = prepare(Path(source), opts, name, chunk_seconds=None, objects=objects)
+    plan = prepare(Path(source), opts, name, chunk_seconds=None)
+    # Before any compute (the task path checks them in its probe step: check_against_video).
+    visual_objects(objects, opts.start_frame, plan.info.height, plan.info.width, plan.num_frames)
     exemplar_boxes(exemplars, opts.start_frame, plan.info.height, plan.info.width, plan.num_frames)  # refused here
     video = VideoRun(plan.info, opts, prompts, plan.num_frames, part_frames, decoder, frame_batch, tuple(objects),
                      tuple(exemplars))
