@@ -231,6 +231,31 @@ def test_backward_pass_is_the_same_in_any_decode_segments(tiny, dog_features, mo
         assert np.array_equal(whole[t].masks, cut[t].masks), t
 
 
+def test_pruning_the_backward_session_is_exact(tiny, dog_features, monkeypatch):
+    """Tracked backwards over 12 frames from a prompt on frame 11 (the memory window is 6 frames), the
+    pruned pass gives the unpruned pass's masks bit for bit, and holds fewer frames' memories."""
+    from workers.model.state_pruning import prune_backward
+
+    info, _ = dog_features
+    objects = visual_objects([ObjectPrompt(id=1, frame=11, box=BOX)], 0, H, W)
+    runs, held = {}, {}
+    for pruned in (True, False):
+        counts = held.setdefault(pruned, [])
+
+        def after_step(session, frame_idx, windows, pruned=pruned, counts=counts):
+            freed = prune_backward(session, frame_idx, windows) if pruned else 0
+            counts.append(sum("maskmem_features" in e for o in session.output_dict_per_obj.values()
+                              for e in o["non_cond_frame_outputs"].values()))
+            return freed
+
+        monkeypatch.setattr(backward_module, "prune_backward", after_step)
+        runs[pruned] = backward_pass(tiny, info, objects, 0)
+    assert max(held[True]) <= 6 < max(held[False]), held
+    assert sorted(runs[True]) == sorted(runs[False]) == list(range(11))
+    for t in runs[False]:
+        assert np.array_equal(runs[True][t].masks, runs[False][t].masks), t
+
+
 # --- refusals, before any compute -----------------------------------------------------------------
 
 def test_chunked_equals_unchunked_with_boundaries_on_both_sides_of_a_prompt(tiny, tmp_path):

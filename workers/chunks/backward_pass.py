@@ -9,7 +9,8 @@ run's masks stand) and handed to the forward run, which writes them with that fr
 
 The pass runs before the forward run, so every frame is drawn once, in order. Frames are decoded
 forwards in segments of ``SEGMENT_FRAMES``, the last segment first, and each segment is tracked in
-reverse: at most one segment of decoded frames is held. The pass runs in one process, in a video's
+reverse: at most one segment of decoded frames is held, and the session is pruned after each frame
+as the forward one is (``state_pruning.prune_backward``), so its memory is bounded too. The pass runs in one process, in a video's
 chunk 0 (the whole pass: chunks in reverse with their own carried state are still to do); its
 masks of later chunks' frames travel in the tracker state (``state_codec``), so a chunked run
 equals the unchunked one.
@@ -28,6 +29,7 @@ from workers.media.frame_objects import FrameObjects
 from workers.media.probe import VideoInfo
 from workers.model import frame_features
 from workers.model.loading import LoadedModel
+from workers.model.state_pruning import MemoryWindows, prune_backward
 from workers.model.tracker import preprocess
 from workers.model.visual_objects import VisualObject
 from workers.model.visual_tracker import VisualSession
@@ -51,6 +53,7 @@ def backward_pass(loaded: LoadedModel, info: VideoInfo, objects: list[VisualObje
     top = max(o.last for o in objects)
     session = VisualSession(loaded, objects, info.height, info.width, reverse=True, frames=range(top + 1))
     first = {o.obj_id: o.first for o in objects}
+    windows = MemoryWindows.of(loaded.model)
     found: dict[int, FrameObjects] = {}
     for start in reversed(range(0, top + 1, SEGMENT_FRAMES)):
         count = min(SEGMENT_FRAMES, top + 1 - start)
@@ -64,6 +67,7 @@ def backward_pass(loaded: LoadedModel, info: VideoInfo, objects: list[VisualObje
             if should_stop and should_stop():
                 raise Cancelled(f"stopped at frame {t + origin} of the backward pass: its video is no longer wanted")
             out = session.step(t, _features(loaded, rgb))
+            prune_backward(session.session, t, windows)
             kept = [i for i, obj_id in enumerate(out.object_ids) if t < first[obj_id]]
             if kept:
                 found[t] = FrameObjects(t, [out.object_ids[i] for i in kept], [out.scores[i] for i in kept],

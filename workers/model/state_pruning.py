@@ -162,3 +162,23 @@ def _clear_settled_hotstart_lists(session, settled_first_frame: int) -> None:
     for (_, obj_id), inds in session.overlap_pair_to_frame_inds.items():
         if inds and settled(obj_id):
             inds.clear()
+
+
+def prune_backward(session, frame_idx: int, windows: MemoryWindows) -> int:
+    """``prune`` for a session tracking backwards (``VisualSession(reverse=True)``), once ``frame_idx``
+    has been pushed: the tracker reads the same windows mirrored in time (frames after the current
+    one, the nearest conditioning frames at or after it), so the forward pruning runs on the
+    session's frames mirrored (frame t as -t). Its objects are conditioned only on frames already
+    pushed, as going forwards. Returns the tensor bytes freed."""
+    freed = 0
+    for outputs in session.output_dict_per_obj.values():
+        mirrored = {key: {-t: entry for t, entry in by_frame.items()} for key, by_frame in outputs.items()}
+        freed += _prune_outputs(mirrored, -frame_idx, windows)
+        for key, by_frame in outputs.items():
+            for t in [t for t in by_frame if -t not in mirrored[key]]:
+                del by_frame[t]
+    for per_obj in (session.mask_inputs_per_obj, session.point_inputs_per_obj, session.frames_tracked_per_obj):
+        for by_frame in per_obj.values():
+            for t in [t for t in by_frame if t >= frame_idx]:
+                freed += _nbytes(by_frame.pop(t))
+    return freed
