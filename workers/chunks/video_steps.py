@@ -204,7 +204,7 @@ class _Tally:
     def add(self, done: ChunkResult) -> None:
         for key, value in done.timings.items():
             self.timings[key] += value
-        self.warnings += done.warnings
+        self.warnings += [w for w in done.warnings if w not in self.warnings]  # one per video, not per chunk
         self.decoders.append(done.decoder)
         self.encoder = done.encoder if done.encoder != "none" else self.encoder
 

@@ -53,6 +53,11 @@ from workers.jobs.task_policy import (
 log = logging.getLogger(__name__)
 
 
+def _merged(recorded: list[str], new: list[str]) -> list[str]:
+    """A video's warnings after one more chunk: each once, however many chunks repeat it."""
+    return recorded + [w for w in new if w not in recorded]
+
+
 def _spec(ctx: Context, job_id: str, video_id: str) -> VideoSpec:
     return VideoSpec.model_validate(ctx.status.item(job_id, video_id))
 
@@ -138,7 +143,7 @@ def segment_chunk_task(self, job_id: str, video_id: str, k: int, start: int, sto
             return err  # beside other streams: run again alone (below), not counted
         warnings = result.warnings if result else []
         ctx.status.update_video(job_id, video_id, fence=attempt, frames_done=min(stop - spec.start_frame, num_frames),
-                                chunks_done=k + 1, warnings=(entry.get("warnings") or []) + warnings)
+                                chunks_done=k + 1, warnings=_merged(entry.get("warnings") or [], warnings))
 
     def uncount() -> None:
         """The outage stopped this start before the chunk was done: it will start again, once."""
