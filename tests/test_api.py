@@ -486,7 +486,8 @@ def test_webhooks_signed_retried_and_recorded(api, inputs):
     hook = httpx.get(f"{base}/api/ai/queue/{bad}", headers=A).json()["webhook"]
     assert hook["status"] == "failed" and hook["attempts"] == 3 and hook["error"] == "HTTP 500"
     # The address rules of inputs, at enqueue.
-    for url in ("http://169.254.169.254/hook", f"http://127.0.0.1:{inputs['other_port']}/hook", "ftp://example.com/x"):
+    for url in ("http://169.254.169.254/hook", f"http://127.0.0.1:{inputs['other_port']}/hook", "ftp://example.com/x",
+                "https://example.com/" + "a" * 5000):  # a URL no receiver has, stored and read on every delivery
         r = httpx.post(f"{base}/api/ai/queue", headers=A, json={"model": "sam-3-video", "prompt": "dog",
                                                                "input_video": f"{inputs['base']}/clip.mp4",
                                                                "webhook_url": url})

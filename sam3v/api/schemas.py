@@ -13,11 +13,16 @@ from pipeline.core.uris import REMOTE, Scheme, parse_uri
 MODEL_ID = "sam-3-video"
 
 
+# Far above any real URL, far below what would bloat a generation's record (both are stored in Redis
+# and sent to workers; the webhook's is read on every delivery).
+MAX_URL_LENGTH = 4096
+
+
 class GenerationRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field(MODEL_ID, description="Model id: sam-3-video.")
-    input_video: str = Field(..., json_schema_extra={"format": "uri"},
+    input_video: str = Field(..., max_length=MAX_URL_LENGTH, json_schema_extra={"format": "uri"},
                              description="Video to use as reference: an http(s):// URL, s3://bucket/key (buckets "
                                          "the server allows: SAM3V_API_S3_BUCKETS) or upload://<id> from POST "
                                          "/api/ai/uploads. Format: uri.",
@@ -39,7 +44,7 @@ class GenerationRequest(BaseModel):
     outputs: list[Literal[OUTPUT_NAMES]] | None = Field(
         None, min_length=1, description="Outputs to write; default: the one apply_mask picks. masks.json is always written.")
     mask_opacity: float = Field(0.5, ge=0.0, le=1.0, description="Overlay opacity, 0-1.")
-    webhook_url: str | None = Field(None, json_schema_extra={"format": "uri"},
+    webhook_url: str | None = Field(None, max_length=MAX_URL_LENGTH, json_schema_extra={"format": "uri"},
                                     description="http(s) URL that gets a signed POST when the generation ends "
                                                 "(same address rules as input_video).")
 
