@@ -34,6 +34,7 @@ from pipeline.core.heartbeats import Heartbeats
 from pipeline.core.layout import JobKeys, VideoKeys
 from pipeline.core.planning import PART_FRAMES, Chunk
 from pipeline.core.specs import VideoSpec
+from pipeline.core.visual_prompts import check_against_video
 from workers.jobs import sweeper  # noqa: F401  (publish hooks and the sweeper thread of worker masters)
 from workers.jobs.cancel_cleanup import close_cancelled, drop_finished_work
 from workers.jobs.chunk_watch import progress_reporter, soft_deadline, stop_check
@@ -77,6 +78,10 @@ def probe_task(self, job_id: str, video_id: str, attempt: int = 0) -> None:
         source = stage_source(ctx.storage, ctx.settings, job_id, video_id, {"video": spec.video})
         path = local_source(ctx.storage, ctx.settings, source, job_id, video_id)
         plan = prepare(path, spec, spec.video, ctx.settings.chunk_seconds)
+        # A visual prompt the video cannot hold (a frame past its end, a box outside it) fails the
+        # video here, before any chunk: the request could not be checked without the video.
+        check_against_video(spec, plan.info.width, plan.info.height,
+                            plan.info.frames_expected or spec.start_frame + plan.num_frames)
         ctx.status.update_video(job_id, video_id, fence=attempt, source=source, frames_total=plan.num_frames,
                                 frames_done=0, chunks_total=len(plan.chunks), chunks_done=0,
                                 part_frames=ctx.settings.part_frames, frame_batch=ctx.settings.frame_batch)
