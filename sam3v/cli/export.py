@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from pipeline.core.errors import InputError
+from pipeline.core.errors import InputError, ProcessingError
 from sam3v.cli.common import user_errors
 
 app = typer.Typer()
@@ -57,7 +57,11 @@ def export(
     """Write exports of a finished video beside its masks.json (no model needed)."""
     names = parse_formats(format)
     from pipeline.core.storage import MissingKey
-    from workers.media.exports import make_exports, publish_exports
+
+    try:
+        from workers.media.exports import make_exports, publish_exports
+    except ImportError as err:  # the control image: no pycocotools, Pillow or ffmpeg-python
+        raise ProcessingError(f"sam3v export needs the worker install (pip install \".[worker]\"): {err}") from None
 
     storage = open_result(result)
     try:
