@@ -24,6 +24,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
+from pipeline.control.manifest import parse_manifest
 from pipeline.core.errors import ProcessingError
 from pipeline.core.specs import EXPORT_NAMES, VideoOptions
 from pipeline.core.storage import LocalStorage
@@ -207,6 +208,15 @@ def test_unknown_output_and_format_names_exit_2_naming_them(tmp_path, media_dir)
     assert done.returncode == 2 and "'nope'" in done.stderr, done.stderr
     done = cli("export", tmp_path / "missing", "--format", "coco")
     assert done.returncode == 2 and "masks.json" in done.stderr, done.stderr
+
+
+def test_a_manifest_line_asks_for_exports_by_name():
+    data = "\n".join(json.dumps({"video": f"s3://bucket/{n}.mp4", "outputs": outputs})
+                     for n, outputs in (("a", ["coco", "davis"]), ("b", ["coco", "nope"]))).encode()
+    parsed = parse_manifest(data, "m.jsonl", default_prompt="dog")
+    assert [(i.line, i.exports(), i.video_outputs()) for i in parsed.items] == [(1, ["coco", "davis"], [])]
+    [rejected] = parsed.rejected
+    assert rejected.line == 2 and "'nope'" in rejected.reason
 
 
 # --- the rules, on a document made by hand: an empty mask, overlapping masks, an id too high ----
