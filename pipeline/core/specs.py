@@ -13,10 +13,13 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, mo
 from pipeline.core.errors import InputError, field_path
 from pipeline.core.visual_prompts import Exemplar, ObjectPrompt, check_object_ids, raise_at
 
-# Every output a request may ask for; masks.json ("rle") is always written.
-OUTPUT_NAMES = ("overlay", "mask", "rle")
 # The output videos, in the order they are rendered and listed.
 VIDEO_OUTPUTS = ("overlay", "mask")
+# masks.json in the formats other tools read, made from it by the finalize step (or later by
+# `sam3v export`): COCO, YouTube-VIS, DAVIS PNGs, MOTChallenge rows, one mask video per object.
+EXPORT_NAMES = ("coco", "ytvis", "davis", "mot", "objects")
+# Every output a request may ask for; masks.json ("rle") is always written.
+OUTPUT_NAMES = (*VIDEO_OUTPUTS, "rle", *EXPORT_NAMES)
 # Prompts one video may have unless SAM3V_MAX_PROMPTS says otherwise: each one costs model time and
 # memory on every frame, so an unbounded list would tie up a worker for hours.
 DEFAULT_MAX_PROMPTS = 16
@@ -82,6 +85,10 @@ class VideoOptions(BaseModel):
         """The output videos to render, in render order."""
         wanted = self.outputs or (("overlay",) if self.apply_mask else ("mask",))
         return [o for o in VIDEO_OUTPUTS if o in wanted]
+
+    def exports(self) -> list[str]:
+        """The exports to write beside masks.json, in EXPORT_NAMES order."""
+        return [o for o in EXPORT_NAMES if o in (self.outputs or ())]
 
 
 class VideoSpec(VideoOptions):

@@ -31,7 +31,9 @@ def _parse_outputs(value: Optional[str]) -> Optional[tuple[str, ...]]:
         return None
     items = tuple(v.strip() for v in value.split(",") if v.strip())
     if not items:
-        raise InputError("--outputs: give at least one of overlay, mask, rle")
+        from pipeline.core.specs import OUTPUT_NAMES
+
+        raise InputError(f"--outputs: give at least one of {', '.join(OUTPUT_NAMES)}")
     return items
 
 
@@ -122,7 +124,8 @@ def segment(
     apply_mask: Annotated[bool, typer.Option("--apply-mask/--no-apply-mask",
                                              help="Overlay colored masks on the video (default) or write the "
                                                   "white-on-black mask video.")] = True,
-    outputs: Annotated[Optional[str], typer.Option(help="Comma-separated set of overlay, mask, rle. "
+    outputs: Annotated[Optional[str], typer.Option(help="Comma-separated set of overlay, mask, rle, and the exports "
+                                                        "coco, ytvis, davis, mot, objects (README, Formats). "
                                                         "Default: the one --apply-mask picks. masks.json is always written.")] = None,
     start_frame: Annotated[int, typer.Option(
         help="First frame to process (0-based index in the video). The output videos cover only the "
