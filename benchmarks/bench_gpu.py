@@ -355,7 +355,7 @@ def engine_stream(engine, loaded: LoadedModel, warm: VideoTracker, frame_batch: 
     """A stream continuing ``warm``, pruned after each step as a chunk's stream is."""
     # Capture copies every tensor, so each stream owns its state (restore alone may share them on CPU).
     tracker = TrackerState.capture(warm).restore(loaded)
-    stream = engine.open_stream(tracker, frame_batch=frame_batch, after_step=lambda idx: prune(tracker, idx))
+    stream = engine.open_feed(tracker, frame_batch=frame_batch, after_step=lambda idx: prune(tracker, idx))
     return TrackedVideo(stream.push, stream.finish, tracker)
 
 
