@@ -15,7 +15,8 @@ from celery.exceptions import Ignore
 
 from pipeline.core.heartbeats import Heartbeats
 from pipeline.core.layout import JobKeys
-from pipeline.core.results import results_jsonl
+from pipeline.core.report import write_report
+from pipeline.core.results import result_rows, rows_jsonl
 from pipeline.core.retention import expire_job
 from pipeline.core.status import TERMINAL
 from workers.jobs.context import Context
@@ -43,9 +44,14 @@ def fail_video(ctx: Context, job_id: str, video_id: str, attempt: int, message: 
 def write_results(ctx: Context, job_id: str) -> None:
     """The job's results.jsonl: one line a video, written once, when the last video ends."""
     doc = ctx.status.status_document(job_id)
-    results = ctx.storage.put_bytes(results_jsonl(doc), JobKeys(job_id).results)
+    rows = result_rows(doc)
+    results = ctx.storage.put_bytes(rows_jsonl(rows), JobKeys(job_id).results)
     ctx.status.record_results(job_id, results)
     doc["results"] = results
+    try:
+        write_report(ctx.storage, doc, rows)
+    except Exception:  # a convenience beside results.jsonl: `sam3v report JOB` makes it again
+        log.exception("job %s: report.html not written", job_id)
     ctx.status.event(job_id, "job_completed", {"status": doc["status"], "counts": doc["counts"]})
     spec = ctx.status.job_spec(job_id)
     if spec.get("on_done"):  # once: only the transition that ended the job gets here
