@@ -92,7 +92,7 @@ body{font:14px/1.4 system-ui,sans-serif;margin:16px;color:#222;background:#fafaf
 h1{font-size:20px;margin:0 0 8px}table{border-collapse:collapse;width:100%;background:#fff}
 th,td{border-bottom:1px solid #ddd;padding:4px 6px;text-align:left;vertical-align:top}
 th{background:#eee;position:sticky;top:0}.n{text-align:right;white-space:nowrap}
-.id{word-break:break-all;max-width:260px}.src{color:#777;font-size:12px}.err{color:#a00;font-size:12px;max-width:360px}
+.id{word-break:break-all;min-width:170px;max-width:260px}.src{color:#777;font-size:12px}.err{color:#a00;font-size:12px;max-width:360px}
 .st{padding:1px 6px;border-radius:8px;background:#ddd}.st.succeeded{background:#cfe8cf}
 .st.failed,.st.rejected{background:#f4c7c3}.st.cancelled{background:#eee}
 .th{white-space:nowrap}.th img{height:72px;margin-right:3px;border:1px solid #ccc}.summary span{margin-right:14px}
