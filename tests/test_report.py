@@ -276,6 +276,7 @@ def test_the_report_opens_in_chromium_with_its_thumbnails_failed_first(finished_
     assert dom.returncode == 0, dom.stderr
     probe = json.loads(re.search(r'<pre id="probe">(.*?)</pre>', dom.stdout).group(1))
     rows = {r["id"]: r for r in map(json.loads, (finished_job / "results.jsonl").read_text().splitlines())}
+    assert [r["state"] for r in rows.values()].count("succeeded") == 3, rows
     assert len(probe) == sum(len(r["thumbnails"]) for r in rows.values()) >= 3
     assert all(complete and w == 160 and h > 0 for complete, w, h, *_ in probe), probe
 
