@@ -42,16 +42,18 @@ def fail_video(ctx: Context, job_id: str, video_id: str, attempt: int, message: 
 
 
 def write_results(ctx: Context, job_id: str) -> None:
-    """The job's results.jsonl: one line a video, written once, when the last video ends."""
+    """The job's results.jsonl: one line a video, written once, when the last video ends; and its
+    report.html beside it (``pipeline.core.report``)."""
     doc = ctx.status.status_document(job_id)
     rows = result_rows(doc)
     results = ctx.storage.put_bytes(rows_jsonl(rows), JobKeys(job_id).results)
-    ctx.status.record_results(job_id, results)
-    doc["results"] = results
+    # Before the job's results are recorded: whoever waits for them finds the report there too.
     try:
         write_report(ctx.storage, doc, rows)
     except Exception:  # a convenience beside results.jsonl: `sam3v report JOB` makes it again
         log.exception("job %s: report.html not written", job_id)
+    ctx.status.record_results(job_id, results)
+    doc["results"] = results
     ctx.status.event(job_id, "job_completed", {"status": doc["status"], "counts": doc["counts"]})
     spec = ctx.status.job_spec(job_id)
     if spec.get("on_done"):  # once: only the transition that ended the job gets here
