@@ -309,3 +309,53 @@ def test_sam3v_report_makes_the_page_again(finished_job):
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == str(finished_job / "report.html")
     assert (finished_job / "report.html").read_text().count("<tr data-state") == 5
+
+
+def test_sam3v_report_of_a_job_in_redis_and_of_one_redis_forgot(tmp_path):
+    """`sam3v report JOB` against a real redis-server and local storage: from the job's status
+    document while Redis has it, from its results.jsonl in storage once it is forgotten."""
+    import redis
+
+    from pipeline.core.layout import JobKeys
+    from pipeline.core.results import results_jsonl
+    from pipeline.core.status import StatusStore
+    from pipeline.core.storage import LocalStorage
+    from tests.services import RedisServer
+
+    server = RedisServer(tmp_path / "redis")
+    (tmp_path / "redis").mkdir()
+    server.start()
+    try:
+        store = StatusStore(redis.Redis.from_url(server.url))
+        items = [{"id": "good", "video": "s3://b/good.mp4", "line": 1}, {"id": "bad", "video": "s3://b/bad.mp4", "line": 2}]
+        store.create_job("j1", "nightly", {}, items, [])
+        storage = LocalStorage(tmp_path / "data")
+        thumb = io.BytesIO()
+        Image.fromarray(np.random.default_rng(1).integers(0, 256, (90, 160, 3), dtype=np.uint8)).save(thumb, "WEBP")
+        uri = storage.put_bytes(thumb.getvalue(), JobKeys("j1").video("good").thumbnail(0))
+        store.update_video("j1", "good", status="succeeded", num_frames=9, num_objects=1, started=100.0, finished=103.0,
+                           objects_by_prompt={"dog": 1}, thumbnails=[uri])
+        store.update_video("j1", "bad", status="failed", error="no such <file>", started=100.0, finished=100.5)
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("SAM3V_")}, "SAM3V_BROKER_URL": server.url,
+               "SAM3V_STORAGE_URL": str(tmp_path / "data"), "SAM3V_CACHE": str(tmp_path / "cache")}
+
+        def report() -> str:
+            done = subprocess.run([sys.executable, "-m", "sam3v.cli", "report", "j1"], env=env, capture_output=True,
+                                  text=True, timeout=120)
+            assert done.returncode == 0, done.stderr
+            assert done.stdout.strip() == str(tmp_path / "data" / "j1" / "report.html")
+            return (tmp_path / "data" / "j1" / "report.html").read_text()
+
+        page = report()
+        assert page.index('data-state="failed"') < page.index('data-state="succeeded"')
+        assert "no such &lt;file&gt;" in page and "dog: 1" in page and "3.0 s" in page and "3.0</td>" in page
+        assert page.count("data:image/webp;base64,") == 1 and "nightly" in page
+
+        storage.put_bytes(results_jsonl(store.status_document("j1")), JobKeys("j1").results)
+        store.discard_job("j1")
+        (tmp_path / "data" / "j1" / "report.html").unlink()
+        again = report()
+        assert again.index('data-state="failed"') < again.index('data-state="succeeded"')
+        assert again.count("data:image/webp;base64,") == 1
+    finally:
+        server.stop()
