@@ -2,7 +2,8 @@
 
 The first, middle and last processed frame that has an object (of all processed frames when none
 has), decoded again from the source, drawn in the video's overlay style from masks.json's RLE and
-scaled to ``WIDTH`` pixels wide as WebP: a few KB each, so a 10,000-video report stays a few tens of MB.
+scaled to ``WIDTH`` pixels wide as WebP: 1.6-3.6 KB each (measured on the real clips with the tiny
+model's busy masks), about 20 MB for a report page of 2,000 videos.
 """
 
 from __future__ import annotations
