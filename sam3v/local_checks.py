@@ -1,5 +1,6 @@
 """What `sam3v segment` and `sam3v run` check before the model loads (17-23 s for real weights):
-prompts, the input file, the device and the model's source. None of it imports torch."""
+prompts (text and visual), the input file, the device and the model's source. None of it imports
+torch (but for counting the frames of a video whose header does not say, when visual prompts need it)."""
 
 from __future__ import annotations
 
@@ -7,14 +8,16 @@ import sys
 from pathlib import Path
 
 from pipeline.core.errors import InputError
+from pipeline.core.specs import VideoSpec
 
 DEVICES = ("auto", "cpu", "cuda")
 
 
-def check_prompts(prompts: list[str]) -> None:
-    """Empty ones; their token count needs the tokenizer and is checked with the model."""
-    if not prompts:
-        raise InputError("--prompt: at least one text prompt is required")
+def check_prompts(prompts: list[str], visual: bool = False) -> None:
+    """Empty ones; their token count needs the tokenizer and is checked with the model.
+    ``visual``: objects or exemplars are given, so no text prompt is needed."""
+    if not prompts and not visual:
+        raise InputError("--prompt: at least one text prompt is required (or --point, --box, --mask, --exemplar)")
     if any(not p.strip() for p in prompts):
         raise InputError("--prompt: a prompt is empty or whitespace")
 
@@ -32,11 +35,26 @@ def check_device(device: str) -> None:
         raise InputError("--device cuda: no CUDA device is available on this machine (use --device cpu)")
 
 
-def check_video(video: Path) -> None:
-    """Exists and is a video (ffprobe; the same reasons as the probe task)."""
+def check_video(video: Path):
+    """Exists and is a video (ffprobe; the same reasons as the probe task); its VideoInfo."""
     from workers.media.probe import probe
 
-    probe(video, name=str(video))
+    return probe(video, name=str(video))
+
+
+def check_visual_prompts(spec: VideoSpec, info, video: Path) -> None:
+    """The spec's objects and exemplars fit the video (``FieldError`` naming the field), as the
+    probe task checks them for a job."""
+    from pipeline.core.visual_prompts import check_against_video
+
+    frame_count = info.frames_expected
+    if frame_count is None:
+        # A container without a frame count (rare): counted as prepare counts it. That module
+        # imports torch, a few seconds the model load pays next anyway.
+        from workers.chunks.video_steps import count_frames
+
+        frame_count = count_frames(video, str(video))
+    check_against_video(spec, info.width, info.height, frame_count)
 
 
 def check_model(model: str) -> None:
@@ -45,9 +63,12 @@ def check_model(model: str) -> None:
     check_model_source(model)
 
 
-def check_segment(video: Path, prompts: list[str], model: str, device: str) -> None:
-    """Everything `sam3v segment` can refuse without the model, cheapest first."""
-    check_prompts(prompts)
+def check_segment(video: Path, spec: VideoSpec, model: str, device: str) -> None:
+    """Everything `sam3v segment` can refuse without the model, cheapest first. A visual prompt
+    that does not fit the video raises ``FieldError`` (the caller names its flag)."""
+    check_prompts(spec.prompts, spec.has_visual_prompts())
     check_device(device)
-    check_video(video)
+    info = check_video(video)
+    if spec.has_visual_prompts():
+        check_visual_prompts(spec, info, video)
     check_model(model)

@@ -28,14 +28,19 @@ from pipeline.core.layout import RESERVED_VIDEO_IDS, is_report_name
 from pipeline.core.prompt_tokens import prompt_problem
 from pipeline.core.specs import DEFAULT_MAX_PROMPTS, OPTION_FIELDS, VideoSpec, first_error, too_many_prompts
 from pipeline.core.uris import REMOTE, BadUri, Scheme, parse_uri
+from pipeline.core.visual_prompts import too_many
 
-FIELDS = {"id", "video", "input_video", "prompt", "prompts", *OPTION_FIELDS}
+# objects, exemplars: visual prompts (pipeline.core.visual_prompts), JSON arrays (a CSV cell holds the JSON).
+VISUAL_FIELDS = ("objects", "exemplars")
+FIELDS = {"id", "video", "input_video", "prompt", "prompts", *VISUAL_FIELDS, *OPTION_FIELDS}
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # fullmatch: "$" would let a trailing newline in
 _SLUG = re.compile(r"[^A-Za-z0-9._-]+")
 # What one video may store in Redis (its item: id, source, prompts, options), kept there for the
 # job's retention on the Redis that may also be the broker. A line within every field's own limits
 # (16 prompts of at most 1 KiB, ids of 128) stays far below; a longer URL is refused here.
+# Mask prompts are counted apart: one COCO RLE of a 1080p object is a few KB, a ragged one tens.
 MAX_ITEM_BYTES = 32 * 1024
+MAX_MASK_BYTES = 256 * 1024  # all of one video's mask prompts together (their counts strings)
 
 
 class Rejected(BaseModel):
@@ -80,9 +85,10 @@ def _default_id(line: int, video: str) -> str:
     return f"{line:06d}-{slug}"
 
 
-def _prompts(raw: dict, default_prompt: str | None, limit: int) -> list[str]:
+def _prompts(raw: dict, default_prompt: str | None, limit: int, visual: bool) -> list[str]:
     """The line's prompts, at most ``limit``; an absent, empty or whitespace-only prompt takes the
-    job's default."""
+    job's default, unless the line prompts visually (``visual``: objects or exemplars): a line
+    with only a box means that object alone."""
     prompts: list[str] = []
     if raw.get("prompts") is not None:
         value = raw["prompts"]
@@ -106,11 +112,45 @@ def _prompts(raw: dict, default_prompt: str | None, limit: int) -> list[str]:
         prompts = [raw["prompt"].strip()] if raw["prompt"].strip() else []
         if prompts and (problem := prompt_problem(prompts[0])):
             raise ValueError(f"prompt: {problem}")
-    if not prompts:
+    if not prompts and not visual:
         if default_prompt is None:
-            raise ValueError("prompt: missing, empty or whitespace, and the job has no default prompt (--prompt)")
+            raise ValueError("prompt: missing, empty or whitespace, and the job has no default prompt (--prompt); "
+                             "or give objects or exemplars")
         prompts = [default_prompt.strip()]
     return prompts
+
+
+def _visual(raw: dict) -> dict:
+    """The line's objects and exemplars as lists (a CSV cell holds JSON); the spec checks each entry."""
+    out = {}
+    for key in VISUAL_FIELDS:
+        value = raw.get(key)
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError as err:
+                raise ValueError(f"{key}: not valid JSON ({getattr(err, 'msg', err)})") from None
+        if value is None:
+            continue
+        if not isinstance(value, list):
+            raise ValueError(f"{key}: must be a JSON array of entries, not {type(value).__name__}")
+        if value:
+            out[key] = value
+    return out
+
+
+def _size_problem(spec: VideoSpec) -> str | None:
+    """Why the video's request is too large to keep in Redis; None when it is not."""
+    total = 0
+    for i, obj in enumerate(spec.objects):
+        total += len(obj.mask.counts) if obj.mask is not None else 0
+        if total > MAX_MASK_BYTES:
+            return f"objects[{i}].mask: the mask prompts up to here hold {total} bytes of RLE, at most {MAX_MASK_BYTES} per video"
+    size = len(spec.model_dump_json(exclude={"objects": {"__all__": {"mask"}}}))
+    if size > MAX_ITEM_BYTES:
+        return (f"the line is {size} bytes once read (mask prompts aside); a video's request is at most "
+                f"{MAX_ITEM_BYTES} (a very long video URL?)")
+    return None
 
 
 def _unknown(kind: str, name: str) -> str:
@@ -147,14 +187,17 @@ def _item(raw: dict, line: int, default_prompt: str | None, allow_local: bool, m
     fields = {k: v for k, v in raw.items() if k in OPTION_FIELDS}
     if isinstance(fields.get("outputs"), str):
         fields["outputs"] = [o.strip() for o in re.split(r"[,|]", fields["outputs"]) if o.strip()]
+    visual = _visual(raw)
     try:
-        spec = VideoSpec(id=vid, video=video, prompts=_prompts(raw, default_prompt, max_prompts), line=line, **fields)
+        spec = VideoSpec(id=vid, video=video, prompts=_prompts(raw, default_prompt, max_prompts, bool(visual)),
+                         line=line, **visual, **fields)
     except ValidationError as err:
         field, message = first_error(err)
         raise ValueError(f"{field}: {message}") from None
-    if (size := len(spec.model_dump_json())) > MAX_ITEM_BYTES:
-        raise ValueError(f"the line is {size} bytes once read; a video's request is at most {MAX_ITEM_BYTES} "
-                         "(a very long video URL?)")
+    if problem := too_many(len(spec.prompts), spec.objects, spec.exemplars, max_prompts):
+        raise ValueError(f"{problem[0]}: {problem[1]}")
+    if problem := _size_problem(spec):
+        raise ValueError(problem)
     return spec
 
 

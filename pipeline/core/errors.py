@@ -29,3 +29,20 @@ class Cancelled(Sam3vError):
 class WorkerFault(Sam3vError):
     """This worker cannot do any work (its model, GPU, disk or storage access is at fault), whatever
     the video: no video is failed for it; the task goes back to the queue and the worker stops."""
+
+
+def field_path(where: tuple) -> str:
+    """A field's name as messages give it: ("objects", 2, "box") -> "objects[2].box"."""
+    out = ""
+    for part in where:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+class FieldError(InputError):
+    """Bad input in one named field; ``where``: its path, for an entry point that names it in its
+    own terms (a flag, a manifest column)."""
+
+    def __init__(self, where: tuple, reason: str):
+        super().__init__(f"{field_path(where)}: {reason}")
+        self.where, self.reason = where, reason

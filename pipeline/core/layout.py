@@ -8,6 +8,7 @@
     {job}/{video}/masks.json                 outputs (OUTPUT_FILES)
     {job}/{video}/overlay.mp4, mask.mp4
     {job}/{video}/thumb-1.webp, -2, -3       overlay thumbnails of the first, middle and last frame with objects
+    {job}/{video}/coco.json, ytvis.json, davis.zip, mot.txt, objects/{id}.mkv   exports asked for
     {job}/{video}/work/chunks/{k:05d}/...    a chunk's frames.json, done.json and state/ (the tracker
     {job}/{video}/work/segments/{out}-{g:06d}.mp4   carried to chunk k+1); encoded parts on the grid
     uploads/{id}/{name}                      HTTP API uploads (``upload://{id}``)
@@ -24,7 +25,9 @@ from dataclasses import dataclass
 from pipeline.core.storage import join_key
 
 # What a video's outputs are called (API and results) and the file each is stored as.
-OUTPUT_FILES = {"masks": "masks.json", "overlay": "overlay.mp4", "mask": "mask.mp4"}
+# ``objects`` is a folder: one ``<object id>.mkv`` per object.
+OUTPUT_FILES = {"masks": "masks.json", "overlay": "overlay.mp4", "mask": "mask.mp4", "coco": "coco.json",
+                "ytvis": "ytvis.json", "davis": "davis.zip", "mot": "mot.txt", "objects": "objects"}
 RESULTS_NAME = "results.jsonl"
 STATUS_NAME = "status.json"  # an embedded job's final status document (sam3v run), beside results.jsonl
 REPORT_NAME = "report.html"

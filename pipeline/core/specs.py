@@ -8,14 +8,18 @@ workers read them back from the job's record. A field's error names the field
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
-from pipeline.core.errors import InputError
+from pipeline.core.errors import InputError, field_path
+from pipeline.core.visual_prompts import Exemplar, ObjectPrompt, check_object_ids, raise_at
 
-# Every output a request may ask for; masks.json ("rle") is always written.
-OUTPUT_NAMES = ("overlay", "mask", "rle")
 # The output videos, in the order they are rendered and listed.
 VIDEO_OUTPUTS = ("overlay", "mask")
+# masks.json in the formats other tools read, made from it by the finalize step (or later by
+# `sam3v export`): COCO, YouTube-VIS, DAVIS PNGs, MOTChallenge rows, one mask video per object.
+EXPORT_NAMES = ("coco", "ytvis", "davis", "mot", "objects")
+# Every output a request may ask for; masks.json ("rle") is always written.
+OUTPUT_NAMES = (*VIDEO_OUTPUTS, "rle", *EXPORT_NAMES)
 # How the overlay draws each object: a translucent fill (today's look), an opaque outline along its
 # edge, or both.
 OVERLAY_STYLES = ("fill", "outline", "both")
@@ -102,14 +106,35 @@ class VideoOptions(BaseModel):
         wanted = self.outputs or (("overlay",) if self.apply_mask else ("mask",))
         return [o for o in VIDEO_OUTPUTS if o in wanted]
 
+    def exports(self) -> list[str]:
+        """The exports to write beside masks.json, in EXPORT_NAMES order."""
+        return [o for o in EXPORT_NAMES if o in (self.outputs or ())]
+
 
 class VideoSpec(VideoOptions):
     """One video of a job: a manifest line, an API generation or a `sam3v segment` call."""
 
     id: str
     video: str  # where to read it: s3://, http(s)://, a storage: key or (embedded) a local path
-    prompts: list[str]
+    prompts: list[str] = []  # text concepts; may be empty when objects or exemplars are given
+    objects: list[ObjectPrompt] = []  # objects prompted visually (pipeline.core.visual_prompts)
+    exemplars: list[Exemplar] = []  # boxes that sharpen the text concepts
     line: int = 0  # the manifest line it came from (1-based; 0: not from a manifest)
+
+    @field_validator("objects")
+    @classmethod
+    def _one_entry_per_object_and_frame(cls, value):
+        check_object_ids(value)
+        return value
+
+    @model_validator(mode="after")
+    def _something_to_find(self):
+        if not (self.prompts or self.objects or self.exemplars):
+            raise_at(("prompts",), "give a text prompt, an object (points, a box or a mask) or an exemplar")
+        return self
+
+    def has_visual_prompts(self) -> bool:
+        return bool(self.objects or self.exemplars)
 
 
 def too_many_prompts(count: int, limit: int) -> str | None:
@@ -123,7 +148,7 @@ def too_many_prompts(count: int, limit: int) -> str | None:
 def first_error(err: ValidationError) -> tuple[str, str]:
     """(field, message) of a validation error's first problem."""
     first = err.errors()[0]
-    return ".".join(str(p) for p in first["loc"]), first["msg"].removeprefix("Value error, ")
+    return field_path(first["loc"]), first["msg"].removeprefix("Value error, ")
 
 
 def options_from_flags(**flags) -> VideoOptions:

@@ -1,29 +1,39 @@
 """Request bodies. ``model``, ``input_video``, ``prompt`` and ``apply_mask`` are exactly the hosted
-model's parameters; everything else is an optional, additive extra."""
+model's parameters; everything else is an optional, additive extra. ``prompt`` is required, as
+there, unless the request prompts visually (``objects`` or ``exemplars``)."""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pipeline.core.specs import OUTPUT_NAMES, OVERLAY_STYLES
 from pipeline.core.uris import REMOTE, Scheme, parse_uri
+from pipeline.core.visual_prompts import Exemplar, ObjectPrompt, check_object_ids, raise_at
 
 MODEL_ID = "sam-3-video"
 
 
+# Far above any real URL, far below what would bloat a generation's record (both are stored in Redis
+# and sent to workers; the webhook's is read on every delivery).
+MAX_URL_LENGTH = 4096
+
+
 class GenerationRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # The schema says what _something_to_find checks: prompt, or a visual prompt.
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "anyOf": [{"required": ["prompt"]}, {"required": ["objects"]}, {"required": ["exemplars"]}]})
 
     model: str = Field(MODEL_ID, description="Model id: sam-3-video.")
-    input_video: str = Field(..., json_schema_extra={"format": "uri"},
+    input_video: str = Field(..., max_length=MAX_URL_LENGTH, json_schema_extra={"format": "uri"},
                              description="Video to use as reference: an http(s):// URL, s3://bucket/key (buckets "
                                          "the server allows: SAM3V_API_S3_BUCKETS) or upload://<id> from POST "
                                          "/api/ai/uploads. Format: uri.",
                              examples=["https://example.com/winter_summer_ox.mp4"])
-    prompt: str = Field(..., description="Text description of what you want to segment out of the video.",
-                        examples=["the ox horns"])
+    prompt: str | None = Field(None, description="Text description of what you want to segment out of the video. "
+                                                 "Required unless objects or exemplars are given.",
+                               examples=["the ox horns"])
     apply_mask: bool = Field(True, description="Apply the mask on the image: result_url is the overlay video "
                                                "(true) or the white-on-black mask video (false).")
     num_generations: int = Field(1, ge=1, le=4, description="How many generations to queue (1-4).")
@@ -42,9 +52,18 @@ class GenerationRequest(BaseModel):
     overlay_style: Literal[OVERLAY_STYLES] = Field(
         "fill", description="How the overlay draws each object: fill (translucent, the default), outline or both.")
     labels: bool = Field(False, description="Write each object's id and prompt beside it on the overlay, in its colour.")
-    webhook_url: str | None = Field(None, json_schema_extra={"format": "uri"},
+    webhook_url: str | None = Field(None, max_length=MAX_URL_LENGTH, json_schema_extra={"format": "uri"},
                                     description="http(s) URL that gets a signed POST when the generation ends "
                                                 "(same address rules as input_video).")
+    objects: list[ObjectPrompt] | None = Field(
+        None, description="Objects to track, each given on a source frame by points (with labels 1 include / 0 "
+                          "exclude), a box [x, y, w, h] and/or a COCO RLE mask, in pixels of the displayed frame. "
+                          "Entries with the same id refine one object on several frames.",
+        examples=[[{"id": 1, "frame": 0, "box": [120, 40, 200, 180]}]])
+    exemplars: list[Exemplar] | None = Field(
+        None, description="Boxes [x, y, w, h] on a source frame around examples (positive) or counter-examples "
+                          "(positive: false) of the text concept.",
+        examples=[[{"frame": 0, "box": [120, 40, 200, 180], "positive": True}]])
 
     @field_validator("input_video")
     @classmethod
@@ -68,10 +87,23 @@ class GenerationRequest(BaseModel):
 
     @field_validator("prompt")
     @classmethod
-    def _prompt(cls, value: str) -> str:
-        if not value.strip():
+    def _prompt(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
             raise ValueError("must not be empty")
-        return value.strip()
+        return value.strip() if value is not None else None
+
+    @field_validator("objects")
+    @classmethod
+    def _objects(cls, value):
+        check_object_ids(value or [])
+        return value
+
+    @model_validator(mode="after")
+    def _something_to_find(self):
+        # The hosted API requires prompt; it stays required for a request that prompts only by text.
+        if self.prompt is None and not (self.objects or self.exemplars):
+            raise_at(("prompt",), "Field required (or give objects or exemplars)")
+        return self
 
     @field_validator("prompts")
     @classmethod
@@ -83,7 +115,7 @@ class GenerationRequest(BaseModel):
     def all_prompts(self) -> list[str]:
         """prompt, then the extras not seen before. Linear: the count is checked only after this
         (SAM3V_MAX_PROMPTS, in the manifest line), and a 1 MB body holds 100,000 prompts."""
-        return list(dict.fromkeys([self.prompt, *(self.prompts or [])]))
+        return list(dict.fromkeys(p for p in (self.prompt, *(self.prompts or [])) if p is not None))
 
     def manifest_line(self, video: str | None = None) -> dict:
         """The pipeline's manifest line; ``video``: where workers read input_video (an upload's location)."""
@@ -98,6 +130,9 @@ class GenerationRequest(BaseModel):
         for key in ("outputs", "max_frames", "chunk_frames", "detection_threshold"):
             if getattr(self, key) is not None:
                 line[key] = getattr(self, key)
+        for key in ("objects", "exemplars"):
+            if getattr(self, key):
+                line[key] = [entry.model_dump(exclude_none=True) for entry in getattr(self, key)]
         return line
 
 

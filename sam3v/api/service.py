@@ -93,7 +93,9 @@ class Generations:
                                 max_prompts=self.settings.max_prompts)
         if parsed.rejected:
             reason = parsed.rejected[0].reason
-            raise APIError(422, "invalid_request", reason, field=reason.split(":", 1)[0])
+            # The field as the request's own validation names it (objects[2].box -> objects.2.box).
+            field = re.sub(r"\[(\d+)\]", r".\1", reason.split(":", 1)[0])
+            raise APIError(422, "invalid_request", reason, field=field)
         items = [i.model_dump() for i in parsed.items]
         gen_id = self.store.new_job_id()
         now = time.time()

@@ -15,6 +15,13 @@ from sam3v.cli.common import (
     progress_bar,
     user_errors,
 )
+from sam3v.cli.visual_flags import (
+    BOX_FORM,
+    EXEMPLAR_FORM,
+    MASK_FORM,
+    POINT_FORM,
+    read_visual_flags,
+)
 
 app = typer.Typer()
 
@@ -24,7 +31,9 @@ def _parse_outputs(value: Optional[str]) -> Optional[tuple[str, ...]]:
         return None
     items = tuple(v.strip() for v in value.split(",") if v.strip())
     if not items:
-        raise InputError("--outputs: give at least one of overlay, mask, rle")
+        from pipeline.core.specs import OUTPUT_NAMES
+
+        raise InputError(f"--outputs: give at least one of {', '.join(OUTPUT_NAMES)}")
     return items
 
 
@@ -47,17 +56,29 @@ def _options(apply_mask, outputs, max_frames, chunk_frames, mask_opacity, start_
                               overlay_style=overlay_style, labels=labels)
 
 
-def _check_prompt_count(prompts: list[str], limit: int) -> None:
-    """Refused before the model loads: each prompt costs model time on every frame, and the text
-    encoder takes 32 tokens."""
+def _check_prompt_count(prompts: list[str], visual, limit: int) -> None:
+    """Refused before the model loads: each prompt and object costs model time on every frame, and
+    the text encoder takes 32 tokens. ``visual``: the VisualFlags read."""
     from pipeline.core.prompt_tokens import prompt_problem
     from pipeline.core.specs import too_many_prompts
+    from pipeline.core.visual_prompts import too_many
 
     if problem := too_many_prompts(len(prompts), limit):
         raise InputError(f"--prompt: {problem}")
+    if problem := too_many(len(prompts), visual.objects, visual.exemplars, limit):
+        flag = {"exemplars": "--exemplar", "objects": "--point/--box/--mask"}.get(problem[0], "--prompt")
+        raise InputError(f"{flag}: {problem[1]}")
     for prompt in prompts:
         if prompt.strip() and (problem := prompt_problem(prompt.strip())):
             raise InputError(f"--prompt: {problem}")
+
+
+def _spec(video: Path, prompts: list[str], visual, opts):
+    """The request `sam3v segment` runs, as a job's would be: options, text and visual prompts."""
+    from pipeline.core.specs import VideoSpec
+
+    return VideoSpec(id="segment", video=str(video), prompts=[p.strip() for p in prompts], objects=visual.objects,
+                     exemplars=visual.exemplars, **opts.model_dump())
 
 
 def _print_summary(result) -> None:
@@ -77,14 +98,36 @@ def _print_summary(result) -> None:
 @user_errors
 def segment(
     video: Annotated[Path, typer.Argument(help="Input video file.")],
-    prompt: Annotated[list[str], typer.Option("--prompt", "-p", help="Text concept to find; repeat for several.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory (created if missing).")],
+    prompt: Annotated[Optional[list[str]], typer.Option(
+        "--prompt", "-p", help="Text concept to find; repeat for several. Needed unless --point, --box, --mask or "
+                               "--exemplar is given.")] = None,
+    point: Annotated[Optional[list[str]], typer.Option(
+        metavar=POINT_FORM,
+        help="A click on the object to track, on source frame FRAME at pixel X,Y of the displayed frame; LABEL 1 "
+             "(default) includes the spot, 0 excludes it. Repeat for several; clicks with the same FRAME and @ID "
+             "(or none) are one object, with a --box or --mask of the same FRAME and @ID too. "
+             "E.g. --point 40:320,200 --point 40:300,260:0")] = None,
+    box: Annotated[Optional[list[str]], typer.Option(
+        metavar=BOX_FORM,
+        help="A box around the object to track on source frame FRAME: X,Y its top-left corner, W,H its size, in "
+             "pixels of the displayed frame (as bbox in masks.json). The same @ID on other frames refines the same "
+             "object. E.g. --box 0:120,40,200,180@1")] = None,
+    mask: Annotated[Optional[list[str]], typer.Option(
+        metavar=MASK_FORM,
+        help="The object to track as a PNG of the frame's size (any non-black pixel is the object) on source frame "
+             "FRAME. E.g. --mask 0:dog.png@1")] = None,
+    exemplar: Annotated[Optional[list[str]], typer.Option(
+        metavar=EXEMPLAR_FORM,
+        help="A box around an example of the --prompt concept on source frame FRAME, or with :neg around "
+             "something that is not one. E.g. --exemplar 0:120,40,200,180")] = None,
     model: Annotated[str, typer.Option(help="Model directory (save_pretrained layout) or Hugging Face id.",
                                        envvar="SAM3V_MODEL")] = "facebook/sam3",
     apply_mask: Annotated[bool, typer.Option("--apply-mask/--no-apply-mask",
                                              help="Overlay colored masks on the video (default) or write the "
                                                   "white-on-black mask video.")] = True,
-    outputs: Annotated[Optional[str], typer.Option(help="Comma-separated set of overlay, mask, rle. "
+    outputs: Annotated[Optional[str], typer.Option(help="Comma-separated set of overlay, mask, rle, and the exports "
+                                                        "coco, ytvis, davis, mot, objects (README, Formats). "
                                                         "Default: the one --apply-mask picks. masks.json is always written.")] = None,
     start_frame: Annotated[int, typer.Option(
         help="First frame to process (0-based index in the video). The output videos cover only the "
@@ -117,12 +160,20 @@ def segment(
         raise InputError(f"{video} is a directory, not a video file")
     opts = _options(apply_mask, outputs, max_frames, chunk_frames, mask_opacity, start_frame, detection_threshold,
                     overlay_style, labels)
+    from pipeline.core.errors import FieldError
     from pipeline.core.settings import get_settings
-    from sam3v.local_checks import check_segment
+    from sam3v.local_checks import check_prompts, check_segment
 
     settings = get_settings()
-    _check_prompt_count(prompt, settings.max_prompts)
-    check_segment(video, prompt, model, device)  # before torch and the model load
+    prompt = prompt or []
+    visual = read_visual_flags(point or [], box or [], mask or [], exemplar or [])
+    check_prompts(prompt, bool(visual))
+    _check_prompt_count(prompt, visual, settings.max_prompts)
+    spec = _spec(video, prompt, visual, opts)
+    try:
+        check_segment(video, spec, model, device)  # before torch and the model load
+    except FieldError as err:  # a visual prompt the video cannot hold: say which flag
+        raise visual.flag_error(err) from None
     from pipeline.core.storage import LocalStorage
     from workers.chunks.video_steps import segment_video
     from workers.model.loading import load_model
@@ -138,7 +189,8 @@ def segment(
             elapsed = bar.tasks[0].elapsed or 0.0
             bar.update(task, completed=done, total=total, fps=done / elapsed if elapsed else 0.0)
 
-        result = segment_video(video, loaded, opts, prompt, LocalStorage(out), progress=report,
+        # The spec is the options (a VideoOptions) with the visual prompts (spec.objects, spec.exemplars).
+        result = segment_video(video, loaded, spec, prompt, LocalStorage(out), progress=report,
                                part_frames=settings.part_frames, decoder=settings.decoder,
                                frame_batch=frame_batch or settings.frame_batch, max_batch=settings.max_batch)
     _print_summary(result)

@@ -195,7 +195,7 @@ class ChunkRunner:
         self.render = RenderStage(self.workdir, job.videos, spec, self.log, _part_publisher(self.artifacts, self.work),
                                   known_prompts=self.carry.object_prompts)
         self.pending = {entry["frame"]: entry for entry in self.carry.pending}
-        self.stream = self.engine.open_stream(self.tracker, job.frame_batch,
+        self.stream = self.engine.open_feed(self.tracker, job.frame_batch,
                                               _after_step(self.tracker, origin, self.progress, self.should_stop),
                                               self.alone, f"chunk {chunk.index}")
         # Whole detector groups: the frames of the first and last group outside [start, stop) are
@@ -333,9 +333,9 @@ class ChunkRunner:
         self.artifacts.put_bytes(self.log.to_json(), self.work.frames(k))
         if not self.last:
             self._publish_state(emitted_to)
+        warnings = [w for w in (self.reader.warning, self.tracker.object_cap_warning()) if w]
         result = ChunkResult(k, (self.carry.emitted_to, emitted_to), self.ended, self.seen if self.last else None,
-                             self.reader.backend, self.render.codec,
-                             [self.reader.warning] if self.reader.warning else [], self.timings)
+                             self.reader.backend, self.render.codec, warnings, self.timings)
         self.artifacts.put_bytes(json.dumps(asdict(result)).encode(), self.work.done(k))
         return result
 

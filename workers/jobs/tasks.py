@@ -34,6 +34,7 @@ from pipeline.core.heartbeats import Heartbeats
 from pipeline.core.layout import JobKeys, VideoKeys
 from pipeline.core.planning import PART_FRAMES, Chunk
 from pipeline.core.specs import VideoSpec
+from pipeline.core.visual_prompts import check_against_video
 from workers.jobs import sweeper  # noqa: F401  (publish hooks and the sweeper thread of worker masters)
 from workers.jobs.cancel_cleanup import close_cancelled, drop_finished_work
 from workers.jobs.chunk_watch import progress_reporter, soft_deadline, stop_check
@@ -51,6 +52,11 @@ from workers.jobs.task_policy import (
 )
 
 log = logging.getLogger(__name__)
+
+
+def _merged(recorded: list[str], new: list[str]) -> list[str]:
+    """A video's warnings after one more chunk: each once, however many chunks repeat it."""
+    return recorded + [w for w in new if w not in recorded]
 
 
 def _spec(ctx: Context, job_id: str, video_id: str) -> VideoSpec:
@@ -72,6 +78,10 @@ def probe_task(self, job_id: str, video_id: str, attempt: int = 0) -> None:
         source = stage_source(ctx.storage, ctx.settings, job_id, video_id, {"video": spec.video})
         path = local_source(ctx.storage, ctx.settings, source, job_id, video_id)
         plan = prepare(path, spec, spec.video, ctx.settings.chunk_seconds)
+        # A visual prompt the video cannot hold (a frame past its end, a box outside it) fails the
+        # video here, before any chunk: the request could not be checked without the video.
+        check_against_video(spec, plan.info.width, plan.info.height,
+                            plan.info.frames_expected or spec.start_frame + plan.num_frames)
         ctx.status.update_video(job_id, video_id, fence=attempt, source=source, frames_total=plan.num_frames,
                                 frames_done=0, chunks_total=len(plan.chunks), chunks_done=0,
                                 part_frames=ctx.settings.part_frames, frame_batch=ctx.settings.frame_batch)
@@ -138,7 +148,7 @@ def segment_chunk_task(self, job_id: str, video_id: str, k: int, start: int, sto
             return err  # beside other streams: run again alone (below), not counted
         warnings = result.warnings if result else []
         ctx.status.update_video(job_id, video_id, fence=attempt, frames_done=min(stop - spec.start_frame, num_frames),
-                                chunks_done=k + 1, warnings=(entry.get("warnings") or []) + warnings)
+                                chunks_done=k + 1, warnings=_merged(entry.get("warnings") or [], warnings))
 
     def uncount() -> None:
         """The outage stopped this start before the chunk was done: it will start again, once."""

@@ -17,7 +17,8 @@ router = APIRouter(tags=["models"])
 def model_object() -> dict:
     return {
         "id": MODEL_ID, "object": "model", "name": "Segment Anything 3 - Video", "owned_by": "sam3v",
-        "description": "Detects, segments and tracks every instance of a text concept across video frames.",
+        "description": ("Detects, segments and tracks every instance of a text concept, and objects given by "
+                        "points, boxes or masks, across video frames."),
         "task": "video_segmentation", "input_modalities": ["video", "text"], "output_modalities": ["video"],
         "json_request_schema": request_schema(),
     }
