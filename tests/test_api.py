@@ -665,6 +665,16 @@ def test_embedded_mode_smoke(env, inputs, tmp_path):  # noqa: F811
             assert doc["result_url"] == f"{api['base']}/api/ai/queue/{gen_id}/files/overlay"
             assert httpx.get(doc["result_url"]).status_code == 401
             assert httpx.get(doc["result_url"], headers=A).content[4:8] == b"ftyp"
+            # The generation's report: written by the worker that ended it, just after its state.
+            report_url = f"{api['base']}/api/ai/queue/{gen_id}/files/report.html"
+            assert httpx.get(report_url).status_code == 401
+            end = time.monotonic() + 20
+            while (report := httpx.get(report_url, headers=A)).status_code == 404 and time.monotonic() < end:
+                time.sleep(0.2)
+            assert report.status_code == 200, report.text
+            assert report.headers["content-type"].startswith("text/html")
+            assert report.headers["content-security-policy"].startswith("default-src 'none'")
+            assert '<tr data-state="succeeded"' in report.text and "data:image/webp;base64," in report.text
             next(p for p in (tmp_path / "data").rglob("overlay.mp4") if gen_id in str(p)).unlink()
             gone = httpx.get(doc["result_url"], headers=A)
             assert gone.status_code == 404 and "no longer in storage" in gone.json()["error"]["message"], gone.text

@@ -14,7 +14,7 @@ from sam3v.api.errors import APIError
 from sam3v.api.schemas import GenerationRequest
 from sam3v.api.uploads import resolve_upload
 from pipeline.core.errors import InputError
-from pipeline.core.layout import VideoKeys, output_name
+from pipeline.core.layout import REPORT_NAME, JobKeys, VideoKeys, output_name
 from pipeline.control.manifest import parse_manifest
 from pipeline.control.lifecycle import cancel_job
 from pipeline.control.producer import enqueue_videos, retry_videos
@@ -206,6 +206,8 @@ class Generations:
         retry_videos(self.celery, self.store, gen_id, [VIDEO_ID], LANE)
 
     def file(self, gen_id: str, name: str) -> tuple[str, Path | None]:
+        if name == REPORT_NAME:
+            return self._report(gen_id)
         name = output_name(name)
         video = self.store.video(gen_id, VIDEO_ID)
         if video.get("status") != "succeeded" or name not in (video.get("outputs") or {}):
@@ -215,3 +217,11 @@ class Generations:
             raise APIError(404, "not_found", f"generation {gen_id}: output {name!r} is no longer in storage")
         local = None if self.presigned else Path(self.storage.uri(key))
         return key, local
+
+    def _report(self, gen_id: str) -> tuple[str, Path | None]:
+        """The generation's report.html, written when it ended (any end: a failed one has a report too)."""
+        key = JobKeys(gen_id).report()
+        if self.store.video(gen_id, VIDEO_ID).get("status") not in TERMINAL or not self.storage.exists(key):
+            raise APIError(404, "not_found", f"generation {gen_id} has no report yet: it is written when it ends")
+        # Served by this API even with S3 (no presigned URL): the page must carry our headers (CSP).
+        return key, None

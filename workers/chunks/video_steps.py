@@ -35,6 +35,7 @@ from pipeline.core.specs import EXPORT_NAMES, VIDEO_OUTPUTS, VideoOptions
 from pipeline.core.storage import LocalStorage, Storage
 from workers.chunks.chunk_runner import ChunkInputs, ChunkResult, run_chunk_inputs
 from workers.chunks.finalize import finalize_video
+from workers.media.composite import OverlayStyle
 from workers.media.encode import EncoderSettings
 from workers.media.probe import VideoInfo, probe
 from workers.model.engine import engine_for
@@ -59,6 +60,8 @@ class Finalized:
     num_objects: int
     num_chunks: int
     audio: str | None
+    thumbnails: list[str] = field(default_factory=list)  # URIs, beside masks.json (the job's report)
+    objects_by_prompt: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -113,6 +116,7 @@ def document_header(loaded: LoadedModel, opts: VideoOptions, prompts: list[str])
     params = {"prompts": prompts, "apply_mask": opts.apply_mask, "outputs": opts.video_outputs() + ["rle"] + opts.exports(),
               "start_frame": opts.start_frame, "max_frames": opts.max_frames, "mask_opacity": opts.mask_opacity,
               "detection_threshold": opts.detection_threshold,
+              "overlay_style": opts.overlay_style, "labels": opts.labels,
               "device": loaded.device.type, "hotstart_delay": loaded.hotstart_delay,
               "postprocess": loaded.postprocess.params()}
     return model, params
@@ -136,7 +140,7 @@ class VideoRun:
         o = self.opts
         return ChunkInputs(self.info, chunk, self.num_frames, self.prompts, o.video_outputs(), o.mask_opacity,
                            EncoderSettings(), self.part_frames, o.start_frame, o.detection_threshold, self.decoder,
-                           self.frame_batch)
+                           self.frame_batch, OverlayStyle.of(o.overlay_style, o.labels))
 
 
 def chunk_done(artifacts: Storage, work: WorkKeys, k: int) -> dict | None:
@@ -186,10 +190,14 @@ def finalize(info: VideoInfo, header: dict, artifacts: Storage, work: WorkKeys, 
     see ``finalize_video``."""
     chunks = chunks_run(artifacts, work, planned_chunks)
     outputs = header["params"]["outputs"]
-    document, uris, audio = finalize_video(info, artifacts, work, chunks, [o for o in outputs if o in VIDEO_OUTPUTS],
-                                           header["model"], header["params"], header["prompts"], out, out_prefix,
-                                           part_frames, claim, [o for o in outputs if o in EXPORT_NAMES])
-    return Finalized(uris, document["video"]["num_frames"], len(document["objects"]), chunks, audio)
+    document, uris, audio, thumbnails = finalize_video(
+        info, artifacts, work, chunks, [o for o in outputs if o in VIDEO_OUTPUTS], header["model"], header["params"],
+        header["prompts"], out, out_prefix, part_frames, claim, [o for o in outputs if o in EXPORT_NAMES])
+    per_prompt = dict.fromkeys(document["prompts"], 0)
+    for obj in document["objects"]:
+        per_prompt[obj["prompt"]] = per_prompt.get(obj["prompt"], 0) + 1
+    return Finalized(uris, document["video"]["num_frames"], len(document["objects"]), chunks, audio, thumbnails,
+                     per_prompt)
 
 
 # --- the local driver ----------------------------------------------------------------------------

@@ -191,7 +191,8 @@ def finalize_task(self, job_id: str, video_id: str, planned_chunks: int, attempt
         final = finalize(info, entry["header"], ctx.storage, keys.work, planned_chunks, ctx.storage, keys.prefix,
                          entry.get("part_frames") or PART_FRAMES, claim)
         finish_video(ctx, job_id, video_id, attempt, status="succeeded", outputs=final.outputs,
-                     num_frames=final.num_frames, num_objects=final.num_objects, frames_done=final.num_frames)
+                     num_frames=final.num_frames, num_objects=final.num_objects, frames_done=final.num_frames,
+                     objects_by_prompt=final.objects_by_prompt, thumbnails=final.thumbnails)
 
     guarded(self, ctx, job_id, video_id, attempt, "finalize", step)
     # After the video is recorded: a retried finalize must still find the chunks if recording failed.
