@@ -366,6 +366,31 @@ def test_start_frame_and_detection_threshold_reach_the_pipeline(api, inputs):
     assert doc["status"] == "failed" and "start_frame" in doc["error_message"], doc
 
 
+def test_exports_download_one_object_video_each(api, inputs):
+    """The ``objects`` export is a folder: result_urls lists each object's video, the files route
+    serves it (and the other exports with their own media types), and nothing else under it."""
+    gen = enqueue(api, {"input_video": f"{inputs['base']}/clip.mp4", "prompt": "dog", "max_frames": 3,
+                        "detection_threshold": 0.0, "outputs": ["rle", "objects", "mot"]})
+    doc = wait(api, gen)
+    assert doc["status"] == "succeeded", doc
+    masks = httpx.get(doc["result_urls"]["masks"]).json()
+    ids = sorted(o["id"] for o in masks["objects"])
+    assert ids, "no object found: the listing below would hold on nothing"
+    urls = doc["result_urls"]
+    assert "objects" not in urls and sorted(n for n in urls if n.startswith("objects/")) == sorted(
+        f"objects/{i}.mkv" for i in ids), urls
+    assert httpx.get(urls[f"objects/{ids[0]}.mkv"]).content[:4] == b"\x1aE\xdf\xa3"  # Matroska
+    base = f"{api['base']}/api/ai/queue/{gen}/files"
+    r = httpx.get(f"{base}/objects/{ids[0]}.mkv", headers=A)
+    assert r.status_code == 200 and r.headers["content-type"] == "video/x-matroska" and r.content[:4] == b"\x1aE\xdf\xa3"
+    r = httpx.get(f"{base}/mot", headers=A)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain") and r.text.startswith("1,")
+    for bad in ("objects", "objects/x.mkv", "objects/1.json", "objects/..%2Fmasks.json"):
+        r = httpx.get(f"{base}/{bad}", headers=A)
+        assert r.status_code == 404, (bad, r.status_code, r.text)
+    assert httpx.get(f"{base}/objects/{ids[0]}.mkv", headers=B).status_code == 404  # another key's generation
+
+
 def test_uploads_are_inputs_for_their_key_only(api, inputs, media_dir):
     base = api["base"]
     clip = media.clip(media_dir, FRAMES + 2)

@@ -48,6 +48,9 @@ def owner_key(owner: str) -> str:
     return f"sam3v:gen:owner:{owner}"
 
 
+# One object's mask video in the ``objects`` export: its id, nothing else (never a path).
+OBJECT_FILE = re.compile(r"[0-9]{1,10}\.mkv")
+
 class Generations:
     def __init__(self, settings, redis_client, celery_app, storage):
         self.settings = settings
@@ -120,10 +123,18 @@ class Generations:
         return meta
 
     def urls(self, gen_id: str, outputs: dict, base_url: str) -> dict[str, str]:
+        """name -> where to download it. ``objects`` is a folder: one entry per object's video
+        (``objects/3.mkv``), never a link to the folder itself (there is nothing to download there)."""
+        keys = VideoKeys(gen_id, VIDEO_ID)
+        names = [n for n in outputs if n != "objects"]
+        if "objects" in outputs:
+            folder = keys.output("objects")
+            names += [f"objects/{key.rsplit('/', 1)[-1]}" for key in self.storage.list(folder)
+                      if OBJECT_FILE.fullmatch(key.rsplit("/", 1)[-1])]
         out = {}
-        for name in outputs:
+        for name in names:
             if self.presigned:
-                out[name] = self.storage.url(VideoKeys(gen_id, VIDEO_ID).output(name), self.settings.api_url_expires)
+                out[name] = self.storage.url(keys.output(name), self.settings.api_url_expires)
             else:
                 out[name] = f"{base_url.rstrip('/')}/api/ai/queue/{gen_id}/files/{name}"
         return out
@@ -208,11 +219,16 @@ class Generations:
     def file(self, gen_id: str, name: str) -> tuple[str, Path | None]:
         if name == REPORT_NAME:
             return self._report(gen_id)
-        name = output_name(name)
-        video = self.store.video(gen_id, VIDEO_ID)
-        if video.get("status") != "succeeded" or name not in (video.get("outputs") or {}):
+        folder, _, object_file = name.partition("/")
+        if object_file and (folder != "objects" or not OBJECT_FILE.fullmatch(object_file)):
             raise APIError(404, "not_found", f"generation {gen_id} has no output {name!r}")
-        key = VideoKeys(gen_id, VIDEO_ID).output(name)
+        name = output_name(folder)
+        video = self.store.video(gen_id, VIDEO_ID)
+        if video.get("status") != "succeeded" or name not in (video.get("outputs") or {}) \
+                or (name == "objects") != bool(object_file):
+            raise APIError(404, "not_found", f"generation {gen_id} has no output {name!r}"
+                           + (" (its files are objects/<id>.mkv)" if name == "objects" and not object_file else ""))
+        key = VideoKeys(gen_id, VIDEO_ID).output(f"objects/{object_file}" if object_file else name)
         if not self.storage.exists(key):  # deleted since (a lifecycle rule, a person): say so, not 500
             raise APIError(404, "not_found", f"generation {gen_id}: output {name!r} is no longer in storage")
         local = None if self.presigned else Path(self.storage.uri(key))
