@@ -15,8 +15,9 @@ $(VENV)/.installed: pyproject.toml
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v jq >/dev/null || missing="$$missing jq"; \
 	command -v curl >/dev/null || missing="$$missing curl"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
-	  echo "installing Debian packages:$$missing (ffmpeg for video; redis-server, jq, curl for the tests)"; \
+	  echo "installing Debian packages:$$missing (ffmpeg for video; redis-server, jq, curl for the tests; chromium opens report.html in tests/test_report.py)"; \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q $$missing; \
 	  else sudo apt-get update -q && sudo apt-get install -y -q $$missing; fi; fi
 	$(PYTHON) -m venv $(VENV)

@@ -4,6 +4,8 @@ Our stage is given the decoded frames and masks (with their boxes) in memory, as
 the model's frames are reused, and does the overlay + the piped libx264 encode in grid segments as
 in a run. The RLE encoding of the masks (part of the mask stage, not of compositing) is timed
 separately and printed for reference. Target: at most 1.15x ffmpeg's time.
+The drawing alone (no encode) is then timed per overlay style (fill, outline, both, both + labels),
+in ms a frame, for what --overlay-style and --labels cost on the hot path.
 Run: .venv/bin/python -m benchmarks.bench_composite [VIDEO]
 """
 
@@ -19,6 +21,7 @@ import numpy as np
 
 from benchmarks.common import VIDEO_720P, interleaved, machine
 from pipeline.core.planning import PART_FRAMES
+from workers.media.composite import OverlayStyle, overlay
 from workers.media.decode import open_reader, yuv_capable
 from workers.media.encode import EncoderSettings
 from workers.media.frame_objects import FrameObjects
@@ -37,6 +40,21 @@ def moving_masks(n: int, height: int, width: int) -> list[FrameObjects]:
         box = np.zeros((height, width), bool)
         box[height // 8: height // 3, int(width * 0.6) + i % 50: int(width * 0.85)] = True
         out.append(FrameObjects(i, [0, 1], [0.9, 0.8], ["a", "b"], np.stack([disc, box & ~disc])))
+    return out
+
+
+def style_costs(frames, found, entries) -> dict[str, float]:
+    """ms a frame of ``overlay`` alone (RGB, on a copy, as the non-yuv path draws) for each style."""
+    styles = {"fill": OverlayStyle.of("fill"), "outline": OverlayStyle.of("outline"),
+              "both": OverlayStyle.of("both"), "both+labels": OverlayStyle.of("both", True)}
+    out = {}
+    for name, style in styles.items():
+        start = time.perf_counter()
+        for frame, entry in zip(frames, entries):
+            objs = found[frame.index]
+            overlay(frame.rgb, objs.object_ids, objs.masks, 0.5, [o["bbox"] for o in entry["objects"]],
+                    style=style, prompts=objs.prompts)
+        out[name] = (time.perf_counter() - start) * 1000 / len(frames)
     return out
 
 
@@ -71,6 +89,8 @@ def main() -> None:
     print(f"ffmpeg decode + libx264        : {t_ff:6.2f} s")
     print(f"sam3v composite + encode       : {t_ours:6.2f} s   (RLE of the same masks, separately: {rle_seconds:.2f} s)")
     print(f"ratio (ours / ffmpeg, lower is better, target <= 1.15): {t_ours / t_ff:.2f}x")
+    costs = style_costs(frames, found, entries)
+    print("overlay drawing alone, ms/frame: " + ", ".join(f"{k} {v:.2f}" for k, v in costs.items()))
 
 
 if __name__ == "__main__":

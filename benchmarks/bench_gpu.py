@@ -227,7 +227,7 @@ def gpu_memory(device: torch.device) -> Iterator[dict]:
 
 
 @dataclass
-class Stream:
+class TrackedVideo:
     """One video being tracked, whichever path: push(frame_idx, rgb) -> finished frames."""
 
     push: Callable
@@ -239,15 +239,15 @@ class Stream:
 
 
 @dataclass
-class StreamRun:
+class TrackedRun:
     frames: int = 0
     end: float = 0.0
     tracked: list[int] = field(default_factory=list)  # objects in the tracker, after each push
     output: list[int] = field(default_factory=list)  # objects in each finished frame
 
 
-def _drive(device: torch.device, stream: Stream, frames: Frames, start: int, warmup: int, measured: int,
-           ready: threading.Barrier, go: threading.Barrier, done: threading.Barrier, result: StreamRun) -> None:
+def _drive(device: torch.device, stream: TrackedVideo, frames: Frames, start: int, warmup: int, measured: int,
+           ready: threading.Barrier, go: threading.Barrier, done: threading.Barrier, result: TrackedRun) -> None:
     idx = start
     for _ in range(warmup):
         stream.push(idx, frames(idx))
@@ -265,14 +265,14 @@ def _drive(device: torch.device, stream: Stream, frames: Frames, start: int, war
     stream.close()  # untimed
 
 
-def run_streams(device: torch.device, frames: Frames, streams: list[Stream], start: int,
-                warmup: int, measured: int, on_start: Callable[[], None]) -> tuple[float, list[StreamRun]]:
+def run_streams(device: torch.device, frames: Frames, streams: list[TrackedVideo], start: int,
+                warmup: int, measured: int, on_start: Callable[[], None]) -> tuple[float, list[TrackedRun]]:
     """Drive each stream in its own thread from frame ``start``: ``warmup`` untimed frames,
     then ``measured`` timed frames, all streams starting together (``on_start`` just before).
     Returns (start time, runs)."""
     k = len(streams)
     ready, go, done = (threading.Barrier(k + 1) for _ in range(3))
-    runs = [StreamRun() for _ in streams]
+    runs = [TrackedRun() for _ in streams]
     errors: list[BaseException] = []
 
     def body(stream, result):
@@ -316,7 +316,7 @@ def _mean(values: list[int]) -> float | None:
     return round(sum(values) / len(values), 3) if values else None
 
 
-def figure_of(t0: float, runs: list[StreamRun]) -> Figure:
+def figure_of(t0: float, runs: list[TrackedRun]) -> Figure:
     end = max(r.end for r in runs)
     total = sum(r.frames for r in runs)
     return Figure(
@@ -330,7 +330,7 @@ def figure_of(t0: float, runs: list[StreamRun]) -> Figure:
 
 # --- the two paths ------------------------------------------------------------------------------
 
-def baseline_stream(loaded: LoadedModel, frames: Frames) -> Stream:
+def baseline_stream(loaded: LoadedModel, frames: Frames) -> TrackedVideo:
     """038fd06's loop as its chunk.py ran it: push, then prune, frame by frame."""
     tracker = FrozenTracker(loaded, [PROMPT], frames.height, frames.width)
 
@@ -339,7 +339,7 @@ def baseline_stream(loaded: LoadedModel, frames: Frames) -> Stream:
         frozen_prune(tracker, idx)
         return finished
 
-    return Stream(push, tracker.flush, tracker)
+    return TrackedVideo(push, tracker.flush, tracker)
 
 
 def warm_tracker(loaded: LoadedModel, frames: Frames, count: int) -> VideoTracker:
@@ -351,12 +351,12 @@ def warm_tracker(loaded: LoadedModel, frames: Frames, count: int) -> VideoTracke
     return tracker
 
 
-def engine_stream(engine, loaded: LoadedModel, warm: VideoTracker, frame_batch: int) -> Stream:
+def engine_stream(engine, loaded: LoadedModel, warm: VideoTracker, frame_batch: int) -> TrackedVideo:
     """A stream continuing ``warm``, pruned after each step as a chunk's stream is."""
     # Capture copies every tensor, so each stream owns its state (restore alone may share them on CPU).
     tracker = TrackerState.capture(warm).restore(loaded)
-    stream = engine.open_stream(tracker, frame_batch=frame_batch, after_step=lambda idx: prune(tracker, idx))
-    return Stream(stream.push, stream.finish, tracker)
+    stream = engine.open_feed(tracker, frame_batch=frame_batch, after_step=lambda idx: prune(tracker, idx))
+    return TrackedVideo(stream.push, stream.finish, tracker)
 
 
 # --- the run ------------------------------------------------------------------------------------

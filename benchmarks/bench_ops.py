@@ -47,7 +47,7 @@ if str(REPO) not in sys.path:  # run as a script as well as -m
 from benchmarks.bench_gpu import (  # noqa: E402
     DetectionCap,
     Frames,
-    Stream,
+    TrackedVideo,
     baseline_stream,
     card,
     engine_stream,
@@ -65,7 +65,7 @@ SYNC_OPS = ("aten::_local_scalar_dense", "aten::nonzero", "aten::masked_select",
             "aten::unique_dim", "aten::unique_consecutive")
 
 
-def count(stream: Stream, frames: Frames, start: int, measured: int, device: torch.device) -> tuple[Counter, list[int]]:
+def count(stream: TrackedVideo, frames: Frames, start: int, measured: int, device: torch.device) -> tuple[Counter, list[int]]:
     """Push frames [start, start + measured) under the profiler; (event counts, objects tracked after each)."""
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     tracked = []
@@ -96,7 +96,7 @@ def record(path: str, n: int, counts: Counter, tracked: list[int], measured: int
     }
 
 
-def measure(path: str, n: int, make: Callable[[], Stream], frames: Frames, args, device) -> dict:
+def measure(path: str, n: int, make: Callable[[], TrackedVideo], frames: Frames, args, device) -> dict:
     stream = make()
     counts, tracked = count(stream, frames, args.prewarm, args.frames, device)
     stream.close()
@@ -122,13 +122,13 @@ def run(args: argparse.Namespace) -> list[dict]:
                          "resolution": f"{frames.width}x{frames.height}"}}
     records = []
 
-    def baseline() -> Stream:
+    def baseline() -> TrackedVideo:
         stream = baseline_stream(loaded, frames)
         for idx in range(args.prewarm):
             stream.push(idx, frames(idx))
         return stream
 
-    def current() -> Stream:
+    def current() -> TrackedVideo:
         return engine_stream(engine, loaded, warm_tracker(loaded, frames, args.prewarm), args.frame_batch)
 
     for n in args.objects:

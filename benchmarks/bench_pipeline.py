@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import VIDEO_720P, machine
+from benchmarks.common import VIDEO_720P, machine, start_moto
 from tests.services import RedisServer, start_worker, stop_process
 
 BUCKET = "bench"
@@ -72,17 +72,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
     server = RedisServer(tmp)
     server.start()
-    import logging
-
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per S3 request otherwise
-
-    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    moto.start()
-    host, port = moto.get_host_and_port()
-    aws = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
-           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    moto, aws = start_moto()
     env = {**os.environ, **aws, "SAM3V_BROKER_URL": server.url, "SAM3V_STORAGE_URL": f"s3://{BUCKET}/results",
            "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
     os.environ.update(env)

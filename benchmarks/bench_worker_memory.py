@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -28,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.common import REPO, SHARED, machine
+from benchmarks.common import REPO, SHARED, machine, start_moto
 from tests.fault_env import Worker
 from tests.services import RedisServer, rss_mib
 
@@ -54,18 +53,12 @@ class Deployment:
 
 def deploy(tmp: Path, frames: int, chunk: int, videos: int, model_dir: Path) -> Deployment:
     import boto3
-    from moto.server import ThreadedMotoServer
 
     from tests import media
 
     server = RedisServer(tmp)
     server.start()
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per S3 request otherwise
-    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    moto.start()
-    host, port = moto.get_host_and_port()
-    aws = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
-           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    moto, aws = start_moto()
     s3 = boto3.client("s3", endpoint_url=aws["AWS_ENDPOINT_URL"], region_name="us-east-1",
                       aws_access_key_id="testing", aws_secret_access_key="testing")
     s3.create_bucket(Bucket=BUCKET)

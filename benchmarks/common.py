@@ -35,3 +35,18 @@ def interleaved(ours, baseline, repeats: int = 3) -> tuple[float, float]:
             fn()
             sink.append(time.perf_counter() - start)
     return statistics.median(a), statistics.median(b)
+
+
+def start_moto():
+    """A moto S3 server on 127.0.0.1 (a free port) and the AWS environment that reaches it."""
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per S3 request otherwise
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    moto.start()
+    host, port = moto.get_host_and_port()
+    aws = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    return moto, aws

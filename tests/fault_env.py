@@ -162,9 +162,12 @@ class Jobs:
         """The job's final status document (``sam3v status --json``); a wait past ``timeout`` fails
         with ``context()`` (worker logs) in its message."""
         try:
-            return wait_terminal(self.env, job, timeout=timeout)
+            doc = wait_terminal(self.env, job, timeout=timeout)
         except AssertionError as err:
             raise AssertionError(f"{err}\n{context()}") from None
+        # Recorded once results.jsonl and report.html are written (the state turns final before).
+        wait_for(lambda: self.store.summary(job).results, 60, context)
+        return doc
 
     # --- storage ------------------------------------------------------------------------------
     def keys(self, job: str) -> set[str]:
@@ -180,10 +183,14 @@ class Jobs:
         return bool(self.s3.list_objects_v2(Bucket=BUCKET, Prefix=f"{RESULTS}/{key}").get("KeyCount"))
 
     def expected_keys(self, job: str, video_ids: list[str], files: tuple[str, ...]) -> set[str]:
-        """What a finished job keeps: its index and each video's output ``files``, nothing else."""
+        """What a finished job keeps: its index, its report, each video's output ``files`` and the
+        thumbnails its results.jsonl line lists (1 to 3), nothing else."""
         root = JobKeys(job)
         rel = len(job) + 1
-        return {root.results[rel:]} | {root.video(v).output(f)[rel:] for v in video_ids for f in files}
+        rows = {r["id"]: r for r in map(json.loads, self.read(root.results).decode().splitlines())}
+        thumbs = {root.video(v).thumbnail(n)[rel:] for v in video_ids for n in range(len(rows[v]["thumbnails"]))}
+        return ({root.results[rel:], root.report()[rel:]} | thumbs
+                | {root.video(v).output(f)[rel:] for v in video_ids for f in files})
 
 
 def decoded_frames(data: bytes, workdir: Path, name: str) -> bytes:

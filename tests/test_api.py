@@ -366,6 +366,31 @@ def test_start_frame_and_detection_threshold_reach_the_pipeline(api, inputs):
     assert doc["status"] == "failed" and "start_frame" in doc["error_message"], doc
 
 
+def test_exports_download_one_object_video_each(api, inputs):
+    """The ``objects`` export is a folder: result_urls lists each object's video, the files route
+    serves it (and the other exports with their own media types), and nothing else under it."""
+    gen = enqueue(api, {"input_video": f"{inputs['base']}/clip.mp4", "prompt": "dog", "max_frames": 3,
+                        "detection_threshold": 0.0, "outputs": ["rle", "objects", "mot"]})
+    doc = wait(api, gen)
+    assert doc["status"] == "succeeded", doc
+    masks = httpx.get(doc["result_urls"]["masks"]).json()
+    ids = sorted(o["id"] for o in masks["objects"])
+    assert ids, "no object found: the listing below would hold on nothing"
+    urls = doc["result_urls"]
+    assert "objects" not in urls and sorted(n for n in urls if n.startswith("objects/")) == sorted(
+        f"objects/{i}.mkv" for i in ids), urls
+    assert httpx.get(urls[f"objects/{ids[0]}.mkv"]).content[:4] == b"\x1aE\xdf\xa3"  # Matroska
+    base = f"{api['base']}/api/ai/queue/{gen}/files"
+    r = httpx.get(f"{base}/objects/{ids[0]}.mkv", headers=A)
+    assert r.status_code == 200 and r.headers["content-type"] == "video/x-matroska" and r.content[:4] == b"\x1aE\xdf\xa3"
+    r = httpx.get(f"{base}/mot", headers=A)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain") and r.text.startswith("1,")
+    for bad in ("objects", "objects/x.mkv", "objects/1.json", "objects/..%2Fmasks.json"):
+        r = httpx.get(f"{base}/{bad}", headers=A)
+        assert r.status_code == 404, (bad, r.status_code, r.text)
+    assert httpx.get(f"{base}/objects/{ids[0]}.mkv", headers=B).status_code == 404  # another key's generation
+
+
 def test_uploads_are_inputs_for_their_key_only(api, inputs, media_dir):
     base = api["base"]
     clip = media.clip(media_dir, FRAMES + 2)
@@ -487,7 +512,8 @@ def test_webhooks_signed_retried_and_recorded(api, inputs):
     hook = httpx.get(f"{base}/api/ai/queue/{bad}", headers=A).json()["webhook"]
     assert hook["status"] == "failed" and hook["attempts"] == 3 and hook["error"] == "HTTP 500"
     # The address rules of inputs, at enqueue.
-    for url in ("http://169.254.169.254/hook", f"http://127.0.0.1:{inputs['other_port']}/hook", "ftp://example.com/x"):
+    for url in ("http://169.254.169.254/hook", f"http://127.0.0.1:{inputs['other_port']}/hook", "ftp://example.com/x",
+                "https://example.com/" + "a" * 5000):  # a URL no receiver has, stored and read on every delivery
         r = httpx.post(f"{base}/api/ai/queue", headers=A, json={"model": "sam-3-video", "prompt": "dog",
                                                                "input_video": f"{inputs['base']}/clip.mp4",
                                                                "webhook_url": url})
@@ -664,6 +690,16 @@ def test_embedded_mode_smoke(env, inputs, tmp_path):  # noqa: F811
             assert doc["result_url"] == f"{api['base']}/api/ai/queue/{gen_id}/files/overlay"
             assert httpx.get(doc["result_url"]).status_code == 401
             assert httpx.get(doc["result_url"], headers=A).content[4:8] == b"ftyp"
+            # The generation's report: written by the worker that ended it, just after its state.
+            report_url = f"{api['base']}/api/ai/queue/{gen_id}/files/report.html"
+            assert httpx.get(report_url).status_code == 401
+            end = time.monotonic() + 20
+            while (report := httpx.get(report_url, headers=A)).status_code == 404 and time.monotonic() < end:
+                time.sleep(0.2)
+            assert report.status_code == 200, report.text
+            assert report.headers["content-type"].startswith("text/html")
+            assert report.headers["content-security-policy"].startswith("default-src 'none'")
+            assert '<tr data-state="succeeded"' in report.text and "data:image/webp;base64," in report.text
             next(p for p in (tmp_path / "data").rglob("overlay.mp4") if gen_id in str(p)).unlink()
             gone = httpx.get(doc["result_url"], headers=A)
             assert gone.status_code == 404 and "no longer in storage" in gone.json()["error"]["message"], gone.text

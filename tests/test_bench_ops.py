@@ -20,12 +20,13 @@ from tests.test_bench_gpu import REPO, runner
 
 
 def test_launch_counts_meet_the_bounds():
-    proc = subprocess.run([sys.executable, "-c", runner("benchmarks.bench_ops")], cwd=REPO, capture_output=True,
-                          text=True, timeout=1200)
+    # 1 and 16 objects: the bounds are about those two (4 is the benchmark's default middle row).
+    proc = subprocess.run([sys.executable, "-c", runner("benchmarks.bench_ops"), "--objects", "1,16"], cwd=REPO,
+                          capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, f"bench_ops exited {proc.returncode}:\n{proc.stderr[-4000:]}"
     records = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     got = {(r["path"], r["objects"]): r for r in records}
-    assert sorted(got) == sorted((p, n) for p in ("baseline", "current") for n in (1, 4, 16)), proc.stdout
+    assert sorted(got) == sorted((p, n) for p in ("baseline", "current") for n in (1, 16)), proc.stdout
     for key, r in got.items():
         assert r["aten_ops_per_frame"] > 0 and r["copy_per_frame"] > 0, (key, r)
         assert 0 < r["objects_tracked_per_frame"] <= r["objects"], (key, r)

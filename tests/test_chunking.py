@@ -196,3 +196,19 @@ def test_damaged_or_mismatched_state_is_a_clear_error(tiny, clip, tmp_path):
     carry.write_text(json.dumps({**doc, "version": 99}))
     with pytest.raises(StateError, match="version 99"):
         run_chunk_inputs(second, tiny, artifacts, WORK)
+
+
+def test_labels_and_outline_are_the_same_chunked_or_not(tiny, clip, baseline, tmp_path):
+    """Frames recorded by one chunk and drawn by the next get their labels' prompts from the carry:
+    a label drawn without its prompt ("3" for "3 dog") would make the chunked overlay differ."""
+    def styled(chunk_frames, out):
+        opts = VideoOptions(outputs=["overlay"], chunk_frames=chunk_frames, overlay_style="both", labels=True)
+        return segment(clip, tiny, opts, LocalStorage(out))
+
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    styled(None, whole)
+    assert styled(7, cut).num_chunks == 6
+    a, b = fp.frames_rgb(whole / "overlay.mp4", W, H), fp.frames_rgb(cut / "overlay.mp4", W, H)
+    assert a.shape[0] == N and np.array_equal(a, b)
+    plain = fp.frames_rgb(baseline / "overlay.mp4", W, H)
+    assert not np.array_equal(a[16:], plain[16:]), "the styled overlay looks like the default fill"

@@ -33,9 +33,16 @@ def test_run_manifest_embedded(media_dir, tiny_model_dir, tmp_path):
     assert (out / "dog" / "overlay.mp4").stat().st_size > 0
     assert not (out / "dog" / "work").exists()
     results = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    # First, middle and last frame with objects: fewer when fewer frames have any.
+    thumbs = [str(out / "dog" / f"thumb-{n}.webp") for n in range(1, len(results[0]["thumbnails"]) + 1)]
+    assert 1 <= len(thumbs) <= 3
+    assert 0 < results[0]["seconds"] < 600
     assert results == [{"line": 1, "id": "dog", "source": str(clip), "state": "succeeded", "error": None, "frames": 8,
                         "objects": len(doc["objects"]),
-                        "outputs": {"masks": str(out / "dog" / "masks.json"), "overlay": str(out / "dog" / "overlay.mp4")}},
+                        "outputs": {"masks": str(out / "dog" / "masks.json"), "overlay": str(out / "dog" / "overlay.mp4")},
+                        "objects_by_prompt": {"dog": len(doc["objects"])}, "thumbnails": thumbs,
+                        "seconds": results[0]["seconds"]},
                        {"line": 2, "id": None, "source": str(clip), "state": "rejected",
-                        "error": results[1]["error"], "frames": 0, "objects": None, "outputs": {}}]
+                        "error": results[1]["error"], "frames": 0, "objects": None, "outputs": {},
+                        "objects_by_prompt": None, "thumbnails": [], "seconds": None}]
     assert results[1]["error"].startswith("max_frames")

@@ -109,7 +109,7 @@ def test_a_cancel_while_finalize_makes_the_outputs_publishes_nothing(fenv, jobs,
         doc = jobs.wait_finished(job, 60, cpu.tail)
         assert doc["status"] == "cancelled" and doc["videos"][0]["status"] == "cancelled", doc
         # close_cancelled (queued behind the frozen finalize) writes the index; nothing else stays.
-        wait_for(lambda: jobs.keys(job) == {"results.jsonl"}, 60, lambda: f"{sorted(jobs.keys(job))}\n{cpu.tail()}")
+        wait_for(lambda: jobs.keys(job) == {"results.jsonl", "report.html"}, 60, lambda: f"{sorted(jobs.keys(job))}\n{cpu.tail()}")
         assert json.loads(jobs.read(f"{job}/results.jsonl"))["state"] == "cancelled"
     finally:
         cpu.stop()
@@ -172,7 +172,7 @@ def test_a_source_corrupt_in_the_middle_fails_at_its_chunk_and_leaves_no_work(fe
         assert video["status"] == "failed", video
         assert "damaged data at frame 3" in video["error"] and "internal error" not in video["error"], video
         assert not video.get("chunks_done"), "it failed at the chunk that met the damage, the first"
-        wait_for(lambda: jobs.keys(job) == {"results.jsonl"}, 60, lambda: f"{sorted(jobs.keys(job))}\n{cpu.tail()}")
+        wait_for(lambda: jobs.keys(job) == {"results.jsonl", "report.html"}, 60, lambda: f"{sorted(jobs.keys(job))}\n{cpu.tail()}")
         assert "sam3v.finalize[" not in cpu.text()
     finally:
         cpu.stop()

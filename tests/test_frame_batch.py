@@ -4,7 +4,7 @@
   masks do not). When they ever differ, the failure names the first differing frame and the largest
   feature difference between batched and one-by-one features.
 - Chunked == unchunked at B = 8, for chunk sizes that cut detector groups (7, 20), and for a run
-  that starts part-way: a chunk decodes its first and last groups whole (``Stream`` context frames),
+  that starts part-way: a chunk decodes its first and last groups whole (``Feed`` context frames),
   so its backbone calls hold exactly the frames of the unchunked run's calls (on CPU batch make-up
   does not change masks, so the calls themselves are compared).
 - K streams interleaved in one process around one engine give each video exactly the masks.json of
@@ -280,12 +280,12 @@ def test_out_of_memory_in_a_tracker_step_fails_only_that_stream(tiny, monkeypatc
         return done + len(stream.finish())
 
     with pytest.raises(OutOfMemory) as caught:
-        run(engine.open_stream(victims[0], 4))
+        run(engine.open_feed(victims[0], 4))
     assert not caught.value.alone  # beside others: its chunk runs again alone, not counted
-    assert run(engine.open_stream(VideoTracker(tiny, ["dog"], H, W), 4)) == 8  # the engine goes on
+    assert run(engine.open_feed(VideoTracker(tiny, ["dog"], H, W), 4)) == 8  # the engine goes on
     with engine.exclusive.alone():
         with pytest.raises(OutOfMemory) as again:
-            run(engine.open_stream(victims[1], 4, alone=True))
+            run(engine.open_feed(victims[1], 4, alone=True))
     assert again.value.alone  # alone too: this one counts against the chunk's redeliveries
 
 
@@ -359,7 +359,7 @@ def test_two_streams_groups_meet_in_one_backbone_call_and_their_steps_overlap(ti
         except Exception as err:
             errors.append(err)
 
-    streams = [engine.open_stream(VideoTracker(tiny, ["dog"], H, W), 8, name=n) for n in ("a", "b")]
+    streams = [engine.open_feed(VideoTracker(tiny, ["dog"], H, W), 8, name=n) for n in ("a", "b")]
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(VideoTracker, "step", step)
         threads = [threading.Thread(target=drive, args=(s,)) for s in streams]
@@ -395,7 +395,7 @@ def test_a_frames_features_are_its_own_and_freed_once_its_step_is_done(tiny, mon
         gc.collect()
         alive_after_step[frame_idx] = [i for i, ref in held.items() if i < frame_idx and ref() is not None]
 
-    stream = engine.open_stream(VideoTracker(tiny, ["dog"], H, W), 8, after_step)
+    stream = engine.open_feed(VideoTracker(tiny, ["dog"], H, W), 8, after_step)
     frames = np.random.default_rng(8).integers(0, 255, (16, H, W, 3), dtype=np.uint8)
     for i in range(16):
         stream.push(i, frames[i])
@@ -434,7 +434,7 @@ def test_max_batch_reaches_the_engine(tiny):
     try:
         assert engine is engine_for(tiny) and engine.max_batch == 4
         engine.calls.clear()
-        stream = engine.open_stream(VideoTracker(tiny, ["dog"], H, W), 8)
+        stream = engine.open_feed(VideoTracker(tiny, ["dog"], H, W), 8)
         frames = np.random.default_rng(9).integers(0, 255, (8, H, W, 3), dtype=np.uint8)
         for i in range(8):
             stream.push(i, frames[i])

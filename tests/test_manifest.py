@@ -49,7 +49,8 @@ def test_jsonl_good_and_bad_lines():
     assert second.model_dump() == {
         "id": "b", "video": "https://example.com/v/b.mp4", "prompts": ["ox", "horn"], "apply_mask": False,
         "outputs": ["mask"], "max_frames": 12, "chunk_frames": 6, "mask_opacity": 0.25, "start_frame": 30,
-        "detection_threshold": 0.35, "line": 2, "objects": [], "exemplars": []}
+        "detection_threshold": 0.35, "overlay_style": "fill", "labels": False, "line": 2, "objects": [],
+        "exemplars": []}
     reasons = {r.line: r.reason for r in result.rejected}
     assert sorted(reasons) == [3, 4, 5, 6, 7, 8, *range(10, 22)], "blank line 9 is skipped"
     expected = {3: "max_frames", 4: "JSON", 5: "'ftp'", 6: "id:", 7: "'colour'", 8: "repeats line 2",

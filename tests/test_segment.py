@@ -135,3 +135,19 @@ def test_max_frames_limits_frames_and_audio(tiny, dog24, tmp_path):
     assert int(got["nb_read_frames"]) == 5
     audio = next(s for s in fp.streams(tmp_path / "overlay.mp4")["streams"] if s["codec_type"] == "audio")
     assert float(audio["duration"]) < 5 / 29.97 + 0.1
+
+
+def test_reaching_sam3s_object_cap_is_one_warning_of_the_video(tiny, dog24, tmp_path, monkeypatch):
+    """transformers logs "hitting max_num_objects" on every frame into a log nobody reads (and load_model
+    silences it): the video's result says it once instead, however many chunks hit it."""
+    opts = VideoOptions(max_frames=6, chunk_frames=3, detection_threshold=0.0)
+    monkeypatch.setattr(tiny.model, "max_num_objects", 1000)
+    below = segment_video(dog24, tiny, opts, ["dog"], LocalStorage(tmp_path / "below"))
+    assert_found_objects(json.loads((tmp_path / "below" / "masks.json").read_text()))
+    assert not any("max_num_objects" in w for w in below.warnings)
+    monkeypatch.setattr(tiny.model, "max_num_objects", 1)
+    capped = segment_video(dog24, tiny, opts, ["dog"], LocalStorage(tmp_path / "capped"))
+    assert capped.num_chunks == 2
+    assert [w for w in capped.warnings if "max_num_objects" in w] == [
+        "1 objects tracked at once, SAM 3's limit (max_num_objects): objects found after that were not "
+        "tracked; split the prompts over several runs or raise the limit in the model config"]

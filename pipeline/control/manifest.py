@@ -24,7 +24,7 @@ from urllib.parse import urlparse
 from pydantic import BaseModel, ValidationError
 
 from pipeline.core.errors import InputError
-from pipeline.core.layout import RESERVED_VIDEO_IDS
+from pipeline.core.layout import RESERVED_VIDEO_IDS, is_report_name
 from pipeline.core.prompt_tokens import prompt_problem
 from pipeline.core.specs import DEFAULT_MAX_PROMPTS, OPTION_FIELDS, VideoSpec, first_error, too_many_prompts
 from pipeline.core.uris import REMOTE, BadUri, Scheme, parse_uri
@@ -180,7 +180,8 @@ def _item(raw: dict, line: int, default_prompt: str | None, allow_local: bool, m
         raise ValueError(f"id: must be a string, not {type(vid).__name__}")
     elif not _ID.fullmatch(vid) or vid in (".", ".."):
         raise ValueError(f"id: {vid!r} is not safe as a storage key (letters, digits, '.', '_', '-'; at most 128)")
-    elif vid.lower() in RESERVED_VIDEO_IDS:  # lower: a case-insensitive file system (macOS) clashes too
+    # lower: a case-insensitive file system (macOS) clashes too
+    elif vid.lower() in RESERVED_VIDEO_IDS or is_report_name(vid.lower()):
         raise ValueError(f"id: {vid!r} is a name the job's folder uses itself "
                          f"({', '.join(sorted(RESERVED_VIDEO_IDS))}); choose another id")
     fields = {k: v for k, v in raw.items() if k in OPTION_FIELDS}
@@ -240,10 +241,11 @@ def _csv_rows(lines: Iterable[str]):
                     clean[key] = float(clean[key])
                 except ValueError:
                     pass  # left a string: the field's validation names it
-        if "apply_mask" in clean:
-            flag = clean["apply_mask"].strip().lower()
-            clean["apply_mask"] = {"true": True, "1": True, "yes": True, "false": False, "0": False,
-                                   "no": False}.get(flag, clean["apply_mask"])
+        for key in ("apply_mask", "labels"):
+            if key in clean:
+                flag = clean[key].strip().lower()
+                clean[key] = {"true": True, "1": True, "yes": True, "false": False, "0": False,
+                              "no": False}.get(flag, clean[key])
         yield number, clean, None
 
 

@@ -13,16 +13,22 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, mo
 from pipeline.core.errors import InputError, field_path
 from pipeline.core.visual_prompts import Exemplar, ObjectPrompt, check_object_ids, raise_at
 
-# Every output a request may ask for; masks.json ("rle") is always written.
-OUTPUT_NAMES = ("overlay", "mask", "rle")
 # The output videos, in the order they are rendered and listed.
 VIDEO_OUTPUTS = ("overlay", "mask")
+# masks.json in the formats other tools read, made from it by the finalize step (or later by
+# `sam3v export`): COCO, YouTube-VIS, DAVIS PNGs, MOTChallenge rows, one mask video per object.
+EXPORT_NAMES = ("coco", "ytvis", "davis", "mot", "objects")
+# Every output a request may ask for; masks.json ("rle") is always written.
+OUTPUT_NAMES = (*VIDEO_OUTPUTS, "rle", *EXPORT_NAMES)
+# How the overlay draws each object: a translucent fill (today's look), an opaque outline along its
+# edge, or both.
+OVERLAY_STYLES = ("fill", "outline", "both")
 # Prompts one video may have unless SAM3V_MAX_PROMPTS says otherwise: each one costs model time and
 # memory on every frame, so an unbounded list would tie up a worker for hours.
 DEFAULT_MAX_PROMPTS = 16
 # The per-video options a manifest line may set, besides its id, video and prompts.
 OPTION_FIELDS = ("apply_mask", "outputs", "max_frames", "chunk_frames", "mask_opacity", "start_frame",
-                 "detection_threshold")
+                 "detection_threshold", "overlay_style", "labels")
 
 
 class VideoOptions(BaseModel):
@@ -37,6 +43,8 @@ class VideoOptions(BaseModel):
     mask_opacity: float = 0.5
     start_frame: int = 0  # first source frame processed; outputs cover [start_frame, ...) only
     detection_threshold: float | None = None  # None: the model's own (0.5 for SAM 3)
+    overlay_style: str = "fill"  # OVERLAY_STYLES
+    labels: bool = False  # the object's id and prompt beside it on the overlay, in its colour
 
     @field_validator("max_frames", "chunk_frames")
     @classmethod
@@ -68,6 +76,21 @@ class VideoOptions(BaseModel):
             raise ValueError("must be between 0 and 1")
         return value
 
+    @field_validator("overlay_style")
+    @classmethod
+    def _overlay_style(cls, value):
+        if value not in OVERLAY_STYLES:
+            raise ValueError(f"unknown overlay style {value!r} (choose from {', '.join(OVERLAY_STYLES)})")
+        return value
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _flag(cls, value):
+        # pydantic would read "no" or 0 as false: a manifest's labels is true or false, nothing else.
+        if not isinstance(value, bool):
+            raise ValueError("must be true or false")
+        return value
+
     @field_validator("outputs")
     @classmethod
     def _outputs(cls, value):
@@ -82,6 +105,10 @@ class VideoOptions(BaseModel):
         """The output videos to render, in render order."""
         wanted = self.outputs or (("overlay",) if self.apply_mask else ("mask",))
         return [o for o in VIDEO_OUTPUTS if o in wanted]
+
+    def exports(self) -> list[str]:
+        """The exports to write beside masks.json, in EXPORT_NAMES order."""
+        return [o for o in EXPORT_NAMES if o in (self.outputs or ())]
 
 
 class VideoSpec(VideoOptions):

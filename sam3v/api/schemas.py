@@ -8,11 +8,16 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from pipeline.core.specs import OUTPUT_NAMES
+from pipeline.core.specs import OUTPUT_NAMES, OVERLAY_STYLES
 from pipeline.core.uris import REMOTE, Scheme, parse_uri
 from pipeline.core.visual_prompts import Exemplar, ObjectPrompt, check_object_ids, raise_at
 
 MODEL_ID = "sam-3-video"
+
+
+# Far above any real URL, far below what would bloat a generation's record (both are stored in Redis
+# and sent to workers; the webhook's is read on every delivery).
+MAX_URL_LENGTH = 4096
 
 
 class GenerationRequest(BaseModel):
@@ -21,7 +26,7 @@ class GenerationRequest(BaseModel):
         "anyOf": [{"required": ["prompt"]}, {"required": ["objects"]}, {"required": ["exemplars"]}]})
 
     model: str = Field(MODEL_ID, description="Model id: sam-3-video.")
-    input_video: str = Field(..., json_schema_extra={"format": "uri"},
+    input_video: str = Field(..., max_length=MAX_URL_LENGTH, json_schema_extra={"format": "uri"},
                              description="Video to use as reference: an http(s):// URL, s3://bucket/key (buckets "
                                          "the server allows: SAM3V_API_S3_BUCKETS) or upload://<id> from POST "
                                          "/api/ai/uploads. Format: uri.",
@@ -44,7 +49,10 @@ class GenerationRequest(BaseModel):
     outputs: list[Literal[OUTPUT_NAMES]] | None = Field(
         None, min_length=1, description="Outputs to write; default: the one apply_mask picks. masks.json is always written.")
     mask_opacity: float = Field(0.5, ge=0.0, le=1.0, description="Overlay opacity, 0-1.")
-    webhook_url: str | None = Field(None, json_schema_extra={"format": "uri"},
+    overlay_style: Literal[OVERLAY_STYLES] = Field(
+        "fill", description="How the overlay draws each object: fill (translucent, the default), outline or both.")
+    labels: bool = Field(False, description="Write each object's id and prompt beside it on the overlay, in its colour.")
+    webhook_url: str | None = Field(None, max_length=MAX_URL_LENGTH, json_schema_extra={"format": "uri"},
                                     description="http(s) URL that gets a signed POST when the generation ends "
                                                 "(same address rules as input_video).")
     objects: list[ObjectPrompt] | None = Field(
@@ -115,6 +123,10 @@ class GenerationRequest(BaseModel):
                 "apply_mask": self.apply_mask, "mask_opacity": self.mask_opacity}
         if self.start_frame:
             line["start_frame"] = self.start_frame
+        if self.overlay_style != "fill":
+            line["overlay_style"] = self.overlay_style
+        if self.labels:
+            line["labels"] = True
         for key in ("outputs", "max_frames", "chunk_frames", "detection_threshold"):
             if getattr(self, key) is not None:
                 line[key] = getattr(self, key)

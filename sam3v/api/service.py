@@ -14,7 +14,7 @@ from sam3v.api.errors import APIError
 from sam3v.api.schemas import GenerationRequest
 from sam3v.api.uploads import resolve_upload
 from pipeline.core.errors import InputError
-from pipeline.core.layout import VideoKeys, output_name
+from pipeline.core.layout import REPORT_NAME, JobKeys, VideoKeys, output_name
 from pipeline.control.manifest import parse_manifest
 from pipeline.control.lifecycle import cancel_job
 from pipeline.control.producer import enqueue_videos, retry_videos
@@ -47,6 +47,9 @@ def gen_key(gen_id: str) -> str:
 def owner_key(owner: str) -> str:
     return f"sam3v:gen:owner:{owner}"
 
+
+# One object's mask video in the ``objects`` export: its id, nothing else (never a path).
+OBJECT_FILE = re.compile(r"[0-9]{1,10}\.mkv")
 
 class Generations:
     def __init__(self, settings, redis_client, celery_app, storage):
@@ -120,10 +123,18 @@ class Generations:
         return meta
 
     def urls(self, gen_id: str, outputs: dict, base_url: str) -> dict[str, str]:
+        """name -> where to download it. ``objects`` is a folder: one entry per object's video
+        (``objects/3.mkv``), never a link to the folder itself (there is nothing to download there)."""
+        keys = VideoKeys(gen_id, VIDEO_ID)
+        names = [n for n in outputs if n != "objects"]
+        if "objects" in outputs:
+            folder = keys.output("objects")
+            names += [f"objects/{key.rsplit('/', 1)[-1]}" for key in self.storage.list(folder)
+                      if OBJECT_FILE.fullmatch(key.rsplit("/", 1)[-1])]
         out = {}
-        for name in outputs:
+        for name in names:
             if self.presigned:
-                out[name] = self.storage.url(VideoKeys(gen_id, VIDEO_ID).output(name), self.settings.api_url_expires)
+                out[name] = self.storage.url(keys.output(name), self.settings.api_url_expires)
             else:
                 out[name] = f"{base_url.rstrip('/')}/api/ai/queue/{gen_id}/files/{name}"
         return out
@@ -206,12 +217,27 @@ class Generations:
         retry_videos(self.celery, self.store, gen_id, [VIDEO_ID], LANE)
 
     def file(self, gen_id: str, name: str) -> tuple[str, Path | None]:
-        name = output_name(name)
-        video = self.store.video(gen_id, VIDEO_ID)
-        if video.get("status") != "succeeded" or name not in (video.get("outputs") or {}):
+        if name == REPORT_NAME:
+            return self._report(gen_id)
+        folder, _, object_file = name.partition("/")
+        if object_file and (folder != "objects" or not OBJECT_FILE.fullmatch(object_file)):
             raise APIError(404, "not_found", f"generation {gen_id} has no output {name!r}")
-        key = VideoKeys(gen_id, VIDEO_ID).output(name)
+        name = output_name(folder)
+        video = self.store.video(gen_id, VIDEO_ID)
+        if video.get("status") != "succeeded" or name not in (video.get("outputs") or {}) \
+                or (name == "objects") != bool(object_file):
+            raise APIError(404, "not_found", f"generation {gen_id} has no output {name!r}"
+                           + (" (its files are objects/<id>.mkv)" if name == "objects" and not object_file else ""))
+        key = VideoKeys(gen_id, VIDEO_ID).output(f"objects/{object_file}" if object_file else name)
         if not self.storage.exists(key):  # deleted since (a lifecycle rule, a person): say so, not 500
             raise APIError(404, "not_found", f"generation {gen_id}: output {name!r} is no longer in storage")
         local = None if self.presigned else Path(self.storage.uri(key))
         return key, local
+
+    def _report(self, gen_id: str) -> tuple[str, Path | None]:
+        """The generation's report.html, written when it ended (any end: a failed one has a report too)."""
+        key = JobKeys(gen_id).report()
+        if self.store.video(gen_id, VIDEO_ID).get("status") not in TERMINAL or not self.storage.exists(key):
+            raise APIError(404, "not_found", f"generation {gen_id} has no report yet: it is written when it ends")
+        # Served by this API even with S3 (no presigned URL): the page must carry our headers (CSP).
+        return key, None

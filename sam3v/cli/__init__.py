@@ -9,7 +9,7 @@ import logging
 
 import typer
 
-from sam3v.cli import api, jobs, model, run, schedule, segment, worker
+from sam3v.cli import api, export, jobs, model, report, run, schedule, segment, worker
 
 app = typer.Typer(
     help="SAM 3 video segmentation at batch scale: find every instance of a text concept in a video, "
@@ -18,7 +18,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 # Without a name, a sub-app's commands become the root's own; `model` and `schedule` stay groups.
-for sub in (segment.app, jobs.app, run.app, worker.app, api.app):
+for sub in (segment.app, export.app, jobs.app, run.app, report.app, worker.app, api.app):
     app.add_typer(sub)
 app.add_typer(jobs.jobs_app, name="jobs")
 app.add_typer(model.app, name="model")

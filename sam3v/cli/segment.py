@@ -31,11 +31,14 @@ def _parse_outputs(value: Optional[str]) -> Optional[tuple[str, ...]]:
         return None
     items = tuple(v.strip() for v in value.split(",") if v.strip())
     if not items:
-        raise InputError("--outputs: give at least one of overlay, mask, rle")
+        from pipeline.core.specs import OUTPUT_NAMES
+
+        raise InputError(f"--outputs: give at least one of {', '.join(OUTPUT_NAMES)}")
     return items
 
 
-def _options(apply_mask, outputs, max_frames, chunk_frames, mask_opacity, start_frame, detection_threshold):
+def _options(apply_mask, outputs, max_frames, chunk_frames, mask_opacity, start_frame, detection_threshold,
+             overlay_style="fill", labels=False):
     """The spec's options from the flags, refused before the model loads."""
     from pipeline.core.specs import options_from_flags
 
@@ -49,7 +52,8 @@ def _options(apply_mask, outputs, max_frames, chunk_frames, mask_opacity, start_
                          "or ask for --outputs mask")
     return options_from_flags(apply_mask=apply_mask, outputs=list(parsed_outputs) if parsed_outputs else None,
                               max_frames=max_frames, chunk_frames=chunk_frames or None, mask_opacity=mask_opacity,
-                              start_frame=start_frame, detection_threshold=detection_threshold)
+                              start_frame=start_frame, detection_threshold=detection_threshold,
+                              overlay_style=overlay_style, labels=labels)
 
 
 def _check_prompt_count(prompts: list[str], visual, limit: int) -> None:
@@ -122,7 +126,8 @@ def segment(
     apply_mask: Annotated[bool, typer.Option("--apply-mask/--no-apply-mask",
                                              help="Overlay colored masks on the video (default) or write the "
                                                   "white-on-black mask video.")] = True,
-    outputs: Annotated[Optional[str], typer.Option(help="Comma-separated set of overlay, mask, rle. "
+    outputs: Annotated[Optional[str], typer.Option(help="Comma-separated set of overlay, mask, rle, and the exports "
+                                                        "coco, ytvis, davis, mot, objects (README, Formats). "
                                                         "Default: the one --apply-mask picks. masks.json is always written.")] = None,
     start_frame: Annotated[int, typer.Option(
         help="First frame to process (0-based index in the video). The output videos cover only the "
@@ -139,6 +144,12 @@ def segment(
         help="Detection score threshold, 0-1: detections scoring below it are dropped. The score a detection "
              "needs to start a new object moves with it (SAM 3: 0.5 and 0.7). Lower finds more, higher "
              "fewer. Default: the model's own.")] = None,
+    overlay_style: Annotated[str, typer.Option(
+        help="How the overlay draws each object: fill (translucent, the default), outline (its edge, opaque) "
+             "or both.")] = "fill",
+    labels: Annotated[bool, typer.Option("--labels/--no-labels",
+                                         help="Write each object's id and prompt beside it on the overlay, "
+                                              "in its colour.")] = False,
     frame_batch: FrameBatchOption = None,
     object_batch: ObjectBatchOption = None,
 ) -> None:
@@ -147,7 +158,8 @@ def segment(
         raise InputError(f"no such file: {video}")
     if video.is_dir():
         raise InputError(f"{video} is a directory, not a video file")
-    opts = _options(apply_mask, outputs, max_frames, chunk_frames, mask_opacity, start_frame, detection_threshold)
+    opts = _options(apply_mask, outputs, max_frames, chunk_frames, mask_opacity, start_frame, detection_threshold,
+                    overlay_style, labels)
     from pipeline.core.errors import FieldError
     from pipeline.core.settings import get_settings
     from sam3v.local_checks import check_prompts, check_segment

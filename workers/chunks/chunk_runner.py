@@ -31,6 +31,7 @@ from pipeline.core.layout import WorkKeys
 from pipeline.core.planning import PART_FRAMES, Chunk, encode_limit
 from pipeline.core.storage import Storage
 from workers.chunks.backward_pass import backward_pass
+from workers.media.composite import FILL, OverlayStyle
 from workers.media.decode import DecodeThread, Frame, open_reader, yuv_capable
 from workers.media.encode import EncoderSettings
 from workers.media.frame_objects import FrameObjects
@@ -64,6 +65,9 @@ class Carry:
     render_from: int = 0  # first frame not yet encoded
     emitted_to: int = 0  # frames below were emitted (recorded in some chunk's frames.json)
     pending: list[dict] = field(default_factory=list)  # entries of frames [render_from, emitted_to)
+    # The prompt of each object in ``pending``: their labels are drawn by the next chunk. Absent
+    # from a carry written before labels (an older worker): read as none, the labels show ids only.
+    object_prompts: dict[int, str] = field(default_factory=dict)
 
     def to_json(self) -> bytes:
         return json.dumps({"format": CARRY_FORMAT, "version": CARRY_VERSION, **asdict(self)}).encode()
@@ -79,7 +83,8 @@ class Carry:
         if raw.get("version") != CARRY_VERSION:
             raise StateError(f"{source}: carry version {raw.get('version')}, this sam3v reads {CARRY_VERSION}")
         try:
-            return cls(int(raw["next_frame"]), int(raw["render_from"]), int(raw["emitted_to"]), list(raw["pending"]))
+            return cls(int(raw["next_frame"]), int(raw["render_from"]), int(raw["emitted_to"]), list(raw["pending"]),
+                       {int(k): str(v) for k, v in (raw.get("object_prompts") or {}).items()})
         except (KeyError, TypeError, ValueError) as err:
             raise StateError(f"{source}: damaged carry file ({err!r})") from err
 
@@ -100,6 +105,7 @@ class ChunkInputs:
     detection_threshold: float | None = None  # None: the model's own
     decoder: str = "pyav"  # the decoder tried first (SAM3V_DECODER)
     frame_batch: int = 1  # frames per detector batch, on the video's own grid (recorded when planned)
+    style: OverlayStyle = FILL  # the overlay's fill/outline and labels
     # Visual prompts (``ObjectPrompt``s, or dicts of their fields): objects given as points, a box or
     # a mask on a frame, tracked both ways (``workers.chunks.backward_pass``: all of it in chunk 0;
     # its masks and the forward visual session travel in the tracker state).
@@ -188,11 +194,15 @@ class ChunkRunner:
         end = origin + job.num_frames if job.num_frames else chunk.stop
         limit = encode_limit(chunk.stop, chunk.final, end, self.loaded.hotstart_delay, job.part_frames, origin)
         self.limit = max(limit, self.carry.render_from)
+        # Outline and labels are drawn on RGB: the encoder then converts (swscale), as for any
+        # source the yuv420p path cannot take.
+        yuv = yuv_capable(job.info) and job.style.plain
         spec = RenderSpec(job.info.width, job.info.height, job.info.fps_rational, job.mask_opacity, job.encoder,
-                          job.part_frames, self.limit, yuv=yuv_capable(job.info), start_frame=origin)
-        self.render = RenderStage(self.workdir, job.videos, spec, self.log, _part_publisher(self.artifacts, self.work))
+                          job.part_frames, self.limit, yuv=yuv, start_frame=origin, style=job.style)
+        self.render = RenderStage(self.workdir, job.videos, spec, self.log, _part_publisher(self.artifacts, self.work),
+                                  known_prompts=self.carry.object_prompts)
         self.pending = {entry["frame"]: entry for entry in self.carry.pending}
-        self.stream = self.engine.open_stream(self.tracker, job.frame_batch,
+        self.stream = self.engine.open_feed(self.tracker, job.frame_batch,
                                               _after_step(self.tracker, origin, self.progress, self.should_stop),
                                               self.alone, f"chunk {chunk.index}")
         # Whole detector groups: the frames of the first and last group outside [start, stop) are
@@ -340,9 +350,9 @@ class ChunkRunner:
         self.artifacts.put_bytes(self.log.to_json(), self.work.frames(k))
         if not self.last:
             self._publish_state(emitted_to)
+        warnings = [w for w in (self.reader.warning, self.tracker.object_cap_warning()) if w]
         result = ChunkResult(k, (self.carry.emitted_to, emitted_to), self.ended, self.seen if self.last else None,
-                             self.reader.backend, self.render.codec,
-                             [self.reader.warning] if self.reader.warning else [], self.timings)
+                             self.reader.backend, self.render.codec, warnings, self.timings)
         self.artifacts.put_bytes(json.dumps(asdict(result)).encode(), self.work.done(k))
         return result
 
@@ -352,7 +362,10 @@ class ChunkRunner:
         save_state(self.tracker, state_dir)
         new_limit = self.render.spec.encode_limit
         entries = {**self.pending, **{e["frame"]: e for e in self.log.frames}}
-        nxt = Carry(self.inputs.chunk.stop, new_limit, emitted_to, [entries[i] for i in range(new_limit, emitted_to)])
+        pending = [entries[i] for i in range(new_limit, emitted_to)]
+        known = {**self.carry.object_prompts, **self.log.object_prompts}
+        prompts = {o["id"]: known[o["id"]] for e in pending for o in e["objects"] if o["id"] in known}
+        nxt = Carry(self.inputs.chunk.stop, new_limit, emitted_to, pending, prompts)
         (state_dir / CARRY_NAME).write_bytes(nxt.to_json())
         for name in (JSON_NAME, TENSORS_NAME, CARRY_NAME):
             self.artifacts.put_file(state_dir / name, self.work.state(self.inputs.chunk.index, name))

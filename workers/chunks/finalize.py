@@ -1,4 +1,5 @@
-"""Finalize a video: join chunk outputs into one masks.json and one file per output video.
+"""Finalize a video: join chunk outputs into one masks.json and one file per output video, and
+write the exports asked for (coco.json, ...) from the document.
 
 Encoded parts are joined without re-encoding (ffmpeg's concat demuxer), given the source's timestamps
 when it is variable-rate, and the original audio is muxed once, cut to the processed frames' span.
@@ -13,11 +14,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pipeline.core.errors import ProcessingError
-from pipeline.core.layout import OUTPUT_FILES, WorkKeys
+from pipeline.core.layout import OUTPUT_FILES, THUMBNAIL_FILES, WorkKeys
 from pipeline.core.storage import Storage, join_key
+from workers.media.exports import make_exports, publish_exports
 from workers.media.masks_document import FrameLog, build_document, document_json
 from workers.media.mux import add_audio, is_constant_rate, retime
 from workers.media.probe import VideoInfo
+from workers.media.thumbnails import video_thumbnails
 
 
 def concat_parts(parts: list[Path], out: Path) -> None:
@@ -35,10 +38,13 @@ def concat_parts(parts: list[Path], out: Path) -> None:
 
 def finalize_video(info: VideoInfo, artifacts: Storage, work: WorkKeys, num_chunks: int, videos: list[str],
                    model: dict, params: dict, prompts: list[str], out: Storage, out_prefix: str,
-                   part_frames: int, claim: Callable[[], None] | None = None) -> tuple[dict, dict[str, str], str | None]:
-    """Returns (masks.json document, {output name: URI}, audio handling). Every output is made
-    locally first; ``claim`` (it raises to refuse) is called before anything is published, so a
-    video cancelled meanwhile gets no outputs at all."""
+                   part_frames: int, claim: Callable[[], None] | None = None,
+                   exports: list[str] = ()) -> tuple[dict, dict[str, str], str | None, list[str]]:
+    """Returns (masks.json document, {output name: URI}, audio handling, thumbnail URIs). Every
+    output is made locally first; ``claim`` (it raises to refuse) is called before anything is
+    published, so a video cancelled meanwhile gets no outputs at all. ``exports``: names from
+    EXPORT_NAMES. The thumbnails (for the job's report) are stored beside masks.json but are not
+    outputs: no API result lists them."""
     logs = [FrameLog.from_json(artifacts.get_bytes(work.frames(k))) for k in range(num_chunks)]
     frames = [entry for log in logs for entry in log.frames]
     if not frames:
@@ -61,6 +67,7 @@ def finalize_video(info: VideoInfo, artifacts: Storage, work: WorkKeys, num_chun
     audio_from = pts[0] if start_frame or abs(pts[0]) > 1e-6 else None
     made: dict[str, Path] = {}
     audio = None
+    thumbnails = video_thumbnails(info, document)
     with tempfile.TemporaryDirectory(prefix="sam3v-final-") as tmp:
         scratch = Path(tmp)
         for name in videos:
@@ -81,9 +88,12 @@ def finalize_video(info: VideoInfo, artifacts: Storage, work: WorkKeys, num_chun
                                   duration if limited or audio_from is not None else None, audio_from)
                 path = with_audio
             made[name] = path
+        exported = make_exports(document, exports, scratch)
         if claim is not None:
             claim()
         uris = {name: out.put_file(path, join_key(out_prefix, OUTPUT_FILES[name])) for name, path in made.items()}
-        # masks.json last: when it is there, the videos are too.
+        uris.update(publish_exports(exported, out, out_prefix))
+        thumbs = [out.put_bytes(data, join_key(out_prefix, name)) for name, data in zip(THUMBNAIL_FILES, thumbnails)]
+        # masks.json last: when it is there, the videos and exports are too.
         uris = {"masks": out.put_bytes(document_json(document), join_key(out_prefix, OUTPUT_FILES["masks"])), **uris}
-    return document, uris, audio
+    return document, uris, audio, thumbs

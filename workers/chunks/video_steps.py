@@ -31,7 +31,7 @@ from pipeline.core.planning import (
     frames_to_process,
     plan_chunks,
 )
-from pipeline.core.specs import VideoOptions
+from pipeline.core.specs import EXPORT_NAMES, VIDEO_OUTPUTS, VideoOptions
 from pipeline.core.storage import LocalStorage, Storage
 from workers.chunks.chunk_runner import (
     ChunkInputs,
@@ -39,6 +39,7 @@ from workers.chunks.chunk_runner import (
     run_chunk_inputs,
 )
 from workers.chunks.finalize import finalize_video
+from workers.media.composite import OverlayStyle
 from workers.media.encode import EncoderSettings
 from workers.media.probe import VideoInfo, probe
 from workers.model.engine import engine_for
@@ -59,16 +60,18 @@ class VideoPlan:
 
 @dataclass(frozen=True)
 class Finalized:
-    outputs: dict[str, str]  # output name -> URI (masks, overlay, mask)
+    outputs: dict[str, str]  # output name -> URI (masks, overlay, mask, exports)
     num_frames: int
     num_objects: int
     num_chunks: int
     audio: str | None
+    thumbnails: list[str] = field(default_factory=list)  # URIs, beside masks.json (the job's report)
+    objects_by_prompt: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
 class SegmentResult:
-    outputs: dict[str, str]  # name -> URI (masks, overlay, mask)
+    outputs: dict[str, str]  # name -> URI (masks, overlay, mask, exports)
     num_frames: int
     num_objects: int
     num_chunks: int
@@ -115,9 +118,10 @@ def public_model_id(source: str) -> str:
 def document_header(loaded: LoadedModel, opts: VideoOptions, prompts: list[str]) -> tuple[dict, dict]:
     """masks.json's "model" and "params". Chunking is left out: it never changes results."""
     model = {"id": public_model_id(loaded.source), "revision": loaded.revision, "tiny_random": loaded.is_tiny}
-    params = {"prompts": prompts, "apply_mask": opts.apply_mask, "outputs": opts.video_outputs() + ["rle"],
+    params = {"prompts": prompts, "apply_mask": opts.apply_mask, "outputs": opts.video_outputs() + ["rle"] + opts.exports(),
               "start_frame": opts.start_frame, "max_frames": opts.max_frames, "mask_opacity": opts.mask_opacity,
               "detection_threshold": opts.detection_threshold,
+              "overlay_style": opts.overlay_style, "labels": opts.labels,
               "device": loaded.device.type, "hotstart_delay": loaded.hotstart_delay,
               "postprocess": loaded.postprocess.params()}
     return model, params
@@ -143,7 +147,8 @@ class VideoRun:
         o = self.opts
         return ChunkInputs(self.info, chunk, self.num_frames, self.prompts, o.video_outputs(), o.mask_opacity,
                            EncoderSettings(), self.part_frames, o.start_frame, o.detection_threshold, self.decoder,
-                           self.frame_batch, tuple(self.objects), tuple(self.exemplars))
+                           self.frame_batch, OverlayStyle.of(o.overlay_style, o.labels), tuple(self.objects),
+                           tuple(self.exemplars))
 
 
 def chunk_done(artifacts: Storage, work: WorkKeys, k: int) -> dict | None:
@@ -192,10 +197,15 @@ def finalize(info: VideoInfo, header: dict, artifacts: Storage, work: WorkKeys, 
     """Join the chunks' outputs into masks.json and the output videos under ``out_prefix``; ``claim``:
     see ``finalize_video``."""
     chunks = chunks_run(artifacts, work, planned_chunks)
-    videos = [o for o in header["params"]["outputs"] if o != "rle"]
-    document, uris, audio = finalize_video(info, artifacts, work, chunks, videos, header["model"], header["params"],
-                                           header["prompts"], out, out_prefix, part_frames, claim)
-    return Finalized(uris, document["video"]["num_frames"], len(document["objects"]), chunks, audio)
+    outputs = header["params"]["outputs"]
+    document, uris, audio, thumbnails = finalize_video(
+        info, artifacts, work, chunks, [o for o in outputs if o in VIDEO_OUTPUTS], header["model"], header["params"],
+        header["prompts"], out, out_prefix, part_frames, claim, [o for o in outputs if o in EXPORT_NAMES])
+    per_prompt = dict.fromkeys(document["prompts"], 0)
+    for obj in document["objects"]:
+        per_prompt[obj["prompt"]] = per_prompt.get(obj["prompt"], 0) + 1
+    return Finalized(uris, document["video"]["num_frames"], len(document["objects"]), chunks, audio, thumbnails,
+                     per_prompt)
 
 
 # --- the local driver ----------------------------------------------------------------------------
@@ -211,7 +221,7 @@ class _Tally:
     def add(self, done: ChunkResult) -> None:
         for key, value in done.timings.items():
             self.timings[key] += value
-        self.warnings += done.warnings
+        self.warnings += [w for w in done.warnings if w not in self.warnings]  # one per video, not per chunk
         self.decoders.append(done.decoder)
         self.encoder = done.encoder if done.encoder != "none" else self.encoder
 

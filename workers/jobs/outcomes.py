@@ -15,7 +15,8 @@ from celery.exceptions import Ignore
 
 from pipeline.core.heartbeats import Heartbeats
 from pipeline.core.layout import JobKeys
-from pipeline.core.results import results_jsonl
+from pipeline.core.report import write_report
+from pipeline.core.results import result_rows, rows_jsonl
 from pipeline.core.retention import expire_job
 from pipeline.core.status import TERMINAL
 from workers.jobs.context import Context
@@ -41,9 +42,16 @@ def fail_video(ctx: Context, job_id: str, video_id: str, attempt: int, message: 
 
 
 def write_results(ctx: Context, job_id: str) -> None:
-    """The job's results.jsonl: one line a video, written once, when the last video ends."""
+    """The job's results.jsonl: one line a video, written once, when the last video ends; and its
+    report.html beside it (``pipeline.core.report``)."""
     doc = ctx.status.status_document(job_id)
-    results = ctx.storage.put_bytes(results_jsonl(doc), JobKeys(job_id).results)
+    rows = result_rows(doc)
+    results = ctx.storage.put_bytes(rows_jsonl(rows), JobKeys(job_id).results)
+    # Before the job's results are recorded: whoever waits for them finds the report there too.
+    try:
+        write_report(ctx.storage, doc, rows)
+    except Exception:  # a convenience beside results.jsonl: `sam3v report JOB` makes it again
+        log.exception("job %s: report.html not written", job_id)
     ctx.status.record_results(job_id, results)
     doc["results"] = results
     ctx.status.event(job_id, "job_completed", {"status": doc["status"], "counts": doc["counts"]})

@@ -54,6 +54,11 @@ from workers.jobs.task_policy import (
 log = logging.getLogger(__name__)
 
 
+def _merged(recorded: list[str], new: list[str]) -> list[str]:
+    """A video's warnings after one more chunk: each once, however many chunks repeat it."""
+    return recorded + [w for w in new if w not in recorded]
+
+
 def _spec(ctx: Context, job_id: str, video_id: str) -> VideoSpec:
     return VideoSpec.model_validate(ctx.status.item(job_id, video_id))
 
@@ -145,7 +150,7 @@ def segment_chunk_task(self, job_id: str, video_id: str, k: int, start: int, sto
             return err  # beside other streams: run again alone (below), not counted
         warnings = result.warnings if result else []
         ctx.status.update_video(job_id, video_id, fence=attempt, frames_done=min(stop - spec.start_frame, num_frames),
-                                chunks_done=k + 1, warnings=(entry.get("warnings") or []) + warnings)
+                                chunks_done=k + 1, warnings=_merged(entry.get("warnings") or [], warnings))
 
     def uncount() -> None:
         """The outage stopped this start before the chunk was done: it will start again, once."""
@@ -188,7 +193,8 @@ def finalize_task(self, job_id: str, video_id: str, planned_chunks: int, attempt
         final = finalize(info, entry["header"], ctx.storage, keys.work, planned_chunks, ctx.storage, keys.prefix,
                          entry.get("part_frames") or PART_FRAMES, claim)
         finish_video(ctx, job_id, video_id, attempt, status="succeeded", outputs=final.outputs,
-                     num_frames=final.num_frames, num_objects=final.num_objects, frames_done=final.num_frames)
+                     num_frames=final.num_frames, num_objects=final.num_objects, frames_done=final.num_frames,
+                     objects_by_prompt=final.objects_by_prompt, thumbnails=final.thumbnails)
 
     guarded(self, ctx, job_id, video_id, attempt, "finalize", step)
     # After the video is recorded: a retried finalize must still find the chunks if recording failed.

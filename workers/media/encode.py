@@ -61,30 +61,42 @@ def _codec_args(codec: str, settings: EncoderSettings, no_bframes: bool) -> dict
     return args
 
 
+# ffmpeg output options of a lossless grey video (the per-object mask videos): FFV1 in Matroska at
+# the frames' own size (no padding), every frame a keyframe so an editor seeks anywhere; bitexact
+# leaves out the encoder version, the date and Matroska's random segment id, so the same frames give
+# the same bytes.
+LOSSLESS_GRAY = {"vcodec": "ffv1", "level": 3, "g": 1, "pix_fmt": "gray", "format": "matroska",
+                 "fflags": "+bitexact", "flags": "+bitexact"}
+
+
 class FrameEncoder:
     """Write (H, W, 3) uint8 RGB frames, (H, W) ``gray`` ones or (H * 3 // 2, W) planar ``yuv420p``
-    ones; odd sizes are padded to even at the right/bottom edge."""
+    ones; odd sizes are padded to even at the right/bottom edge. ``output``: ffmpeg output options
+    that replace the H.264 ones (``LOSSLESS_GRAY``); frames are then written at their own size."""
 
     def __init__(self, path: Path, width: int, height: int, fps_rational: str,
                  settings: EncoderSettings = EncoderSettings(), no_bframes: bool = False,
-                 pix_fmt: str = "rgb24"):
+                 pix_fmt: str = "rgb24", output: dict | None = None):
         self.path = Path(path)
         self.width, self.height = width, height
         self.frame_shape = {"rgb24": (height, width, 3), "gray": (height, width),
                             "yuv420p": (height * 3 // 2, width)}[pix_fmt]
-        self.codec = resolve_codec(settings)
+        self.codec = output["vcodec"] if output else resolve_codec(settings)
         self.frames_written = 0
         stream = ffmpeg.input("pipe:", format="rawvideo", pix_fmt=pix_fmt, s=f"{width}x{height}",
                               framerate=fps_rational)
-        if (width, height) != (even(width), even(height)):
-            stream = stream.filter("pad", even(width), even(height), 0, 0, color="black")
-        stream = stream.output(
-            str(self.path), vcodec=self.codec, pix_fmt="yuv420p", an=None,
-            movflags="+faststart", **_codec_args(self.codec, settings, no_bframes),
-            # rgb24 -> yuv420p is a pure format conversion here (no scaling); the default bicubic
-            # path took ~1 s of 2.5 s encoding 289 frames of 720p, fast_bilinear ~0.1 s.
-            sws_flags="fast_bilinear",
-        )
+        if output:
+            stream = stream.output(str(self.path), an=None, **output)
+        else:
+            if (width, height) != (even(width), even(height)):
+                stream = stream.filter("pad", even(width), even(height), 0, 0, color="black")
+            stream = stream.output(
+                str(self.path), vcodec=self.codec, pix_fmt="yuv420p", an=None,
+                movflags="+faststart", **_codec_args(self.codec, settings, no_bframes),
+                # rgb24 -> yuv420p is a pure format conversion here (no scaling); the default bicubic
+                # path took ~1 s of 2.5 s encoding 289 frames of 720p, fast_bilinear ~0.1 s.
+                sws_flags="fast_bilinear",
+            )
         args = stream.global_args("-hide_banner", "-loglevel", "error", "-nostdin").overwrite_output().compile()
         self._proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         self._stderr = bytearray()

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from workers.media import rle
-from workers.media.composite import mask_frame, overlay, overlay_yuv
+from workers.media.composite import FILL, OverlayStyle, mask_frame, overlay, overlay_yuv
 from workers.media.decode import Frame
 from workers.media.encode import EncoderSettings, FrameEncoder
 from workers.media.frame_objects import FrameObjects
@@ -40,6 +40,7 @@ class RenderSpec:
     encode_limit: int  # frames below this index are encoded here; the last part ends there
     yuv: bool = False  # draw the overlay on the decoder's yuv420p planes (decode.yuv_capable)
     start_frame: int = 0  # the first processed frame: the part grid counts from it
+    style: OverlayStyle = FILL  # outline and labels are drawn on RGB only: yuv must be False then
 
     def part_of(self, index: int) -> int:
         return (index - self.start_frame) // self.part_frames
@@ -125,9 +126,14 @@ class RenderStage:
     """Record frames (``submit``) and draw replayed ones (``replay``); ``finish`` waits for all."""
 
     def __init__(self, workdir: Path, videos: list[str], spec: RenderSpec, log: FrameLog, publish: Publish,
-                 max_queue: int = 8):
+                 max_queue: int = 8, known_prompts: dict[int, str] | None = None):
+        if spec.yuv and not spec.style.plain:
+            raise ValueError("outline and labels are drawn on RGB frames: RenderSpec.yuv must be False")
         self.spec = spec
         self.log = log
+        # Labels of replayed frames (recorded by an earlier chunk): their objects' prompts come
+        # from the carry; objects found in this chunk are in ``log``.
+        self.known_prompts = known_prompts or {}
         self.writers = [_PartWriter(name, spec, workdir, publish) for name in videos]
         self.busy_seconds = 0.0
         self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
@@ -161,6 +167,12 @@ class RenderStage:
             except queue.Full:
                 continue
 
+    def _prompts(self, ids: list[int]) -> list[str | None] | None:
+        if not self.spec.style.labels:
+            return None
+        known = self.log.object_prompts
+        return [known.get(i) or self.known_prompts.get(i) for i in ids]
+
     def _draw(self, index: int, frame: Frame, ids: list[int], masks: np.ndarray, bboxes: list[list[float]]) -> None:
         for writer in self.writers:
             if writer.name == "overlay":
@@ -168,7 +180,8 @@ class RenderStage:
                 if self.spec.yuv:
                     writer.write(index, overlay_yuv(_i420(frame), ids, masks, self.spec.opacity, bboxes))
                 else:
-                    writer.write(index, overlay(frame.rgb, ids, masks, self.spec.opacity, bboxes, in_place=True))
+                    writer.write(index, overlay(frame.rgb, ids, masks, self.spec.opacity, bboxes, in_place=True,
+                                                style=self.spec.style, prompts=self._prompts(ids)))
             else:
                 writer.write(index, mask_frame(masks, self.spec.height, self.spec.width))
 

@@ -20,6 +20,11 @@ def bbox(rle: dict) -> list[float]:
     return [float(v) for v in mask_utils.toBbox(coco)]
 
 
+def area(rle: dict) -> int:
+    """Pixels the mask covers, counted on the RLE itself (nothing decoded)."""
+    return int(mask_utils.area({"size": rle["size"], "counts": rle["counts"].encode("ascii")}))
+
+
 def decode(rle: dict) -> np.ndarray:
     """Inverse of ``encode``: (H, W) bool."""
     coco = {"size": rle["size"], "counts": rle["counts"].encode("ascii")}

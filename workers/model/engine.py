@@ -1,6 +1,7 @@
-"""The GPU engine: one model in a process, K streams of frames around it.
+"""The GPU engine: one model in a process, K feeds of frames around it.
 
-A stream is one running chunk (one video). Its frames go through the model in groups of B, on a
+A feed (``Feed``: what ``--streams`` and ``SAM3V_STREAMS`` count) is one running chunk (one video);
+its CUDA stream is its lane (``workers.model.lanes``), another thing altogether. Its frames go through the model in groups of B, on a
 grid of the video's own frame numbers (group g holds frames [gB, gB + B)), so a group never depends
 on where a chunk starts when chunk sizes are multiples of B (``pipeline.core.planning``)::
 
@@ -74,7 +75,7 @@ def _free_memory(device: torch.device) -> None:
 class _Request:
     """One stream's group (or a piece of it, up to max_batch frames) waiting for its features."""
 
-    def __init__(self, owner: Stream, frames: list[int], pixels: torch.Tensor, ready: Mark):
+    def __init__(self, owner: Feed, frames: list[int], pixels: torch.Tensor, ready: Mark):
         self.owner, self.frames, self.pixels, self.ready = owner, frames, pixels, ready
         # (features, the backbone lane's mark after them); the list is emptied as frames are stepped.
         self.future: Future[tuple[list[FrameFeatures | None], Mark]] = Future()
@@ -118,7 +119,7 @@ class _Exclusive:
 
 
 class FrameEngine:
-    """One per process and model; thread-safe. ``open_stream`` for each chunk that runs."""
+    """One per process and model; thread-safe. ``open_feed`` for each chunk that runs."""
 
     def __init__(self, loaded: LoadedModel, max_batch: int = DEFAULT_MAX_BATCH):
         self.loaded = loaded
@@ -134,11 +135,11 @@ class FrameEngine:
         self.batches: list[int] = []
         self.calls: deque[tuple[tuple[str, tuple[int, ...]], ...]] = deque(maxlen=RECORDED_CALLS)
 
-    def open_stream(self, tracker: VideoTracker, frame_batch: int = 1,
+    def open_feed(self, tracker: VideoTracker, frame_batch: int = 1,
                     after_step: Callable[[int], None] | None = None, alone: bool = False,
-                    name: str | None = None) -> Stream:
+                    name: str | None = None) -> Feed:
         """A stream for one chunk. ``alone``: the caller holds ``exclusive.alone()`` for the chunk."""
-        return Stream(self, tracker, frame_batch, after_step, alone, f"{name or 'stream'}-{next(self._names)}")
+        return Feed(self, tracker, frame_batch, after_step, alone, f"{name or 'stream'}-{next(self._names)}")
 
     def guarded(self, work: Callable[[], T], alone: bool) -> T:
         """``work()``, its out-of-memory errors (the device's, or the backbone's ``OutOfMemory``)
@@ -152,7 +153,7 @@ class FrameEngine:
         raise OutOfMemory(f"out of GPU memory: {message}", alone=alone)
 
     # --- the backbone ---------------------------------------------------------------------------
-    def ask(self, owner: Stream, frames: list[int], pixels: torch.Tensor, ready: Mark) -> list[_Request]:
+    def ask(self, owner: Feed, frames: list[int], pixels: torch.Tensor, ready: Mark) -> list[_Request]:
         """Queue a group's features (pixels (N, 3, S, S) made on the owner's lane up to ``ready``),
         in pieces of at most max_batch frames; ``wait`` for each."""
         size = self.max_batch
@@ -170,7 +171,7 @@ class FrameEngine:
                 self._run(self._take(request))
         return request.future.result()
 
-    def withdraw(self, owner: Stream) -> None:
+    def withdraw(self, owner: Feed) -> None:
         """Forget what ``owner`` asked for and will not wait for (its chunk stopped)."""
         with self._pending_lock:
             self._pending = [r for r in self._pending if r.owner is not owner]
@@ -286,11 +287,11 @@ def _autocast(loaded: LoadedModel):
 _Frame = tuple[int, torch.Tensor, bool]  # model frame number, pixels, tracked (False: context)
 
 
-class Stream:
+class Feed:
     """One chunk's frames through the engine, in order (model frame numbers): ``push`` each decoded
     frame, ``drain`` when the decoding ends, ``flush`` at the video's end (``finish``: both). Each
     returns the frames whose objects are final, oldest first; ``close`` when the chunk stops early.
-    (A stream of video frames; its CUDA stream is its ``lane``.)
+    (What ``--streams`` counts; its CUDA stream is its ``lane``.)
 
     A group is always the whole of its B frames, wherever the chunk starts or stops: a chunk pushes
     the group's frames on either side of its own range as ``context`` (their features are computed
@@ -389,7 +390,7 @@ class Stream:
             del pixels, feats
             if self.after_step:
                 self.after_step(frame_idx)
-            finished += self.tracker.finalise(closed)
+            finished += self.tracker.final_objects(closed)
         return finished
 
 

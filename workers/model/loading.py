@@ -105,9 +105,10 @@ def load_model(source: str = DEFAULT_MODEL, device: str = "auto", threads: int |
         # CPU results depend on torch's thread count: every chunk of one video (any worker) and any
         # run they are compared with must use the same count.
         torch.set_num_threads(threads)
-    # transformers warns on every frame once max_num_objects is reached: not actionable for a user
-    # of this tool. Its warning that mask NMS / hole filling are skipped cannot apply: cv_utils.install
-    # below makes them run or fails the load.
+    # transformers warns on every frame once max_num_objects is reached, in a log nobody reads: the
+    # chunk reports it once in the video's warnings instead (VideoTracker.object_cap_warning). Its
+    # warning that mask NMS / hole filling are skipped cannot apply: cv_utils.install below makes
+    # them run or fails the load.
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
     expanded = Path(os.path.expanduser(source))

@@ -138,6 +138,15 @@ class VideoTracker:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self._loaded.device.type, dtype=dtype)
 
+    def object_cap_warning(self) -> str | None:
+        """A warning for the video when the tracker holds as many objects as SAM 3 tracks at once
+        (``max_num_objects``): new detections beyond it are dropped, so objects may be missing."""
+        cap = self._model.max_num_objects
+        if len(self.session.obj_ids) < cap:
+            return None
+        return (f"{cap} objects tracked at once, SAM 3's limit (max_num_objects): objects found after that "
+                "were not tracked; split the prompts over several runs or raise the limit in the model config")
+
     def pixels(self, rgb: np.ndarray) -> torch.Tensor:
         """A decoded frame as the model reads it."""
         return preprocess(rgb, self._loaded.image_size, self._loaded.device)
@@ -180,7 +189,7 @@ class VideoTracker:
         return closed
 
     @torch.inference_mode()
-    def finalise(self, closed: list[Sam3VideoSegmentationOutput]) -> list[FrameObjects]:
+    def final_objects(self, closed: list[Sam3VideoSegmentationOutput]) -> list[FrameObjects]:
         """Final objects of frames whose window closed (``step``'s outputs)."""
         return [self._with_visual(postprocess(self.session, out, self.height, self.width)) for out in closed]
 
@@ -192,14 +201,14 @@ class VideoTracker:
         return merge(found, *others) if others else found
 
     def push(self, frame_idx: int, rgb: np.ndarray) -> list[FrameObjects]:
-        """``step`` and ``finalise`` for one decoded frame, its features computed by the model."""
-        return self.finalise(self.step(frame_idx, self.pixels(rgb)))
+        """``step`` and ``final_objects`` for one decoded frame, its features computed by the model."""
+        return self.final_objects(self.step(frame_idx, self.pixels(rgb)))
 
     @torch.inference_mode()
     def flush(self) -> list[FrameObjects]:
         """End of the video: every buffered frame is final."""
         closed, self.buffer = self.buffer, []
-        return self.finalise(closed)
+        return self.final_objects(closed)
 
 
 def _no_text_output(frame_idx: int) -> Sam3VideoSegmentationOutput:

@@ -1,5 +1,5 @@
 """``events``: the SSE route. The stream itself (positions, filtering, hub or polling) is
-``sam3v.api.streams``."""
+``sam3v.api.sse_reader``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from sse_starlette.sse import EventSourceResponse
 
 from sam3v.api.auth import owner
 from sam3v.api.deps import generations
-from sam3v.api.streams import event_stream, start_id
+from sam3v.api.sse_reader import event_stream, start_id
 
 router = APIRouter(tags=["events"])
 

@@ -18,7 +18,13 @@ from sam3v.api.schemas import GenerationRequest
 from sam3v.api.service import VIDEO_ID, Generations, check_generation_id, gen_key
 
 router = APIRouter(tags=["queue"])
+REPORT_HEADERS = {"Content-Security-Policy": "default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
+                                             "script-src 'unsafe-inline'", "X-Content-Type-Options": "nosniff"}
 
+
+# An output's file type -> what a browser is told it is.
+MEDIA_TYPES = {"json": "application/json", "mp4": "video/mp4", "mkv": "video/x-matroska", "zip": "application/zip",
+               "txt": "text/plain; charset=utf-8"}
 
 @router.post("/api/ai/queue", summary="Queue generations", max_body_size=JSON_BODY_MAX)
 def enqueue(body: GenerationRequest, request: Request, who: str = Depends(owner)):
@@ -77,12 +83,24 @@ def retry_generation(generation_id: str, request: Request, who: str = Depends(ow
 @router.get("/api/ai/queue/{generation_id}/files/{name}", summary="Download an output", response_class=Response)
 def download(generation_id: str, name: str, request: Request, who: str = Depends(owner)):
     """An output (`overlay`, `mask` or `masks`) of a succeeded generation. `result_urls` point here
-    when storage is a local directory; with S3 they are presigned URLs instead."""
+    when storage is a local directory; with S3 they are presigned URLs instead. `report.html`: the
+    generation's report (one self-contained page), once it has ended, succeeded or not."""
     check_generation_id(generation_id)
     g = generations(request)
     g.meta(generation_id, who)
     key, local = g.file(generation_id, name)
-    media = "application/json" if key.endswith(".json") else "video/mp4"
+    if key.endswith(".html"):
+        # Our page, with our inline style and script only: nothing else may load or run in it.
+        return Response(g.storage.get_bytes(key), media_type="text/html; charset=utf-8", headers=REPORT_HEADERS)
+    media = MEDIA_TYPES.get(key.rsplit(".", 1)[-1], "application/octet-stream")
     if local is not None:
         return FileResponse(local, media_type=media, filename=local.name)
     return Response(g.storage.get_bytes(key), media_type=media)
+
+
+@router.get("/api/ai/queue/{generation_id}/files/objects/{object_file}", summary="Download one object's mask video",
+            response_class=Response)
+def download_object(generation_id: str, object_file: str, request: Request, who: str = Depends(owner)):
+    """One object's lossless mask video of the ``objects`` export (``<object id>.mkv``); ``result_urls``
+    lists each as ``objects/<id>.mkv``."""
+    return download(generation_id, f"objects/{object_file}", request, who)
