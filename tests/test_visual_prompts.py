@@ -400,3 +400,11 @@ def test_api_request_with_only_a_box_succeeds_through_the_queue(api, inputs):  #
     masks = httpx.get(doc["result_urls"]["masks"]).json()
     assert masks["objects"] == [{"id": 7, "prompt": {"frame": 4, "box": BOX}, "first_frame": 0, "last_frame": 7}]
     assert httpx.get(doc["result_url"]).content[4:8] == b"ftyp"
+
+
+def test_a_visual_object_is_labelled_by_its_id():
+    from workers.media.labels import label_text
+
+    assert label_text(7, {"frame": 3, "box": BOX}) == "7"
+    assert label_text(7, [{"frame": 3, "box": BOX}, {"frame": 9, "points": [[1.0, 2.0]], "labels": [1]}]) == "7"
+    assert label_text(2, "dog") == "2 dog"

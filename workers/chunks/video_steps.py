@@ -203,7 +203,9 @@ def finalize(info: VideoInfo, header: dict, artifacts: Storage, work: WorkKeys, 
         header["prompts"], out, out_prefix, part_frames, claim, [o for o in outputs if o in EXPORT_NAMES])
     per_prompt = dict.fromkeys(document["prompts"], 0)
     for obj in document["objects"]:
-        per_prompt[obj["prompt"]] = per_prompt.get(obj["prompt"], 0) + 1
+        # Visual objects (prompted by a box, points or a mask) are counted together.
+        key = obj["prompt"] if isinstance(obj["prompt"], str) else "visual prompts"
+        per_prompt[key] = per_prompt.get(key, 0) + 1
     return Finalized(uris, document["video"]["num_frames"], len(document["objects"]), chunks, audio, thumbnails,
                      per_prompt)
 

@@ -26,8 +26,9 @@ def label_size(height: int) -> int:
     return max(13, height // 30)
 
 
-def label_text(object_id: int, prompt: str | None) -> str:
-    text = f"{object_id} {prompt}" if prompt else str(object_id)
+def label_text(object_id: int, prompt: str | dict | list | None) -> str:
+    # A visual object's prompt is a description (a box, points, a mask on a frame): its id says enough.
+    text = f"{object_id} {prompt}" if isinstance(prompt, str) and prompt else str(object_id)
     return text if len(text) <= MAX_LABEL_CHARS else text[:MAX_LABEL_CHARS - 1] + "\u2026"
 
 
