@@ -16,13 +16,15 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pipeline.core.errors import InputError
-from pipeline.core.visual_prompts import Exemplar, ObjectPrompt, assigned_ids
 from workers.media import rle
+
+if TYPE_CHECKING:  # the spec is pydantic, which a bare GPU machine (benchmarks) does not have
+    from pipeline.core.visual_prompts import Exemplar, ObjectPrompt
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,8 @@ def visual_objects(objects: Sequence[ObjectPrompt | dict], start_frame: int, hei
     assigned as ``assigned_ids`` does, ordered by id; ``num_frames``: frames processed from
     ``start_frame`` on. What the spec's validation already refuses is refused here too: a worker
     may get a task written by another version."""
+    from pipeline.core.visual_prompts import ObjectPrompt, assigned_ids
+
     prompts = [p if isinstance(p, ObjectPrompt) else ObjectPrompt.model_validate(p) for p in objects]
     groups: dict[int, list[tuple[int, ObjectPrompt]]] = {}
     for n, (obj_id, prompt) in enumerate(zip(assigned_ids(prompts), prompts)):
@@ -123,6 +127,8 @@ def exemplar_boxes(exemplars: Sequence[Exemplar | dict], start_frame: int, heigh
                    num_frames: int | None = None) -> dict[int, tuple[list[list[float]], list[int]]]:
     """Exemplars by model frame, as SAM 3's detector takes them: boxes as (cx, cy, w, h) normalised
     by the frame's size (``Sam3Processor``'s form), labels 1 (an example) or 0 (a counter-example)."""
+    from pipeline.core.visual_prompts import Exemplar
+
     found: dict[int, tuple[list[list[float]], list[int]]] = {}
     if exemplars and not geometry_encoder_available():
         raise InputError("exemplars: this installation cannot take exemplars: SAM 3's geometry encoder pools "
