@@ -52,8 +52,8 @@ def patch(place: str, frame: int, mark: Path) -> tuple[object, str, object]:
     if place == "restore":
         real_restore = TrackerState.restore
 
-        def restore(self, loaded, state_device=None):
-            tracker = real_restore(self, loaded, state_device)
+        def restore(self, loaded, *args, **kwargs):  # whatever restore takes (visual objects, ...)
+            tracker = real_restore(self, loaded, *args, **kwargs)
             if not mark.exists():
                 _fire(mark, place)
             return tracker
