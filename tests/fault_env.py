@@ -165,8 +165,9 @@ class Jobs:
             doc = wait_terminal(self.env, job, timeout=timeout)
         except AssertionError as err:
             raise AssertionError(f"{err}\n{context()}") from None
-        # Recorded once results.jsonl and report.html are written (the state turns final before).
-        wait_for(lambda: self.store.summary(job).results, 60, context)
+        # The state turns final before the last video's worker writes results.jsonl, then report.html
+        # (the job's results URI is recorded at its first probe already: no sign of either file).
+        wait_for(lambda: self.exists(JobKeys(job).report()), 60, context)
         return doc
 
     # --- storage ------------------------------------------------------------------------------
