@@ -212,6 +212,11 @@ def finalize(info: VideoInfo, header: dict, artifacts: Storage, work: WorkKeys, 
 
 # --- the local driver ----------------------------------------------------------------------------
 
+def merged_warnings(recorded: list[str], new: list[str]) -> list[str]:
+    """A video's warnings after one more chunk: each once, however many chunks repeat it."""
+    return recorded + [w for w in new if w not in recorded]
+
+
 @dataclass
 class _Tally:
     timings: dict[str, float] = field(default_factory=lambda: {"decode": 0.0, "model": 0.0, "render": 0.0,
@@ -223,7 +228,7 @@ class _Tally:
     def add(self, done: ChunkResult) -> None:
         for key, value in done.timings.items():
             self.timings[key] += value
-        self.warnings += [w for w in done.warnings if w not in self.warnings]  # one per video, not per chunk
+        self.warnings = merged_warnings(self.warnings, done.warnings)
         self.decoders.append(done.decoder)
         self.encoder = done.encoder if done.encoder != "none" else self.encoder
 

@@ -54,11 +54,6 @@ from workers.jobs.task_policy import (
 log = logging.getLogger(__name__)
 
 
-def _merged(recorded: list[str], new: list[str]) -> list[str]:
-    """A video's warnings after one more chunk: each once, however many chunks repeat it."""
-    return recorded + [w for w in new if w not in recorded]
-
-
 def _spec(ctx: Context, job_id: str, video_id: str) -> VideoSpec:
     return VideoSpec.model_validate(ctx.status.item(job_id, video_id))
 
@@ -104,6 +99,7 @@ def segment_chunk_task(self, job_id: str, video_id: str, k: int, start: int, sto
         VideoRun,
         chunk_needed,
         document_header,
+        merged_warnings,
         run_chunk,
     )
     from workers.media.probe import probe
@@ -150,7 +146,7 @@ def segment_chunk_task(self, job_id: str, video_id: str, k: int, start: int, sto
             return err  # beside other streams: run again alone (below), not counted
         warnings = result.warnings if result else []
         ctx.status.update_video(job_id, video_id, fence=attempt, frames_done=min(stop - spec.start_frame, num_frames),
-                                chunks_done=k + 1, warnings=_merged(entry.get("warnings") or [], warnings))
+                                chunks_done=k + 1, warnings=merged_warnings(entry.get("warnings") or [], warnings))
 
     def uncount() -> None:
         """The outage stopped this start before the chunk was done: it will start again, once."""
