@@ -142,10 +142,13 @@ class Jobs:
     def store(self) -> StatusStore:
         return StatusStore(redis.Redis.from_url(self.redis_url))
 
-    def submit(self, video_ids: list[str], prompt: str = "dog") -> str:
-        """One job over clips already in the bucket (``inputs/{id}.mp4``); returns its id."""
-        manifest = write_manifest(self.workdir / f"manifest-{time.monotonic_ns()}.jsonl",
-                                  [line(f"s3://{BUCKET}/inputs/{vid}.mp4", vid) for vid in video_ids])
+    def submit(self, video_ids: list[str], prompt: str = "dog", objects: list[dict] | None = None) -> str:
+        """One job over clips already in the bucket (``inputs/{id}.mp4``); returns its id.
+        ``objects``: visual prompts given to every video (manifest field ``objects``)."""
+        lines = [line(f"s3://{BUCKET}/inputs/{vid}.mp4", vid) for vid in video_ids]
+        if objects:
+            lines = [json.dumps({**json.loads(text), "objects": objects}) for text in lines]
+        manifest = write_manifest(self.workdir / f"manifest-{time.monotonic_ns()}.jsonl", lines)
         done = cli(self.env, "submit", manifest, "--prompt", prompt)
         assert done.returncode == 0, done.stderr
         return done.stdout.strip().splitlines()[-1]
@@ -153,10 +156,11 @@ class Jobs:
     def video(self, job: str, vid: str) -> dict:
         return self.store.video(job, vid)
 
-    def deliveries(self, job: str, vid: str) -> dict[int, int]:
-        """How many times each chunk's task started (the Redis hash ``sam3v:deliveries:{job}:{vid}``)."""
+    def deliveries(self, job: str, vid: str) -> dict[int | str, int]:
+        """How many times each chunk's task started (the Redis hash ``sam3v:deliveries:{job}:{vid}``):
+        by chunk index, and by ``"b<k>"`` for the backward pass's chunk k."""
         raw = redis.Redis.from_url(self.redis_url).hgetall(f"sam3v:deliveries:{job}:{vid}")
-        return {int(k): int(v) for k, v in raw.items()}
+        return {int(k) if k.isdigit() else k.decode(): int(v) for k, v in raw.items()}
 
     def wait_finished(self, job: str, timeout: float, context: Callable[[], str]) -> dict:
         """The job's final status document (``sam3v status --json``); a wait past ``timeout`` fails
@@ -231,31 +235,33 @@ REPORT_INTERVAL = 2.0
 
 
 def freeze_in_chunk(jobs: Jobs, pid: int, job: str, vid: str, chunk: Chunk, frames_in: int,
-                    timeout: float = 120) -> dict:
+                    timeout: float = 120, before: tuple[int, int] | None = None) -> dict:
     """Stop process ``pid`` (SIGSTOP) once video ``vid`` has put ``frames_in`` frames of ``chunk``
     through the model (1 <= frames_in < chunk length); returns the video's entry, read while the
-    process is stopped: frames_done = chunk.start + frames_in, and the chunk not done. The caller
-    kills the process or continues it (SIGCONT)."""
+    process is stopped: frames_done = base + frames_in, and the chunk not done. The caller
+    kills the process or continues it (SIGCONT). ``before``: (chunks_done, frames_done) when the
+    chunk starts, if not (chunk.index, chunk.start) (a backward pass's chunk runs after others)."""
     assert 1 <= frames_in < chunk.stop - chunk.start, f"frames_in {frames_in} is not inside {chunk}"
+    chunks_before, base = before or (chunk.index, chunk.start)
 
     def reported(at_least: int) -> dict | None:
         entry = jobs.video(job, vid)
         done = entry.get("chunks_done") or 0
-        assert done <= chunk.index, f"chunk {chunk.index} of {vid} finished before the fault landed: {entry}"
+        assert done <= chunks_before, f"chunk {chunk} of {vid} finished before the fault landed: {entry}"
         frames = entry.get("frames_done") or 0
-        return entry if done == chunk.index and frames >= chunk.start + at_least else None
+        return entry if done == chunks_before and frames >= base + at_least else None
 
     wait_for(lambda: reported(1), timeout, lambda: f"{vid} never started chunk {chunk.index}: {jobs.video(job, vid)}",
              poll=0.005)
     os.kill(pid, signal.SIGSTOP)
     seen = time.monotonic()
     entry = reported(1)
-    while entry["frames_done"] < chunk.start + frames_in:
+    while entry["frames_done"] < base + frames_in:
         # Let the report interval run out while stopped (no other signal tells), then step one frame.
         time.sleep(max(0.0, seen + REPORT_INTERVAL + 0.1 - time.monotonic()))
         target = entry["frames_done"] + 1
         os.kill(pid, signal.SIGCONT)
-        entry = wait_for(lambda: reported(target - chunk.start), 60,
+        entry = wait_for(lambda: reported(target - base), 60,
                          lambda: f"{vid} did not reach frame {target}: {jobs.video(job, vid)}", poll=0.005)
         os.kill(pid, signal.SIGSTOP)
         seen = time.monotonic()

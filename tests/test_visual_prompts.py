@@ -25,6 +25,7 @@ from tests import media
 from tests.test_api import api, inputs  # noqa: F401  (module fixtures: API, Redis, a worker)
 from tests.test_pipeline import env, redis_server, s3  # noqa: F401  (module fixtures)
 from workers.chunks import backward_pass as backward_module
+from workers.chunks import video_steps
 from workers.chunks.backward_pass import _features, backward_pass
 from workers.chunks.video_steps import segment_video
 from workers.media import rle
@@ -258,21 +259,36 @@ def test_pruning_the_backward_session_is_exact(tiny, dog_features, monkeypatch):
 
 # --- refusals, before any compute -----------------------------------------------------------------
 
-def test_chunked_equals_unchunked_with_boundaries_on_both_sides_of_a_prompt(tiny, tmp_path):
-    """Chunks of 8 frames cut at 8 and 16 around the box on frame 10: the backward pass (run in chunk
-    0) hands frames 0-9 on through the state, the forward visual session and the frames still in the
-    hotstart window cross both boundaries; masks.json is byte-identical to the one-chunk run."""
+def test_chunked_equals_unchunked_with_boundaries_on_both_sides_of_a_prompt(tiny, tmp_path, monkeypatch):
+    """Chunks of 8 frames cut at 8 and 16 around the box on frame 10: the backward pass runs as two
+    chunks of its own (frames 10-8, then 7-0, the session carried from the first to the second through
+    the state codec), the forward visual session and the frames still in the hotstart window cross
+    both boundaries; masks.json is byte-identical to the one-chunk run."""
     objects = [ObjectPrompt(id=1, frame=10, box=BOX), ObjectPrompt(id=4, frame=3, points=[[600.0, 300.0]])]
-    docs = {}
+    docs, backward_chunks, progress = {}, {}, {}
+    real = video_steps.run_backward_chunk
+
+    def recorded(*args, **kwargs):
+        chunk = args[4]
+        backward_chunks[current].append((chunk.index, chunk.start, chunk.stop))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(video_steps, "run_backward_chunk", recorded)
     for chunk_frames in (None, 8):
+        current = chunk_frames
+        backward_chunks[current], seen = [], progress.setdefault(chunk_frames, [])
         out = tmp_path / str(chunk_frames)
         result = segment_video(DOG, tiny, VideoOptions(outputs=["rle"], max_frames=20, chunk_frames=chunk_frames),
-                               [], LocalStorage(out), objects=objects)
+                               [], LocalStorage(out), objects=objects, progress=lambda n, total: seen.append((n, total)))
         assert result.num_chunks == (1 if chunk_frames is None else 3)
         docs[chunk_frames] = (out / "masks.json").read_bytes()
+    assert backward_chunks == {None: [(0, 0, 11)], 8: [(1, 8, 11), (0, 0, 8)]}
     assert docs[8] == docs[None]
     doc = json.loads(docs[None])
     assert _frames(doc, 1) == list(range(20)) and _frames(doc, 4) == list(range(20))
+    # Progress counts the backward pass's 11 frames, then the forward run's 20, in order, to the end.
+    for seen in progress.values():
+        assert {total for _, total in seen} == {31} and [n for n, _ in seen] == list(range(1, 32)), seen
 
 
 @pytest.mark.parametrize("prompt, message", [
@@ -408,3 +424,15 @@ def test_a_visual_object_is_labelled_by_its_id():
     assert label_text(7, {"frame": 3, "box": BOX}) == "7"
     assert label_text(7, [{"frame": 3, "box": BOX}, {"frame": 9, "points": [[1.0, 2.0]], "labels": [1]}]) == "7"
     assert label_text(2, "dog") == "2 dog"
+
+
+def test_the_backward_pass_is_planned_on_the_forward_grid_last_chunk_first():
+    from pipeline.core.planning import Chunk, plan_backward, plan_chunks
+
+    chunks = plan_chunks(20, 8, start_frame=5)  # frames 5-12, 13-20, 21-24
+    assert plan_backward(chunks, 11, 5) == [Chunk(1, 13, 16, False), Chunk(0, 5, 13, True)]
+    assert plan_backward(chunks, 20, 5) == [Chunk(2, 21, 25, False), Chunk(1, 13, 21, False), Chunk(0, 5, 13, True)]
+    assert plan_backward(chunks, 0, 5) == []
+    assert plan_backward(plan_chunks(20, None), 20) == [Chunk(0, 0, 20, True)]
+    with pytest.raises(ValueError, match="after the last planned frame"):
+        plan_backward(chunks, 21, 5)

@@ -11,6 +11,8 @@
     {job}/{video}/coco.json, ytvis.json, davis.zip, mot.txt, objects/{id}.mkv   exports asked for
     {job}/{video}/work/chunks/{k:05d}/...    a chunk's frames.json, done.json and state/ (the tracker
     {job}/{video}/work/segments/{out}-{g:06d}.mp4   carried to chunk k+1); encoded parts on the grid
+    {job}/{video}/work/backward/chunks/{k:05d}/...   the backward pass's chunk k: masks.json, done.json,
+                                             state/ (carried to backward chunk k-1)
     uploads/{id}/{name}                      HTTP API uploads (``upload://{id}``)
 
 Keys under ``work/`` keep the names earlier releases wrote ("segments" for encoded parts), so a job
@@ -72,6 +74,15 @@ class WorkKeys:
 
     def frames(self, k: int) -> str:
         return self.chunk(k, "frames.json")
+
+    def masks(self, k: int) -> str:
+        """The backward pass's masks of chunk ``k``'s frames (``backward``'s keys only)."""
+        return self.chunk(k, "masks.json")
+
+    @property
+    def backward(self) -> WorkKeys:
+        """The backward pass's chunks: the same layout under ``backward/`` (state k goes to chunk k - 1)."""
+        return WorkKeys(join_key(self.prefix, "backward"))
 
     def part(self, output: str, g: int) -> str:
         """Encoded part ``g`` (of the fixed grid) of output video ``output``."""

@@ -1,5 +1,8 @@
 """Plan a video as chunks of frames, and the fixed grid its encoded parts follow.
 
+A video with visual objects prompted after its first frame has a backward pass too
+(``plan_backward``): chunks on the same grid, run last first, before the forward chunks.
+
 Pure arithmetic, no torch: the producer plans chunks without loading the data plane.
 
 The encoded video is cut on a grid of ``PART_FRAMES`` frames that does not depend on the
@@ -53,6 +56,22 @@ def plan_chunks(num_frames: int, chunk_frames: int | None, start_frame: int = 0)
     end = start_frame + num_frames
     starts = list(range(start_frame, end, size))
     return [Chunk(k, a, min(a + size, end), k == len(starts) - 1) for k, a in enumerate(starts)]
+
+
+def plan_backward(chunks: list[Chunk], span: int, start_frame: int = 0) -> list[Chunk]:
+    """The backward pass's chunks, in the order they run: visual objects tracked from their last
+    prompt (model frame ``span - 1``) back to ``start_frame``, on the forward chunks' grid.
+
+    Backward chunk k covers forward chunk k's frames below ``start_frame + span`` and runs them in
+    decreasing order; its tracker state goes to chunk k - 1 and its masks to forward chunk k, which
+    writes them. ``final`` marks the last to run (chunk 0). Nothing to plan when ``span`` is 0.
+    """
+    if span < 0:
+        raise ValueError(f"span must be >= 0, got {span}")
+    end = start_frame + span
+    if chunks and end > chunks[-1].stop:
+        raise ValueError(f"the backward pass ends at frame {end - 1}, after the last planned frame {chunks[-1].stop - 1}")
+    return [Chunk(c.index, c.start, min(c.stop, end), c.index == 0) for c in reversed(chunks) if c.start < end]
 
 
 def default_chunk_frames(fps: float, seconds: float = DEFAULT_CHUNK_SECONDS) -> int:

@@ -293,8 +293,9 @@ class StatusStore:
                               attempt=attempts[vid], publishing=None)
         return attempts
 
-    def count_delivery(self, job_id: str, video_id: str, chunk: int, by: int = 1) -> int:
-        """Count a start of ``chunk`` (``by=-1``: one that an outage interrupted, not a crash)."""
+    def count_delivery(self, job_id: str, video_id: str, chunk: int | str, by: int = 1) -> int:
+        """Count a start of ``chunk`` (``"b<k>"``: the backward pass's chunk k; ``by=-1``: one that an
+        outage interrupted, not a crash)."""
         key = _k("deliveries", job_id, video_id)
         n = self.r.hincrby(key, str(chunk), by)
         self.r.expire(key, 7 * 86400)

@@ -30,7 +30,7 @@ from pipeline.core.errors import Cancelled, InputError
 from pipeline.core.layout import WorkKeys
 from pipeline.core.planning import PART_FRAMES, Chunk, encode_limit
 from pipeline.core.storage import Storage
-from workers.chunks.backward_pass import backward_pass
+from workers.chunks.backward_pass import read_masks
 from workers.media.composite import FILL, OverlayStyle
 from workers.media.decode import DecodeThread, Frame, open_reader, yuv_capable
 from workers.media.encode import EncoderSettings
@@ -49,7 +49,7 @@ from workers.model.state_codec import (
 )
 from workers.model.state_pruning import prune
 from workers.model.tracker import VideoTracker
-from workers.model.visual_objects import exemplar_boxes, visual_objects
+from workers.model.visual_objects import backward_span, exemplar_boxes, visual_objects
 
 CARRY_FORMAT = "sam3v.chunk-carry"
 CARRY_VERSION = 1
@@ -107,8 +107,8 @@ class ChunkInputs:
     frame_batch: int = 1  # frames per detector batch, on the video's own grid (recorded when planned)
     style: OverlayStyle = FILL  # the overlay's fill/outline and labels
     # Visual prompts (``ObjectPrompt``s, or dicts of their fields): objects given as points, a box or
-    # a mask on a frame, tracked both ways (``workers.chunks.backward_pass``: all of it in chunk 0;
-    # its masks and the forward visual session travel in the tracker state).
+    # a mask on a frame, tracked both ways (the backward pass's chunks, ``workers.chunks.backward_pass``,
+    # run before the forward ones; chunk k reads backward chunk k's masks).
     objects: tuple = ()
     exemplars: tuple = ()  # ``Exemplar``s: boxes the detector reads beside the text prompts on their frame
 
@@ -202,6 +202,12 @@ class ChunkRunner:
         self.render = RenderStage(self.workdir, job.videos, spec, self.log, _part_publisher(self.artifacts, self.work),
                                   known_prompts=self.carry.object_prompts)
         self.pending = {entry["frame"]: entry for entry in self.carry.pending}
+        # The backward pass's masks of this chunk's frames (its backward chunk ran before), put with each
+        # frame's outputs when the frame is pushed; those of frames the chunk leaves in its hotstart
+        # buffer travel in the tracker state.
+        self.backward = (read_masks(self.artifacts, self.work, chunk.index, self.visual, job.info.height,
+                                    job.info.width)
+                         if chunk.start - origin < backward_span(self.visual) else None)
         self.stream = self.engine.open_feed(self.tracker, job.frame_batch,
                                               _after_step(self.tracker, origin, self.progress, self.should_stop),
                                               self.alone, f"chunk {chunk.index}")
@@ -217,13 +223,11 @@ class ChunkRunner:
 
     def _previous(self) -> tuple[VideoTracker, Carry]:
         job, k = self.inputs, self.inputs.chunk.index
+        self.visual = visual_objects(job.objects, job.start_frame, job.info.height, job.info.width)
         if k == 0:
             origin = job.start_frame
-            visual = visual_objects(job.objects, origin, job.info.height, job.info.width)
-            backward = backward_pass(self.loaded, job.info, visual, origin, job.decoder, job.damaged_is_error,
-                                     self.should_stop) if visual else {}
             tracker = VideoTracker(self.loaded, job.prompts, job.info.height, job.info.width,
-                                   detection_threshold=job.detection_threshold, visual=visual, backward=backward,
+                                   detection_threshold=job.detection_threshold, visual=self.visual,
                                    num_frames=job.num_frames, exemplars=self._exemplars())
             return tracker, Carry(origin, origin, origin)
         state_dir = self.workdir / "state-in"
@@ -236,8 +240,7 @@ class ChunkRunner:
         carry = Carry.from_json((state_dir / CARRY_NAME).read_bytes(), self.artifacts.uri(self.work.state_dir(k - 1)))
         if carry.next_frame != job.chunk.start:
             raise StateError(f"chunk {k} starts at frame {job.chunk.start} but the state continues at {carry.next_frame}")
-        visual = visual_objects(job.objects, job.start_frame, job.info.height, job.info.width)
-        tracker = load_state(state_dir, self.loaded, visual=visual)
+        tracker = load_state(state_dir, self.loaded, visual=self.visual)
         tracker.exemplars = self._exemplars()  # inputs, not state
         if tracker.detection_threshold != job.detection_threshold:
             raise StateError(f"chunk {k} asks for detection threshold {job.detection_threshold}, but the state was "
@@ -278,6 +281,10 @@ class ChunkRunner:
 
     def _push(self, i: int, frame: Frame, context: bool) -> None:
         t0 = time.perf_counter()
+        if self.backward is not None and not context:
+            found = self.backward.take(i - self.inputs.start_frame)
+            if found is not None:
+                self.tracker.backward[found.frame_idx] = found
         finished = self.stream.push(i - self.inputs.start_frame, frame.rgb, context)
         self.timings["model"] += time.perf_counter() - t0
         for found in finished:

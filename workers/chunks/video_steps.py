@@ -1,4 +1,5 @@
-"""One video's steps, owned here and nowhere else: prepare (probe + plan), run chunk k, finalize.
+"""One video's steps, owned here and nowhere else: prepare (probe + plan), run backward chunk k (for
+visual objects prompted after the first frame), run chunk k, finalize.
 
 Two drivers run them. ``segment_video`` below runs them in order in this process (``sam3v
 segment``); the Celery tasks (``workers.jobs.tasks``) call exactly one step each, chained per video
@@ -29,10 +30,12 @@ from pipeline.core.planning import (
     Chunk,
     default_chunk_frames,
     frames_to_process,
+    plan_backward,
     plan_chunks,
 )
 from pipeline.core.specs import EXPORT_NAMES, VIDEO_OUTPUTS, VideoOptions
 from pipeline.core.storage import LocalStorage, Storage
+from workers.chunks.backward_pass import BackwardResult, run_backward_chunk
 from workers.chunks.chunk_runner import (
     ChunkInputs,
     ChunkResult,
@@ -46,7 +49,7 @@ from workers.model.engine import engine_for
 from workers.model.loading import LoadedModel
 from workers.model.model_source import looks_like_path
 from workers.model.tracker import check_prompts
-from workers.model.visual_objects import exemplar_boxes, visual_objects
+from workers.model.visual_objects import VisualObject, backward_span, exemplar_boxes, visual_objects
 
 Progress = Callable[[int, int | None], None]
 
@@ -143,6 +146,13 @@ class VideoRun:
     objects: tuple = ()  # visual prompts (ObjectPrompt), tracked both ways
     exemplars: tuple = ()  # Exemplar boxes, read by the detector beside the text prompts on their frame
 
+    def visual(self) -> list[VisualObject]:
+        return visual_objects(self.objects, self.opts.start_frame, self.info.height, self.info.width)
+
+    def backward_chunks(self, chunks: list[Chunk]) -> list[Chunk]:
+        """The backward pass's chunks on ``chunks``' grid, in the order they run (none: no pass)."""
+        return plan_backward(chunks, backward_span(self.visual()), self.opts.start_frame)
+
     def inputs(self, chunk: Chunk) -> ChunkInputs:
         o = self.opts
         return ChunkInputs(self.info, chunk, self.num_frames, self.prompts, o.video_outputs(), o.mask_opacity,
@@ -180,6 +190,30 @@ def run_chunk(video: VideoRun, chunk: Chunk, loaded: LoadedModel, artifacts: Sto
         return run_chunk_inputs(video.inputs(chunk), loaded, artifacts, work, progress, should_stop, engine)
     with engine.exclusive.alone():
         return run_chunk_inputs(video.inputs(chunk), loaded, artifacts, work, progress, should_stop, engine, True)
+
+
+def run_backward(video: VideoRun, chunk: Chunk, loaded: LoadedModel, artifacts: Storage, work: WorkKeys,
+                 strict: bool, progress: Callable[[int], None] | None = None,
+                 should_stop: Callable[[], bool] | None = None, alone: bool = False,
+                 max_batch: int | None = None) -> BackwardResult | None:
+    """Run backward chunk ``chunk`` (``VideoRun.backward_chunks``'), its session carried in from
+    backward chunk k+1; None when it finished before (a redelivery). ``strict``: the video has more
+    than one (forward) chunk, so damage fails it (``ChunkInputs.damaged_is_error``); ``progress``:
+    frames of the backward pass done; the rest as ``run_chunk``."""
+    if artifacts.exists(work.backward.done(chunk.index)):
+        return None
+    engine = engine_for(loaded, max_batch)
+    # Not through the frame engine's batches (a backward pass takes one frame at a time, in its own
+    # order), but under its out-of-memory guard, and alone when asked, as a chunk.
+
+    def work_() -> BackwardResult:
+        return run_backward_chunk(loaded, video.info, video.visual(), video.opts.start_frame, chunk, artifacts, work,
+                                  video.decoder, strict, progress, should_stop)
+
+    if not alone:
+        return engine.guarded(work_, False)
+    with engine.exclusive.alone():
+        return engine.guarded(work_, True)
 
 
 # --- step 3: finalize ----------------------------------------------------------------------------
@@ -255,13 +289,19 @@ def segment_video(source: str | Path, loaded: LoadedModel, opts: VideoOptions, p
     exemplar_boxes(exemplars, opts.start_frame, plan.info.height, plan.info.width, plan.num_frames)  # refused here
     video = VideoRun(plan.info, opts, prompts, plan.num_frames, part_frames, decoder, frame_batch, tuple(objects),
                      tuple(exemplars))
+    backward = video.backward_chunks(plan.chunks)
+    back_frames = sum(c.stop - c.start for c in backward)
+    total = back_frames + plan.num_frames  # progress counts both passes
     tally = _Tally()
     work = WorkKeys()
     with tempfile.TemporaryDirectory(prefix="sam3v-chunks-") as tmp:
         artifacts = LocalStorage(tmp)
+        for chunk in backward:
+            run_backward(video, chunk, loaded, artifacts, work, len(plan.chunks) > 1,
+                         (lambda n: progress(n, total)) if progress else None, max_batch=max_batch)
         for chunk in plan.chunks:
             done = run_chunk(video, chunk, loaded, artifacts, work,
-                             (lambda n: progress(n, plan.num_frames)) if progress else None, max_batch=max_batch)
+                             (lambda n: progress(back_frames + n, total)) if progress else None, max_batch=max_batch)
             if done is None:
                 break  # the stream ended in the chunk before
             tally.add(done)

@@ -21,9 +21,11 @@ from workers.jobs.outcomes import stop_if_not_wanted
 log = logging.getLogger(__name__)
 
 
-def progress_reporter(ctx: Context, job_id: str, video_id: str, attempt: int) -> Callable[[int], None]:
-    """Frames done and a heartbeat, written at most every 2 s. Best effort: a chunk does not stop
-    for a Redis blip; its outcome is recorded (or retried) when it ends."""
+def progress_reporter(ctx: Context, job_id: str, video_id: str, attempt: int,
+                      offset: int = 0) -> Callable[[int], None]:
+    """Frames done (``offset`` plus the count given: a forward chunk counts after the backward pass's
+    frames) and a heartbeat, written at most every 2 s. Best effort: a chunk does not stop for a
+    Redis blip; its outcome is recorded (or retried) when it ends."""
     last_report = [0.0]
     beats = Heartbeats(ctx.status.r)
 
@@ -32,7 +34,7 @@ def progress_reporter(ctx: Context, job_id: str, video_id: str, attempt: int) ->
             last_report[0] = time.monotonic()
             try:
                 beats.beat(job_id, video_id)
-                ctx.status.update_video(job_id, video_id, fence=attempt, frames_done=done)
+                ctx.status.update_video(job_id, video_id, fence=attempt, frames_done=offset + done)
             except (redis.ConnectionError, redis.TimeoutError) as err:
                 log.warning("progress of %s/%s not recorded: %s", job_id, video_id, err)
 

@@ -32,7 +32,7 @@ from pipeline.core.celery_app import (
 from pipeline.core.errors import Cancelled
 from pipeline.core.heartbeats import Heartbeats
 from pipeline.core.layout import JobKeys, VideoKeys
-from pipeline.core.planning import PART_FRAMES, Chunk
+from pipeline.core.planning import PART_FRAMES, Chunk, plan_backward
 from pipeline.core.specs import VideoSpec
 from pipeline.core.visual_prompts import check_against_video
 from workers.jobs import sweeper  # noqa: F401  (publish hooks and the sweeper thread of worker masters)
@@ -62,6 +62,7 @@ def _spec(ctx: Context, job_id: str, video_id: str) -> VideoSpec:
 def probe_task(self, job_id: str, video_id: str, attempt: int = 0) -> None:
     """Step 1, prepare: stage and probe the source, plan the chunks, start the video's chain."""
     from workers.chunks.video_steps import prepare
+    from workers.model.visual_objects import backward_span, visual_objects
 
     ctx = task_context(self)
     started(self, ctx, job_id, video_id, attempt)
@@ -77,29 +78,39 @@ def probe_task(self, job_id: str, video_id: str, attempt: int = 0) -> None:
         # video here, before any chunk: the request could not be checked without the video.
         check_against_video(spec, plan.info.width, plan.info.height,
                             plan.info.frames_expected or spec.start_frame + plan.num_frames)
-        ctx.status.update_video(job_id, video_id, fence=attempt, source=source, frames_total=plan.num_frames,
-                                frames_done=0, chunks_total=len(plan.chunks), chunks_done=0,
+        # Objects prompted after the first frame are tracked back to it first: the backward pass's
+        # chunks run before the forward ones, and progress counts the frames of both passes.
+        span = backward_span(visual_objects(spec.objects, spec.start_frame, plan.info.height, plan.info.width))
+        backward = plan_backward(plan.chunks, span, spec.start_frame)
+        ctx.status.update_video(job_id, video_id, fence=attempt, source=source, frames_total=span + plan.num_frames,
+                                frames_done=0, chunks_total=len(backward) + len(plan.chunks), chunks_done=0,
+                                backward_frames=span, backward_chunks=len(backward),
                                 part_frames=ctx.settings.part_frames, frame_batch=ctx.settings.frame_batch)
-        return plan
+        return plan, backward
 
-    plan = guarded(self, ctx, job_id, video_id, attempt, "probe", step)
+    plan, backward = guarded(self, ctx, job_id, video_id, attempt, "probe", step)
     lane = ctx.status.job_spec(job_id).get("lane", "batch")
     gpu, cpu = queue_for("gpu", lane), queue_for("cpu", lane)
     steps = [segment_chunk_task.si(job_id, video_id, c.index, c.start, c.stop, c.final, plan.num_frames,
-                                   attempt=attempt).set(queue=gpu) for c in plan.chunks]
+                                   attempt=attempt, backward=True).set(queue=gpu) for c in backward]
+    steps += [segment_chunk_task.si(job_id, video_id, c.index, c.start, c.stop, c.final, plan.num_frames,
+                                    attempt=attempt).set(queue=gpu) for c in plan.chunks]
     chain(*steps, finalize_task.si(job_id, video_id, len(plan.chunks), attempt=attempt).set(queue=cpu)).apply_async()
 
 
 @shared_task(name=SEGMENT_CHUNK, bind=True, base=VideoTask)
 def segment_chunk_task(self, job_id: str, video_id: str, k: int, start: int, stop: int, final: bool,
-                       num_frames: int, attempt: int = 0, alone: bool = False) -> None:
+                       num_frames: int, attempt: int = 0, alone: bool = False, backward: bool = False) -> None:
     """Step 2, run chunk k: frames [start, stop), tracker memory carried in from chunk k-1.
+    ``backward``: chunk k of the backward pass (frames in decreasing order, its session carried in
+    from backward chunk k+1; all of them run before forward chunk 0).
     ``alone``: run with the worker's engine to itself (it ran out of GPU memory beside others)."""
     from workers.chunks.video_steps import (
         VideoRun,
         chunk_needed,
         document_header,
         merged_warnings,
+        run_backward,
         run_chunk,
     )
     from workers.media.probe import probe
@@ -109,12 +120,19 @@ def segment_chunk_task(self, job_id: str, video_id: str, k: int, start: int, sto
     ctx = task_context(self)
     started(self, ctx, job_id, video_id, attempt)
     work = VideoKeys(job_id, video_id).work
-    if not guarded(self, ctx, job_id, video_id, attempt, f"chunk {k}", lambda: chunk_needed(ctx.storage, work, k)):
+    marker = work.backward.done(k) if backward else work.done(k)
+    name = f"backward chunk {k}" if backward else f"chunk {k}"
+
+    def needed() -> bool:
+        return not ctx.storage.exists(marker) if backward else chunk_needed(ctx.storage, work, k)
+
+    if not guarded(self, ctx, job_id, video_id, attempt, name, needed):
         return  # done before (a redelivery) or after the end of the stream: not a delivery to count
-    deliveries = guarded(self, ctx, job_id, video_id, attempt, f"chunk {k}",
-                          lambda: ctx.status.count_delivery(job_id, video_id, k))
+    delivery_key = f"b{k}" if backward else k
+    deliveries = guarded(self, ctx, job_id, video_id, attempt, name,
+                         lambda: ctx.status.count_delivery(job_id, video_id, delivery_key))
     if deliveries > ctx.settings.max_redeliveries:
-        message = (f"chunk {k} (frames {start}-{stop - 1}) was started {deliveries - 1} times and never "
+        message = (f"{name} (frames {start}-{stop - 1}) was started {deliveries - 1} times and never "
                    "finished: it kills its worker (out of memory?)")
         fail_video(ctx, job_id, video_id, attempt, message)
         raise VideoFailed(message)
@@ -127,7 +145,7 @@ def segment_chunk_task(self, job_id: str, video_id: str, k: int, start: int, sto
         prompts = check_prompts(loaded.tokenizer, spec.prompts, visual=bool(spec.objects),
                                 exemplars=bool(spec.exemplars))
         info = probe(local_source(ctx.storage, ctx.settings, entry["source"], job_id, video_id))
-        if k == 0:
+        if k == 0 and not backward:
             header_model, params = document_header(loaded, spec, prompts)
             ctx.status.update_video(job_id, video_id, fence=attempt,
                                     header={"model": header_model, "params": params, "prompts": prompts})
@@ -135,31 +153,46 @@ def segment_chunk_task(self, job_id: str, video_id: str, k: int, start: int, sto
         video = VideoRun(info, spec, prompts, num_frames, entry.get("part_frames") or PART_FRAMES,
                          ctx.settings.decoder, int(entry.get("frame_batch") or 1), tuple(spec.objects),
                          tuple(spec.exemplars))
+        back_frames, back_chunks = int(entry.get("backward_frames") or 0), int(entry.get("backward_chunks") or 0)
+        should_stop = stop_check(ctx, job_id, video_id, attempt, deadline=soft_deadline(self))
+        chunk = Chunk(k, start, stop, final)
         try:
-            result = run_chunk(video, Chunk(k, start, stop, final), loaded, ctx.storage, work,
-                               progress_reporter(ctx, job_id, video_id, attempt),
-                               stop_check(ctx, job_id, video_id, attempt, deadline=soft_deadline(self)), alone,
-                               ctx.settings.max_batch)
+            if backward:
+                # Damage fails a video of several chunks (ChunkInputs.damaged_is_error), as forwards.
+                strict = int(entry.get("chunks_total") or 0) - back_chunks > 1
+                result = run_backward(video, chunk, loaded, ctx.storage, work, strict,
+                                      progress_reporter(ctx, job_id, video_id, attempt), should_stop, alone,
+                                      ctx.settings.max_batch)
+            else:
+                result = run_chunk(video, chunk, loaded, ctx.storage, work,
+                                   progress_reporter(ctx, job_id, video_id, attempt, offset=back_frames),
+                                   should_stop, alone, ctx.settings.max_batch)
         except OutOfMemory as err:
             if err.alone:
-                raise OutOfMemory(f"chunk {k} ran out of GPU memory even with the engine to itself: {err}", True) from err
+                raise OutOfMemory(f"{name} ran out of GPU memory even with the engine to itself: {err}", True) from err
             return err  # beside other streams: run again alone (below), not counted
+        if backward:
+            ctx.status.update_video(job_id, video_id, fence=attempt, frames_done=back_frames - (start - spec.start_frame),
+                                    chunks_done=back_chunks - k)
+            return None
         warnings = result.warnings if result else []
-        ctx.status.update_video(job_id, video_id, fence=attempt, frames_done=min(stop - spec.start_frame, num_frames),
-                                chunks_done=k + 1, warnings=merged_warnings(entry.get("warnings") or [], warnings))
+        ctx.status.update_video(job_id, video_id, fence=attempt,
+                                frames_done=back_frames + min(stop - spec.start_frame, num_frames),
+                                chunks_done=back_chunks + k + 1,
+                                warnings=merged_warnings(entry.get("warnings") or [], warnings))
 
     def uncount() -> None:
         """The outage stopped this start before the chunk was done: it will start again, once."""
         try:
-            done = ctx.storage.exists(work.done(k))
+            done = ctx.storage.exists(marker)
         except OUTAGES:
             done = False
         if not done:
-            ctx.status.count_delivery(job_id, video_id, k, by=-1)
+            ctx.status.count_delivery(job_id, video_id, delivery_key, by=-1)
 
-    out_of_memory = guarded(self, ctx, job_id, video_id, attempt, f"chunk {k}", step, uncount)
+    out_of_memory = guarded(self, ctx, job_id, video_id, attempt, name, step, uncount)
     if out_of_memory is not None:
-        log.warning("chunk %d of %s/%s: %s; running it again with the engine to itself", k, job_id, video_id,
+        log.warning("%s of %s/%s: %s; running it again with the engine to itself", name, job_id, video_id,
                     out_of_memory)
         uncount()
         raise self.retry(kwargs={**(self.request.kwargs or {}), "alone": True}, countdown=0,
@@ -189,7 +222,8 @@ def finalize_task(self, job_id: str, video_id: str, planned_chunks: int, attempt
         final = finalize(info, entry["header"], ctx.storage, keys.work, planned_chunks, ctx.storage, keys.prefix,
                          entry.get("part_frames") or PART_FRAMES, claim)
         finish_video(ctx, job_id, video_id, attempt, status="succeeded", outputs=final.outputs,
-                     num_frames=final.num_frames, num_objects=final.num_objects, frames_done=final.num_frames,
+                     num_frames=final.num_frames, num_objects=final.num_objects,
+                     frames_done=int(entry.get("backward_frames") or 0) + final.num_frames,
                      objects_by_prompt=final.objects_by_prompt, thumbnails=final.thumbnails)
 
     guarded(self, ctx, job_id, video_id, attempt, "finalize", step)

@@ -60,7 +60,8 @@ from workers.model.tracker import VideoTracker
 from workers.model.visual_objects import VisualObject
 from workers.model.visual_tracker import VisualSession
 
-__all__ = ["JSON_NAME", "TENSORS_NAME", "StateError", "TrackerState", "load_state", "save_state"]
+__all__ = ["JSON_NAME", "TENSORS_NAME", "StateError", "TrackerState", "load_backward", "load_state", "save_backward",
+           "save_state"]
 
 FORMAT = "sam3v.tracker-state"
 VERSION = 1
@@ -295,6 +296,23 @@ def load_state(directory: str | Path, loaded: LoadedModel, state_device: str | t
     return state.restore(loaded, state_device=state_device, visual=visual)
 
 
+def save_backward(session: VisualSession, directory: str | Path) -> TrackerState:
+    """A backward pass's session (``workers.chunks.backward_pass``), for the backward chunk before.
+    It travels as the visual session of a tracker with no text prompts: one file format for both."""
+    carrier = VideoTracker(session._loaded, [], session.height, session.width)
+    carrier.visual = session
+    return save_state(carrier, directory)
+
+
+def load_backward(directory: str | Path, loaded: LoadedModel, objects: list[VisualObject]) -> VisualSession:
+    """``save_backward``'s session again; ``objects``: the ones the backward pass tracks (inputs)."""
+    state = TrackerState.from_files(directory, loaded.device)
+    visual = state.document.get("visual") or {}
+    if not (visual.get("session") or {}).get("reverse"):
+        raise StateError(f"{state.source}: not a backward pass's state")
+    return state.restore(loaded, visual=objects).visual
+
+
 # --- visual objects (#22) -----------------------------------------------------------------------
 # The forward visual session is the same class as the text session (Sam3VideoInferenceSession) and
 # is carried the same way, attribute by attribute; the frames' visual masks still waiting for their
@@ -318,6 +336,7 @@ def _capture_visual(tracker: VideoTracker, enc: Encoder) -> dict:
                        for name, how in SESSION_ATTRIBUTES.items() if how == CARRIED and hasattr(vs, name)},
             "processed_frames": frame_ranges(vs.processed_frames.keys()),
             "last": tracker.visual.last,
+            "reverse": tracker.visual.reverse,  # a backward pass's session (absent before: forwards)
         }
     return doc
 
@@ -341,7 +360,10 @@ def _decode_visual(doc: dict | None, dec: Decoder, source: str) -> dict | None:
             last = session["last"]
             if last is not None and type(last) is not int:
                 raise dec.fail("visual/session/last", "not a frame number")
-            out["session"] = {"values": values, "runs": session["processed_frames"], "last": last}
+            reverse = session.get("reverse", False)
+            if type(reverse) is not bool:
+                raise dec.fail("visual/session/reverse", "not true or false")
+            out["session"] = {"values": values, "runs": session["processed_frames"], "last": last, "reverse": reverse}
         return out
     except StateError:
         raise
@@ -368,7 +390,8 @@ def _restore_visual(tracker: VideoTracker, state: dict, objects: list[VisualObje
     tracker._visual_found = frames(state["found"])
     tracker.backward = frames(state["backward"])
     if state["session"] is not None:
-        visual = VisualSession(loaded, objects, tracker.height, tracker.width, state_device=state_device)
+        visual = VisualSession(loaded, objects, tracker.height, tracker.width, reverse=state["session"]["reverse"],
+                               state_device=state_device)
         for name, value in state["session"]["values"].items():
             setattr(visual.session, name, value)
         visual.session.processed_frames = {k: None for start, stop in state["session"]["runs"]

@@ -118,6 +118,17 @@ def visual_objects(objects: Sequence[ObjectPrompt | dict], start_frame: int, hei
     return found
 
 
+def needs_backward(objects: Sequence[VisualObject]) -> list[VisualObject]:
+    """The objects with frames before their first prompt: the backward pass tracks them."""
+    return [o for o in objects if o.first > 0]
+
+
+def backward_span(objects: Sequence[VisualObject]) -> int:
+    """Frames the backward pass covers, from model frame 0 (0: no pass): up to the last prompt of an
+    object it tracks, since every prompt of the object conditions it on the way back."""
+    return max((o.last + 1 for o in needs_backward(objects)), default=0)
+
+
 def max_visual_id(objects: Sequence[VisualObject]) -> int:
     """The highest visual object id (-1: none): text-found objects are numbered after it."""
     return max((o.obj_id for o in objects), default=-1)
