@@ -436,3 +436,36 @@ def test_the_backward_pass_is_planned_on_the_forward_grid_last_chunk_first():
     assert plan_backward(plan_chunks(20, None), 20) == [Chunk(0, 0, 20, True)]
     with pytest.raises(ValueError, match="after the last planned frame"):
         plan_backward(chunks, 21, 5)
+
+
+def test_backward_masks_travel_exactly_and_refuse_another_request(tmp_path):
+    from workers.chunks.backward_pass import BackwardMasks, masks_document
+    from workers.media.frame_objects import FrameObjects
+    from workers.model.state_codec import StateError
+
+    objects = visual_objects([ObjectPrompt(id=1, frame=3, box=BOX), ObjectPrompt(id=2, frame=5, box=BOX)], 0, H, W)
+    rng = np.random.default_rng(0)
+    found = {t: FrameObjects(t, [1, 2], [0.25, 0.7310585786300049], [None, None], rng.random((2, H, W)) > 0.5)
+             for t in (0, 2)}
+    masks = BackwardMasks(masks_document(found), "m.json", objects, H, W)
+    for t, want in found.items():
+        got = masks.take(t)
+        assert got.object_ids == want.object_ids and got.scores == want.scores
+        assert np.array_equal(got.masks, want.masks)
+        assert got.prompts == [o.description for o in objects]
+    assert masks.take(0) is None and masks.take(1) is None  # each frame is taken once
+    with pytest.raises(StateError, match=r"m.json: frame 0 holds objects \[1, 2\], not the video's \[1\]"):
+        BackwardMasks(masks_document(found), "m.json", objects[:1], H, W)
+    with pytest.raises(StateError, match="m.json: frame 0's masks are not 360x640"):
+        BackwardMasks(masks_document(found), "m.json", objects, 360, 640)
+    with pytest.raises(StateError, match="m.json: damaged backward-pass masks"):
+        BackwardMasks(b'{"format": "sam3v.backward-masks", "version": 1}', "m.json", objects, H, W)
+
+
+def test_a_backward_chunk_refuses_a_state_that_is_not_a_backward_pass(tiny, tmp_path):
+    from workers.model.state_codec import StateError, load_backward, save_state
+
+    objects = visual_objects([ObjectPrompt(id=1, frame=3, box=BOX)], 0, H, W)
+    save_state(VideoTracker(tiny, [], H, W, visual=objects, num_frames=4), tmp_path)
+    with pytest.raises(StateError, match="not a backward pass's state"):
+        load_backward(tmp_path, tiny, objects)
