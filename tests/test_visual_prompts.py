@@ -291,6 +291,19 @@ def test_chunked_equals_unchunked_with_boundaries_on_both_sides_of_a_prompt(tiny
         assert {total for _, total in seen} == {31} and [n for n, _ in seen] == list(range(1, 32)), seen
 
 
+def test_chunked_backward_pass_from_a_start_frame_equals_unchunked(tiny, tmp_path):
+    """From start_frame 4 (the model's frame 0), chunks of 4: a box on source frame 9 is tracked back
+    to frame 4 by backward chunks of frames 9-8 and 7-4; masks.json equals the one-chunk run's."""
+    docs = {}
+    for chunk_frames in (None, 4):
+        out = tmp_path / str(chunk_frames)
+        segment_video(DOG, tiny, VideoOptions(outputs=["rle"], start_frame=4, max_frames=8, chunk_frames=chunk_frames),
+                      [], LocalStorage(out), objects=[ObjectPrompt(id=3, frame=9, box=BOX)])
+        docs[chunk_frames] = (out / "masks.json").read_bytes()
+    assert docs[4] == docs[None]
+    assert _frames(json.loads(docs[None]), 3) == list(range(4, 12))
+
+
 @pytest.mark.parametrize("prompt, message", [
     (ObjectPrompt(frame=30, box=BOX), r"objects\[0\].frame: 30 is past the last frame processed \(9\)"),
     (ObjectPrompt(frame=2, mask=rle.encode(np.ones((10, 10), dtype=bool))), r"objects\[0\].mask: size \[10, 10\]"),
