@@ -9,15 +9,19 @@ from pathlib import Path
 
 from pipeline.core.errors import InputError
 from pipeline.core.specs import VideoSpec
+from pipeline.core.visual_prompts import exemplars_need_text
 
 DEVICES = ("auto", "cpu", "cuda")
 
 
-def check_prompts(prompts: list[str], visual: bool = False) -> None:
+def check_prompts(prompts: list[str], objects: bool = False, exemplars: bool = False) -> None:
     """Empty ones; their token count needs the tokenizer and is checked with the model.
-    ``visual``: objects or exemplars are given, so no text prompt is needed."""
-    if not prompts and not visual:
-        raise InputError("--prompt: at least one text prompt is required (or --point, --box, --mask, --exemplar)")
+    ``objects``: objects are given, so no text prompt is needed; ``exemplars``: exemplars are
+    given, which need one (they sharpen it)."""
+    if exemplars and not prompts:
+        raise InputError(f"--exemplar: {exemplars_need_text('--prompt')}")
+    if not prompts and not objects:
+        raise InputError("--prompt: at least one text prompt is required (or --point, --box, --mask)")
     if any(not p.strip() for p in prompts):
         raise InputError("--prompt: a prompt is empty or whitespace")
 
@@ -66,7 +70,7 @@ def check_model(model: str) -> None:
 def check_segment(video: Path, spec: VideoSpec, model: str, device: str) -> None:
     """Everything `sam3v segment` can refuse without the model, cheapest first. A visual prompt
     that does not fit the video raises ``FieldError`` (the caller names its flag)."""
-    check_prompts(spec.prompts, spec.has_visual_prompts())
+    check_prompts(spec.prompts, bool(spec.objects), bool(spec.exemplars))
     check_device(device)
     info = check_video(video)
     if spec.has_visual_prompts():

@@ -176,7 +176,7 @@ def test_auth_models_and_docs(api):
     model = r.json()
     schema = model["json_request_schema"]
     assert model["id"] == "sam-3-video"
-    # prompt, as the hosted schema has it, unless the request prompts visually (objects, exemplars)
+    # prompt, as the hosted schema has it, unless the request prompts objects visually
     assert set(schema["required"]) == {"input_video"} and {"required": ["prompt"]} in schema["anyOf"]
     assert schema["properties"]["input_video"]["format"] == "uri"
     assert schema["properties"]["apply_mask"] == {**schema["properties"]["apply_mask"], "type": "boolean", "default": True}

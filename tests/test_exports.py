@@ -260,6 +260,57 @@ def test_an_empty_mask_is_absent_and_overlaps_go_to_the_lower_id(tmp_path):
     assert sorted(p.name for p in made["objects"].iterdir()) == ["0.mkv", "1.mkv", "2.mkv"]
 
 
+def visual_document() -> dict:
+    """hand_document in schema 2 (#22): object 0 prompted by a box on one frame, object 2 by
+    clicks and a box on two frames (a list), object 1 by the text "cup"."""
+    doc = {**hand_document(), "schema_version": 2}
+    doc["objects"][0]["prompt"] = {"frame": 7, "box": [0.0, 0.0, 2.0, 2.0]}
+    doc["objects"][2]["prompt"] = [{"frame": 7, "points": [[1.0, 1.0]], "labels": [1]},
+                                   {"frame": 8, "box": [0.0, 0.0, 3.0, 3.0]}]
+    return doc
+
+
+def test_a_schema_2_document_exports_its_visual_objects_under_one_category(tmp_path):
+    """Visually prompted objects (their prompt an object or a list, not a name) share one category,
+    "visual prompts", after the text prompts'; read back by pycocotools."""
+    made = make_exports(visual_document(), EXPORT_NAMES, tmp_path)
+    coco = COCO(str(made["coco"]))
+    assert [(c["id"], c["name"]) for c in coco.loadCats(coco.getCatIds())] == [(1, "cup"), (2, "dog"),
+                                                                               (3, "visual prompts")]
+    assert [(a["track_id"], a["category_id"]) for a in coco.loadAnns(coco.getAnnIds())] == [(0, 3), (1, 1), (1, 1)]
+    assert coco.dataset["info"]["schema_version"] == 2
+    ytvis = json.loads(made["ytvis"].read_text())
+    assert [c["name"] for c in ytvis["categories"]] == ["cup", "dog", "visual prompts"]
+    assert [(a["track_id"], a["category_id"]) for a in ytvis["annotations"]] == [(0, 3), (1, 1)]
+    assert len(made["mot"].read_text().splitlines()) == 3 and made["davis"].stat().st_size
+    # the same masks as the version-1 document, only the categories differ
+    (tmp_path / "v1").mkdir()
+    plain = make_exports(hand_document(), ["mot"], tmp_path / "v1")
+    assert plain["mot"].read_bytes() == made["mot"].read_bytes()
+
+
+def test_a_run_with_a_box_prompt_writes_every_export(tiny, media_dir, tmp_path):
+    """A real run with a text prompt and a visually prompted object: masks.json is schema 2 and
+    the finalize step writes every export (a description as a category name failed them all)."""
+    from pipeline.core.visual_prompts import ObjectPrompt
+
+    opts = VideoOptions(outputs=["rle", *EXPORT_NAMES], max_frames=3, detection_threshold=0.2)
+    box = ObjectPrompt(id=5, frame=1, box=[100, 100, 300, 200])
+    segment_video(media.clip(media_dir, 4), tiny, opts, ["dog"], LocalStorage(tmp_path), objects=[box])
+    doc = json.loads((tmp_path / "masks.json").read_text())
+    assert doc["schema_version"] == 2
+    assert doc["objects"][0]["id"] == 5  # visual objects first, text-found ones after
+    assert doc["objects"][0]["prompt"] == {"frame": 1, "box": [100.0, 100.0, 300.0, 200.0]}
+    coco = COCO(str(tmp_path / "coco.json"))
+    names = {c["id"]: c["name"] for c in coco.loadCats(coco.getCatIds())}
+    assert names == {1: "dog", 2: "visual prompts"}
+    tracks = {a["track_id"]: names[a["category_id"]] for a in coco.loadAnns(coco.getAnnIds())}
+    assert tracks[5] == "visual prompts" and all(v == "dog" for k, v in tracks.items() if k != 5)
+    for name in ("ytvis.json", "mot.txt", "davis.zip"):
+        assert (tmp_path / name).stat().st_size, name
+    assert (tmp_path / "objects" / "5.mkv").stat().st_size
+
+
 def test_davis_refuses_an_object_id_an_8_bit_png_cannot_hold(tmp_path):
     with pytest.raises(ProcessingError, match="davis: object id 255"):
         make_exports(hand_document((0, 1, 255)), ["davis"], tmp_path)

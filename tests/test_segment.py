@@ -45,7 +45,7 @@ def test_outputs_match_input_geometry_timing_and_audio(dog_run, dog24):
 
 def test_masks_json_document(dog_run):
     _, result, doc = dog_run
-    assert doc["schema_version"] == 1
+    assert doc["schema_version"] == 2  # 2: objects[].prompt may be a visual prompt (README, masks.json)
     assert doc["video"]["width"] == 1280 and doc["video"]["height"] == 720
     assert doc["video"]["fps_rational"] == "30000/1001" and doc["video"]["num_frames"] == 24
     assert doc["video"]["source_frames_expected"] == 24 and doc["video"]["rotation"] == 0

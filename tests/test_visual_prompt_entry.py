@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from pipeline.control.manifest import MAX_MASK_BYTES, parse_manifest
 from pipeline.core.errors import FieldError
 from pipeline.core.specs import VideoSpec, first_error
-from pipeline.core.visual_prompts import assigned_ids, check_against_video, rle_runs, too_many
+from pipeline.core.visual_prompts import assigned_ids, check_against_video, exemplars_need_text, rle_runs, too_many
 from sam3v.api.schemas import GenerateRequest, GenerationRequest, request_schema
 from sam3v.cli.visual_flags import mask_from_png
 from tests import media
@@ -90,12 +90,29 @@ def test_spec_refuses_an_empty_mask_and_a_bad_exemplar():
 
 def test_spec_takes_visual_prompts_without_text_and_refinements_on_other_frames():
     s = spec(objects=[{"id": 4, "frame": 0, "box": BOX, "points": [[30, 40]], "labels": [0]},
-                      {"id": 4, "frame": 9, "points": [[50, 50]]}, {"frame": 3, "mask": rle_of(blob(6, 8))}],
-             exemplars=[{"frame": 2, "box": BOX, "positive": False}])
+                      {"id": 4, "frame": 9, "points": [[50, 50]]}, {"frame": 3, "mask": rle_of(blob(6, 8))}])
     assert s.prompts == [] and s.has_visual_prompts()
     assert s.objects[1].point_labels() == [1]
     assert assigned_ids(s.objects) == [4, 4, 0]
     # stored and read back (the job's record, then the worker)
+    assert VideoSpec.model_validate(json.loads(s.model_dump_json())) == s
+
+
+NEEDS_TEXT = "an exemplar sharpens a text prompt on its frame; give "
+BOX_ONLY = "a concept given by boxes alone is not supported"
+
+
+@pytest.mark.parametrize("fields", [
+    {"exemplars": [{"frame": 2, "box": BOX}]},
+    {"exemplars": [{"frame": 2, "box": BOX, "positive": False}], "objects": [{"frame": 0, "box": BOX}]},
+])
+def test_spec_refuses_exemplars_without_a_text_prompt(fields):
+    """transformers' video model has no box-only concept: refused at the field, before any compute."""
+    field, message = refusal(**fields)
+    assert field == "exemplars" and message == exemplars_need_text("prompt (or the job's --prompt)"), message
+    assert message.startswith(NEEDS_TEXT) and BOX_ONLY in message
+    s = spec(prompts=["dog"], **fields)  # with a concept to sharpen, they are taken
+    assert s.exemplars[0].box == (10.0, 20.0, 100.0, 80.0)
     assert VideoSpec.model_validate(json.loads(s.model_dump_json())) == s
 
 
@@ -118,8 +135,8 @@ def test_prompt_count_counts_objects_not_entries():
     ({"objects": [{"frame": 0, "box": BOX}, {"frame": 0, "points": [[5, 5], [5, 721]]}]}, "objects[1].points[1]",
      "outside the 1280x720 frame"),
     ({"objects": [{"frame": 0, "mask": rle_of(blob(720, 1279))}]}, "objects[0].mask", "[720, 1279]"),
-    ({"exemplars": [{"frame": 30, "box": BOX}]}, "exemplars[0].frame", "past the end"),
-    ({"exemplars": [{"frame": 0, "box": [0, 0, 1281, 5]}]}, "exemplars[0].box", "outside"),
+    ({"exemplars": [{"frame": 30, "box": BOX}], "prompts": ["dog"]}, "exemplars[0].frame", "past the end"),
+    ({"exemplars": [{"frame": 0, "box": [0, 0, 1281, 5]}], "prompts": ["dog"]}, "exemplars[0].box", "outside"),
 ])
 def test_check_against_video_names_the_field(fields, field, needle):
     with pytest.raises(FieldError) as err:
@@ -132,7 +149,7 @@ def test_check_against_video_takes_what_fits():
     fits = spec(start_frame=5, max_frames=10,
                 objects=[{"frame": 5, "box": [0, 0, 1280, 720]}, {"frame": 14, "points": [[1280, 720]]},
                          {"frame": 9, "mask": rle_of(blob(720, 1280))}],
-                exemplars=[{"frame": 14, "box": BOX}])
+                prompts=["dog"], exemplars=[{"frame": 14, "box": BOX}])
     check_against_video(fits, *DOG_SIZE, 24)
 
 
@@ -195,11 +212,12 @@ def test_manifest_lines_with_visual_prompts(tmp_path):
 
     table = io.StringIO()
     writer = csv.writer(table)
-    writer.writerows([["id", "video", "objects", "exemplars"],
-                      ["a", "s3://b/a.mp4", json.dumps([{"frame": 2, "points": [[5, 6], [7, 8]], "labels": [1, 0]}]),
+    writer.writerows([["id", "video", "prompt", "objects", "exemplars"],
+                      ["a", "s3://b/a.mp4", "dog",
+                       json.dumps([{"frame": 2, "points": [[5, 6], [7, 8]], "labels": [1, 0]}]),
                        json.dumps([{"frame": 2, "box": BOX}])],
-                      ["b", "s3://b/b.mp4", json.dumps([{"frame": 0, "box": [1, 1, 0, 4]}]), ""],
-                      ["c", "s3://b/c.mp4", "[not json", ""]])
+                      ["b", "s3://b/b.mp4", "", json.dumps([{"frame": 0, "box": [1, 1, 0, 4]}]), ""],
+                      ["c", "s3://b/c.mp4", "", "[not json", ""]])
     result = parse_manifest(table.getvalue().encode(), "m.csv")
     assert [i.id for i in result.items] == ["a"] and result.items[0].objects[0].labels == [1, 0]
     assert result.items[0].exemplars[0].box == (10.0, 20.0, 100.0, 80.0)
@@ -214,7 +232,10 @@ def test_manifest_lines_with_visual_prompts(tmp_path):
      "objects[1].id: object 2 is already given on frame 7 (objects[0])"),
     ({"objects": [{"id": i, "frame": 0, "box": BOX} for i in range(3)], "prompt": "dog"},
      "objects: 3 objects and 1 text prompt, at most 3 per video"),
-    ({"exemplars": [{"frame": 0, "box": BOX}] * 4}, "exemplars: 4 exemplars, at most 3"),
+    ({"exemplars": [{"frame": 0, "box": BOX}] * 4, "prompt": "dog"}, "exemplars: 4 exemplars, at most 3"),
+    ({"exemplars": [{"frame": 0, "box": BOX}]}, f"exemplars: {NEEDS_TEXT}prompt (or the job's --prompt) too"),
+    ({"exemplars": [{"frame": 0, "box": BOX}], "objects": [{"frame": 0, "box": BOX}], "prompt": " "},
+     f"exemplars: {NEEDS_TEXT}"),
     ({"objects": {"frame": 0, "box": BOX}}, "objects: must be a JSON array"),
     ({"objects": [{"frame": 0}]}, "objects[0]: give points, a box or a mask"),
     ({"objects": []}, "prompt: missing"),  # an empty list prompts nothing
@@ -226,6 +247,30 @@ def test_manifest_rejects_the_line_with_its_reason_and_keeps_the_rest(line, reas
     assert [i.id for i in result.items] == ["good", "next"]
     assert len(result.rejected) == 1 and result.rejected[0].line == 2
     assert result.rejected[0].reason.startswith(reason), result.rejected[0].reason
+
+
+@pytest.mark.parametrize("default", [None, "cat"])
+def test_manifest_exemplars_take_the_jobs_default_prompt_and_objects_alone_do_not(default):
+    """Exemplars sharpen a text concept: a line with them and no prompt takes the job's default
+    (with or without objects); with no default it is rejected, the other lines run. Objects alone
+    need no text, so the default is not theirs."""
+    ex, obj = [{"frame": 3, "box": BOX}], [{"id": 2, "frame": 0, "box": BOX}]
+    lines = [{"id": "ex", "video": "s3://b/1.mp4", "exemplars": ex},
+             {"id": "obj", "video": "s3://b/2.mp4", "objects": obj},
+             {"id": "both", "video": "s3://b/3.mp4", "objects": obj, "exemplars": ex},
+             {"id": "own", "video": "s3://b/4.mp4", "prompt": "dog", "exemplars": ex},
+             {"id": "text", "video": "s3://b/5.mp4", "prompt": "dog"}]
+    result = parse_manifest("\n".join(json.dumps(x) for x in lines).encode(), "m.jsonl", default_prompt=default)
+    got = {i.id: i.prompts for i in result.items}
+    if default is None:
+        assert got == {"obj": [], "own": ["dog"], "text": ["dog"]}
+        assert [r.line for r in result.rejected] == [1, 3]
+        for r in result.rejected:
+            assert r.reason.startswith(f"exemplars: {NEEDS_TEXT}") and BOX_ONLY in r.reason, r.reason
+    else:
+        assert got == {"ex": ["cat"], "obj": [], "both": ["cat"], "own": ["dog"], "text": ["dog"]}
+        assert not result.rejected
+        assert [len(i.exemplars) for i in result.items] == [1, 0, 1, 1, 0]
 
 
 def test_manifest_mask_prompts_have_their_own_budget():
@@ -266,6 +311,9 @@ def segment(video, *flags, settings=None):
     (["--exemplar", "0:10,10,20,20", "--exemplar", "30:10,10,20,20:neg", "-p", "dog"],
      ["--exemplar 30:10,10,20,20:neg", "past the end"]),
     ([], ["--prompt", "at least one text prompt is required"]),
+    # an exemplar sharpens a text prompt: without one, refused before the video is even probed
+    (["--exemplar", "0:10,10,20,20"], [f"--exemplar: {NEEDS_TEXT}--prompt too", BOX_ONLY]),
+    (["--exemplar", "0:10,10,20,20", "--box", "0:10,10,50,50"], [f"--exemplar: {NEEDS_TEXT}--prompt too"]),
 ])
 def test_segment_refuses_bad_visual_flags_naming_the_flag(flags, needles, dog24):
     assert_user_error(segment(dog24, *flags), *needles)
@@ -285,7 +333,7 @@ def test_segment_takes_good_visual_flags_up_to_the_model(dog24, tmp_path):
     later frame, an exemplar: all pass entry; the next thing refused is the (missing) model."""
     Image.fromarray(blob(720, 1280).astype(np.uint8) * 255).save(tmp_path / "full.png")
     done = segment(dog24, "--box", "0:100,100,300,200@1", "--point", "0:150,150:0@1", "--point", "10:200,200@1",
-                   "--mask", f"5:{tmp_path / 'full.png'}", "--exemplar", "0:0,0,1280,720")
+                   "--mask", f"5:{tmp_path / 'full.png'}", "--exemplar", "0:0,0,1280,720", "-p", "dog")
     assert_user_error(done, "/nonexistent/model")
     assert "--point" not in done.stderr and "--box" not in done.stderr
 
@@ -319,6 +367,19 @@ def test_hosted_requests_still_validate_and_the_schema_says_prompt_or_a_visual_p
     assert GenerationRequest.model_validate(box_only).manifest_line()["objects"] == [{"frame": 0, "box": (10.0, 20.0, 100.0, 80.0)}]
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"input_video": "s3://b/inputs/a.mp4"}, schema)
+    # exemplars sharpen prompt: the schema needs it beside them, objects or not (an empty list asks nothing)
+    ex = [{"frame": 0, "box": BOX}]
+    for body in ({"input_video": "s3://b/inputs/a.mp4", "exemplars": ex}, {**box_only, "exemplars": ex},
+                 {**box_only, "prompts": ["dog"], "exemplars": ex}):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(body, schema)
+        with pytest.raises(ValidationError) as err:
+            GenerationRequest.model_validate(body)
+        assert err.value.errors()[0]["loc"] == ("exemplars",)
+    for body in ({**HOSTED[0], "exemplars": ex}, {**box_only, "exemplars": []}, {**box_only, "exemplars": None}):
+        jsonschema.validate(body, schema)
+        GenerationRequest.model_validate(body)
+    assert "need" in schema["properties"]["exemplars"]["description"]
     with pytest.raises(jsonschema.ValidationError):  # the schema carries the entries' own bounds
         jsonschema.validate({**box_only, "objects": [{"frame": -1, "box": BOX}]}, schema)
 
@@ -340,10 +401,23 @@ def test_api_refuses_bad_visual_prompts_with_422_naming_the_field(api, extra, fi
     assert r.json()["error"]["field"] == field, r.json()
 
 
+@pytest.mark.parametrize("extra", [{}, {"objects": [{"frame": 0, "box": BOX}]}, {"prompts": ["dog"]}])
+def test_api_refuses_exemplars_without_prompt_with_422_naming_exemplars(api, extra):  # noqa: F811
+    body = {"model": "sam-3-video", "input_video": f"s3://{BUCKET}/inputs/k.mp4",
+            "exemplars": [{"frame": 0, "box": BOX}], **extra}
+    r = httpx.post(f"{api['base']}/api/ai/queue", json=body, headers=A)
+    assert r.status_code == 422, r.text
+    error = r.json()["error"]
+    assert error["field"] == "exemplars" and f"{NEEDS_TEXT}prompt too" in error["message"], error
+    assert BOX_ONLY in error["message"]
+
+
 def test_api_schema_lists_the_visual_fields(api):  # noqa: F811
     schema = httpx.get(f"{api['base']}/api/ai/models/sam-3-video", headers=A).json()["json_request_schema"]
     assert {"objects", "exemplars", "prompt"} <= set(schema["properties"])
-    assert schema["required"] == ["input_video"] and {"required": ["prompt"]} in schema["anyOf"]
+    assert schema["required"] == ["input_video"]
+    assert schema["anyOf"] == [{"required": ["prompt"]}, {"required": ["objects"]}]  # not exemplars alone
+    assert schema["then"] == {"required": ["prompt"]} and schema["if"]["required"] == ["exemplars"]
     assert {"frame", "points", "labels", "box", "mask", "id"} <= set(schema["$defs"]["ObjectPrompt"]["properties"])
 
 

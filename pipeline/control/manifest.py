@@ -85,10 +85,12 @@ def _default_id(line: int, video: str) -> str:
     return f"{line:06d}-{slug}"
 
 
-def _prompts(raw: dict, default_prompt: str | None, limit: int, visual: bool) -> list[str]:
+def _prompts(raw: dict, default_prompt: str | None, limit: int, visual: dict) -> list[str]:
     """The line's prompts, at most ``limit``; an absent, empty or whitespace-only prompt takes the
-    job's default, unless the line prompts visually (``visual``: objects or exemplars): a line
-    with only a box means that object alone."""
+    job's default, unless the line prompts objects and no exemplars (``visual``: its objects and
+    exemplars): a line with only a box means that object alone. Exemplars sharpen a text concept,
+    so a line with them takes the default whether or not it has objects; with no default it stays
+    without text and the spec rejects it at ``exemplars``."""
     prompts: list[str] = []
     if raw.get("prompts") is not None:
         value = raw["prompts"]
@@ -112,11 +114,13 @@ def _prompts(raw: dict, default_prompt: str | None, limit: int, visual: bool) ->
         prompts = [raw["prompt"].strip()] if raw["prompt"].strip() else []
         if prompts and (problem := prompt_problem(prompts[0])):
             raise ValueError(f"prompt: {problem}")
-    if not prompts and not visual:
-        if default_prompt is None:
-            raise ValueError("prompt: missing, empty or whitespace, and the job has no default prompt (--prompt); "
-                             "or give objects or exemplars")
-        prompts = [default_prompt.strip()]
+    if prompts or ("objects" in visual and "exemplars" not in visual):
+        return prompts
+    if default_prompt is not None:
+        return [default_prompt.strip()]
+    if "exemplars" not in visual:
+        raise ValueError("prompt: missing, empty or whitespace, and the job has no default prompt (--prompt); "
+                         "or give objects")
     return prompts
 
 
@@ -189,7 +193,7 @@ def _item(raw: dict, line: int, default_prompt: str | None, allow_local: bool, m
         fields["outputs"] = [o.strip() for o in re.split(r"[,|]", fields["outputs"]) if o.strip()]
     visual = _visual(raw)
     try:
-        spec = VideoSpec(id=vid, video=video, prompts=_prompts(raw, default_prompt, max_prompts, bool(visual)),
+        spec = VideoSpec(id=vid, video=video, prompts=_prompts(raw, default_prompt, max_prompts, visual),
                          line=line, **visual, **fields)
     except ValidationError as err:
         field, message = first_error(err)

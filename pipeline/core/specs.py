@@ -11,7 +11,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from pipeline.core.errors import InputError, field_path
-from pipeline.core.visual_prompts import Exemplar, ObjectPrompt, check_object_ids, raise_at
+from pipeline.core.visual_prompts import Exemplar, ObjectPrompt, check_object_ids, exemplars_need_text, raise_at
 
 # The output videos, in the order they are rendered and listed.
 VIDEO_OUTPUTS = ("overlay", "mask")
@@ -116,9 +116,9 @@ class VideoSpec(VideoOptions):
 
     id: str
     video: str  # where to read it: s3://, http(s)://, a storage: key or (embedded) a local path
-    prompts: list[str] = []  # text concepts; may be empty when objects or exemplars are given
+    prompts: list[str] = []  # text concepts; may be empty when objects are given
     objects: list[ObjectPrompt] = []  # objects prompted visually (pipeline.core.visual_prompts)
-    exemplars: list[Exemplar] = []  # boxes that sharpen the text concepts
+    exemplars: list[Exemplar] = []  # boxes that sharpen the text concepts: they need one
     line: int = 0  # the manifest line it came from (1-based; 0: not from a manifest)
 
     @field_validator("objects")
@@ -129,8 +129,10 @@ class VideoSpec(VideoOptions):
 
     @model_validator(mode="after")
     def _something_to_find(self):
-        if not (self.prompts or self.objects or self.exemplars):
-            raise_at(("prompts",), "give a text prompt, an object (points, a box or a mask) or an exemplar")
+        if self.exemplars and not self.prompts:
+            raise_at(("exemplars",), exemplars_need_text("prompt (or the job's --prompt)"))
+        if not (self.prompts or self.objects):
+            raise_at(("prompts",), "give a text prompt or an object (points, a box or a mask)")
         return self
 
     def has_visual_prompts(self) -> bool:

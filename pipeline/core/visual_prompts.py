@@ -6,7 +6,8 @@ A video's request (``VideoSpec``) may carry, besides its text prompts:
   box and/or a mask. Entries sharing an ``id`` are the same object refined on several frames (as
   SAM's clicks are); an entry without one is a new object whose id is assigned (``assigned_ids``).
 - ``exemplars``: positive or negative boxes on a frame that sharpen a text concept (SAM 3's
-  promptable concept segmentation).
+  promptable concept segmentation). They need a text prompt: every entry point refuses them
+  without one (``exemplars_need_text``), before any compute.
 
 Coordinates are pixels of the displayed frame (after rotation), as ``bbox`` in masks.json; boxes
 are ``[x, y, w, h]``; masks are COCO RLE ``{"size": [h, w], "counts": "..."}``.
@@ -236,6 +237,15 @@ def too_many(prompts: int, objects: list[ObjectPrompt], exemplars: list[Exemplar
     if len(exemplars) > limit:
         return "exemplars", f"{len(exemplars)} exemplars, at most {limit} per video (SAM3V_MAX_PROMPTS)"
     return None
+
+
+def exemplars_need_text(give: str) -> str:
+    """Why exemplars without a text prompt are refused at entry; ``give``: how the entry point takes
+    one (``--prompt``). transformers 5.24's ``Sam3VideoModel`` detects text concepts only
+    (docs/visual_prompts.md, "Exemplars"): let through, the video would fail after its download
+    and probe (``workers.model.tracker.check_prompts``, the last line of defence)."""
+    return (f"an exemplar sharpens a text prompt on its frame; give {give} too: a concept given by boxes "
+            "alone is not supported (transformers' Sam3VideoModel detects text concepts only)")
 
 
 def check_against_video(spec: Any, width: int, height: int, frame_count: int) -> None:

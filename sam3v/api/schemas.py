@@ -1,6 +1,7 @@
 """Request bodies. ``model``, ``input_video``, ``prompt`` and ``apply_mask`` are exactly the hosted
 model's parameters; everything else is an optional, additive extra. ``prompt`` is required, as
-there, unless the request prompts visually (``objects`` or ``exemplars``)."""
+there, unless the request prompts objects visually (``objects``); ``exemplars`` sharpen ``prompt``
+and need it."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from pipeline.core.specs import OUTPUT_NAMES, OVERLAY_STYLES
 from pipeline.core.uris import REMOTE, Scheme, parse_uri
-from pipeline.core.visual_prompts import Exemplar, ObjectPrompt, check_object_ids, raise_at
+from pipeline.core.visual_prompts import Exemplar, ObjectPrompt, check_object_ids, exemplars_need_text, raise_at
 
 MODEL_ID = "sam-3-video"
 
@@ -21,9 +22,12 @@ MAX_URL_LENGTH = 4096
 
 
 class GenerationRequest(BaseModel):
-    # The schema says what _something_to_find checks: prompt, or a visual prompt.
+    # The schema says what _something_to_find checks: prompt or objects; and prompt whenever
+    # exemplars has an entry (an empty list or null asks nothing).
     model_config = ConfigDict(extra="forbid", json_schema_extra={
-        "anyOf": [{"required": ["prompt"]}, {"required": ["objects"]}, {"required": ["exemplars"]}]})
+        "anyOf": [{"required": ["prompt"]}, {"required": ["objects"]}],
+        "if": {"required": ["exemplars"], "properties": {"exemplars": {"type": "array", "minItems": 1}}},
+        "then": {"required": ["prompt"]}})
 
     model: str = Field(MODEL_ID, description="Model id: sam-3-video.")
     input_video: str = Field(..., max_length=MAX_URL_LENGTH, json_schema_extra={"format": "uri"},
@@ -32,7 +36,7 @@ class GenerationRequest(BaseModel):
                                          "/api/ai/uploads. Format: uri.",
                              examples=["https://example.com/winter_summer_ox.mp4"])
     prompt: str | None = Field(None, description="Text description of what you want to segment out of the video. "
-                                                 "Required unless objects or exemplars are given.",
+                                                 "Required unless objects are given (exemplars need it).",
                                examples=["the ox horns"])
     apply_mask: bool = Field(True, description="Apply the mask on the image: result_url is the overlay video "
                                                "(true) or the white-on-black mask video (false).")
@@ -62,7 +66,8 @@ class GenerationRequest(BaseModel):
         examples=[[{"id": 1, "frame": 0, "box": [120, 40, 200, 180]}]])
     exemplars: list[Exemplar] | None = Field(
         None, description="Boxes [x, y, w, h] on a source frame around examples (positive) or counter-examples "
-                          "(positive: false) of the text concept.",
+                          "(positive: false) of the text concept: they sharpen prompt on their frame and need "
+                          "it (a concept given by boxes alone is not supported).",
         examples=[[{"frame": 0, "box": [120, 40, 200, 180], "positive": True}]])
 
     @field_validator("input_video")
@@ -100,9 +105,12 @@ class GenerationRequest(BaseModel):
 
     @model_validator(mode="after")
     def _something_to_find(self):
-        # The hosted API requires prompt; it stays required for a request that prompts only by text.
-        if self.prompt is None and not (self.objects or self.exemplars):
-            raise_at(("prompt",), "Field required (or give objects or exemplars)")
+        # The hosted API requires prompt; it stays required for a request that prompts only by text,
+        # and for exemplars, which sharpen it.
+        if self.exemplars and self.prompt is None:
+            raise_at(("exemplars",), exemplars_need_text("prompt"))
+        if self.prompt is None and not self.objects:
+            raise_at(("prompt",), "Field required (or give objects)")
         return self
 
     @field_validator("prompts")

@@ -100,8 +100,8 @@ def segment(
     video: Annotated[Path, typer.Argument(help="Input video file.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory (created if missing).")],
     prompt: Annotated[Optional[list[str]], typer.Option(
-        "--prompt", "-p", help="Text concept to find; repeat for several. Needed unless --point, --box, --mask or "
-                               "--exemplar is given.")] = None,
+        "--prompt", "-p", help="Text concept to find; repeat for several. Needed unless --point, --box or --mask "
+                               "is given (--exemplar needs it).")] = None,
     point: Annotated[Optional[list[str]], typer.Option(
         metavar=POINT_FORM,
         help="A click on the object to track, on source frame FRAME at pixel X,Y of the displayed frame; LABEL 1 "
@@ -120,7 +120,8 @@ def segment(
     exemplar: Annotated[Optional[list[str]], typer.Option(
         metavar=EXEMPLAR_FORM,
         help="A box around an example of the --prompt concept on source frame FRAME, or with :neg around "
-             "something that is not one. E.g. --exemplar 0:120,40,200,180")] = None,
+             "something that is not one; it sharpens --prompt on that frame and needs it. "
+             "E.g. --exemplar 0:120,40,200,180")] = None,
     model: Annotated[str, typer.Option(help="Model directory (save_pretrained layout) or Hugging Face id.",
                                        envvar="SAM3V_MODEL")] = "facebook/sam3",
     apply_mask: Annotated[bool, typer.Option("--apply-mask/--no-apply-mask",
@@ -167,7 +168,7 @@ def segment(
     settings = get_settings()
     prompt = prompt or []
     visual = read_visual_flags(point or [], box or [], mask or [], exemplar or [])
-    check_prompts(prompt, bool(visual))
+    check_prompts(prompt, bool(visual.objects), bool(visual.exemplars))
     _check_prompt_count(prompt, visual, settings.max_prompts)
     spec = _spec(video, prompt, visual, opts)
     try:

@@ -13,7 +13,12 @@ from dataclasses import dataclass, field
 from workers.media import rle
 from workers.media.frame_objects import FrameObjects
 
-SCHEMA_VERSION = 1
+# 2 (#22): an object's "prompt" may be how it was prompted visually, an object or a list of them,
+# not only the text that found it. Readers take 1 and 2 alike (prompt_name).
+SCHEMA_VERSION = 2
+# What the exports and the job's counts call an object prompted visually: its description (frame,
+# box, points, mask) is not a name, nor a key.
+VISUAL_PROMPTS = "visual prompts"
 
 
 @dataclass
@@ -41,6 +46,11 @@ class FrameLog:
     def from_json(cls, data: bytes) -> FrameLog:
         raw = json.loads(data)
         return cls(raw["frames"], {int(k): v for k, v in raw["object_prompts"].items()})
+
+
+def prompt_name(prompt: str | dict | list) -> str:
+    """The name of an ``objects[].prompt``: the text prompt, or VISUAL_PROMPTS for a visual one."""
+    return prompt if isinstance(prompt, str) else VISUAL_PROMPTS
 
 
 def _objects(frames: list[dict], prompts: dict[int, str]) -> list[dict]:

@@ -9,12 +9,14 @@ from __future__ import annotations
 import json
 
 from workers.media import rle
+from workers.media.masks_document import prompt_name
 
 
 def category_names(document: dict) -> list[str]:
-    """One category per prompt, in the request's order (ids 1, 2, ...); a prompt an object names
-    that the list lacks (never expected) is added after them rather than dropped."""
-    return list(dict.fromkeys([*document["prompts"], *(o["prompt"] for o in document["objects"])]))
+    """One category per prompt, in the request's order (ids 1, 2, ...), then one for the objects
+    prompted visually (schema 2) if any; a prompt an object names that the list lacks (never
+    expected) is added after them rather than dropped."""
+    return list(dict.fromkeys([*document["prompts"], *(prompt_name(o["prompt"]) for o in document["objects"])]))
 
 
 def categories(document: dict) -> list[dict]:
@@ -24,7 +26,7 @@ def categories(document: dict) -> list[dict]:
 def category_of(document: dict) -> dict[int, int]:
     """Object id -> its prompt's category id."""
     ids = {name: i for i, name in enumerate(category_names(document), 1)}
-    return {o["id"]: ids[o["prompt"]] for o in document["objects"]}
+    return {o["id"]: ids[prompt_name(o["prompt"])] for o in document["objects"]}
 
 
 def frame_file(frame: int) -> str:
