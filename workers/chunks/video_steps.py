@@ -44,6 +44,7 @@ from workers.chunks.chunk_runner import (
 from workers.chunks.finalize import finalize_video
 from workers.media.composite import OverlayStyle
 from workers.media.encode import EncoderSettings
+from workers.media.masks_document import prompt_name
 from workers.media.probe import VideoInfo, probe
 from workers.model.engine import engine_for
 from workers.model.loading import LoadedModel
@@ -237,8 +238,7 @@ def finalize(info: VideoInfo, header: dict, artifacts: Storage, work: WorkKeys, 
         header["prompts"], out, out_prefix, part_frames, claim, [o for o in outputs if o in EXPORT_NAMES])
     per_prompt = dict.fromkeys(document["prompts"], 0)
     for obj in document["objects"]:
-        # Visual objects (prompted by a box, points or a mask) are counted together.
-        key = obj["prompt"] if isinstance(obj["prompt"], str) else "visual prompts"
+        key = prompt_name(obj["prompt"])  # visual objects (a box, points or a mask) are counted together
         per_prompt[key] = per_prompt.get(key, 0) + 1
     return Finalized(uris, document["video"]["num_frames"], len(document["objects"]), chunks, audio, thumbnails,
                      per_prompt)
