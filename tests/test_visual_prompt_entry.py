@@ -455,3 +455,17 @@ def test_job_fails_only_the_video_whose_prompt_the_video_cannot_hold(media_dir, 
     assert results[2]["state"] == "failed" and results[2]["frames"] == 0, results
     assert "objects[0].frame: frame 30 is past the end of the video: it has 10 frames" in results[2]["error"]
     assert results[3]["state"] == "rejected" and results[3]["error"].startswith("objects[0].labels[0]: 2 is not")
+
+
+def test_a_stored_request_that_is_no_longer_valid_fails_its_video_saying_why():
+    """A request stored before exemplars needed a text prompt: its task fails the video with the
+    field and the reason (an InputError), not an internal error."""
+    from types import SimpleNamespace
+
+    from pipeline.core.errors import InputError
+    from workers.jobs import tasks
+
+    stored = {"id": "v", "video": "clip.mp4", "exemplars": [{"frame": 0, "box": [1.0, 1.0, 2.0, 2.0]}]}
+    ctx = SimpleNamespace(status=SimpleNamespace(item=lambda job_id, video_id: stored))
+    with pytest.raises(InputError, match=r"^exemplars: an exemplar sharpens a text prompt"):
+        tasks._spec(ctx, "job", "video")

@@ -21,6 +21,7 @@ import logging
 import time
 
 from celery import chain, shared_task
+from pydantic import ValidationError
 
 from pipeline.core.celery_app import (
     CLOSE_CANCELLED,
@@ -29,11 +30,11 @@ from pipeline.core.celery_app import (
     SEGMENT_CHUNK,
     queue_for,
 )
-from pipeline.core.errors import Cancelled
+from pipeline.core.errors import Cancelled, InputError
 from pipeline.core.heartbeats import Heartbeats
 from pipeline.core.layout import JobKeys, VideoKeys
 from pipeline.core.planning import PART_FRAMES, Chunk, plan_backward
-from pipeline.core.specs import VideoSpec
+from pipeline.core.specs import VideoSpec, first_error
 from pipeline.core.visual_prompts import check_against_video
 from workers.jobs import sweeper  # noqa: F401  (publish hooks and the sweeper thread of worker masters)
 from workers.jobs.cancel_cleanup import close_cancelled, drop_finished_work
@@ -55,7 +56,13 @@ log = logging.getLogger(__name__)
 
 
 def _spec(ctx: Context, job_id: str, video_id: str) -> VideoSpec:
-    return VideoSpec.model_validate(ctx.status.item(job_id, video_id))
+    """The video's request, checked again: one stored by an older version may no longer be valid
+    (exemplars without a text prompt were taken before #22's entry checks): the video fails saying why."""
+    try:
+        return VideoSpec.model_validate(ctx.status.item(job_id, video_id))
+    except ValidationError as err:
+        where, why = first_error(err)
+        raise InputError(f"{where}: {why}") from None
 
 
 @shared_task(name=PROBE, bind=True, base=VideoTask)
