@@ -167,9 +167,9 @@ def segment_chunk_task(self, job_id: str, video_id: str, k: int, start: int, sto
             if backward:
                 # Damage fails a video of several chunks (ChunkInputs.damaged_is_error), as forwards.
                 strict = int(entry.get("chunks_total") or 0) - back_chunks > 1
-                result = run_backward(video, chunk, loaded, ctx.storage, work, strict,
-                                      progress_reporter(ctx, job_id, video_id, attempt), should_stop, alone,
-                                      ctx.settings.max_batch)
+                run_backward(video, chunk, loaded, ctx.storage, work, strict,
+                             progress_reporter(ctx, job_id, video_id, attempt), should_stop, alone,
+                             ctx.settings.max_batch)
             else:
                 result = run_chunk(video, chunk, loaded, ctx.storage, work,
                                    progress_reporter(ctx, job_id, video_id, attempt, offset=back_frames),
