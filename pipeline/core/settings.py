@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     api_webhook_secret: str | None = Field(None, description="Signs webhook bodies (per-key secrets derive from it); unset: one is made and kept in Redis")
     api_webhook_attempts: int = Field(6, ge=1, description="Deliveries of one webhook before it is given up")
     api_webhook_backoff: float = Field(2.0, gt=0, description="Pause before the second webhook delivery, seconds; doubles each time")
+    api_webhook_claim_interval: float = Field(
+        60.0, gt=0, description="How often an API process looks for webhook events a dead process took and never "
+                                "acknowledged (it takes those idle past the claim time), seconds")
     max_prompts: int = Field(DEFAULT_MAX_PROMPTS, ge=1, description="Most prompts one video may have (a manifest line, an API request, sam3v segment); each costs model time on every frame")
     worker_start_timeout: float = Field(
         300.0, gt=0, description="A worker's new process (after a crash, an OOM kill or --max-tasks-per-child) must be "
