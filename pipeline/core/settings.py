@@ -26,6 +26,10 @@ class Settings(BaseSettings):
     chunk_seconds: float = Field(10.0, gt=0, description="Default chunk length in seconds of video")
     task_time_limit: int = Field(1800, gt=0, description="Hard time limit of one task, seconds")
     visibility_timeout: int = Field(3600, gt=0, description="Redis redelivers an unacked task after this; must exceed the time limit")
+    restore_interval: float | None = Field(
+        None, gt=0, description="How often a worker looks in Redis for tasks left unacked past the visibility timeout "
+                                "(their worker died) and puts them back on their queue, seconds; unset: kombu's pace "
+                                "(a look about every 100 s)")
     max_redeliveries: int = Field(3, ge=1, description="Deliveries of one chunk before its video fails")
     keep_chunks: bool = Field(False, description="Keep chunk states and segments after finalize")
     url_max_bytes: int = Field(20 * 1024**3, gt=0, description="Largest URL input, bytes")
