@@ -406,9 +406,14 @@ def test_schedule_list_names_beats_own_firing_times_and_warns_without_beat(env, 
         beat = _beat(local, log)
         wait_for(lambda: "no `sam3v beat`" not in _listed(local, "every10")[1], 120,
                  lambda: f"the beat never published its heartbeat\n{_logs(log)}", poll=0.5)
-        for _ in range(3):
-            runs = _entry(own.url, "every10").total_run_count
-            wait_for(lambda: _entry(own.url, "every10").total_run_count > runs, 30, lambda: _logs(log), poll=0.05)
+        # The cron's next run is read first: its minute boundary passes while the --every rounds
+        # below run (about 35 s, well under a minute: the boundary after it is not reached).
+        cron = _listed(local, "minutely")[0]
+        cron_predicted = datetime.fromisoformat(cron["next_run_at"])
+        assert cron_predicted.second == 0 and cron_predicted.microsecond == 0 and not cron["overdue"], cron
+        runs = _entry(own.url, "every10").total_run_count
+        wait_for(lambda: _entry(own.url, "every10").total_run_count > runs, 30, lambda: _logs(log), poll=0.05)
+        for _ in range(3):  # each round starts at a firing seen as it happened (the last round's, after the first)
             time.sleep(LIST_EVERY / 2)  # mid-interval: an estimate from "now" would be off by the time since the firing
             listed, warning = _listed(local, "every10")  # a CLI call: seconds on a loaded host, less than the interval
             assert not listed["overdue"] and "no `sam3v beat`" not in warning, (listed, warning)
@@ -417,12 +422,10 @@ def test_schedule_list_names_beats_own_firing_times_and_warns_without_beat(env, 
                              lambda: _logs(log), poll=0.05)
             assert fired.total_run_count == listed["runs"] + 1, "the firing after the listing, read as it happened"
             assert abs((fired.last_run_at - predicted).total_seconds()) < 0.5, (fired.last_run_at, predicted)
-        cron = _listed(local, "minutely")[0]
-        predicted = datetime.fromisoformat(cron["next_run_at"])
-        assert predicted.second == 0 and predicted.microsecond == 0 and not cron["overdue"], cron
-        wait_for(lambda: _listed(local, "minutely")[0]["runs"] > cron["runs"], 90, lambda: _logs(log), poll=0.5)
-        fired = _entry(own.url, "minutely").last_run_at
-        assert timedelta(0) <= fired - predicted < timedelta(seconds=1), (fired, predicted)
+        fired = wait_for(lambda: (e := _entry(own.url, "minutely")).total_run_count > cron["runs"] and e, 90,
+                         lambda: _logs(log), poll=0.5)
+        assert fired.total_run_count == cron["runs"] + 1, "the firing after the listing"
+        assert timedelta(0) <= fired.last_run_at - cron_predicted < timedelta(seconds=1), (fired.last_run_at, cron_predicted)
         stop_process(beat)
         wait_for(lambda: "no `sam3v beat` has been seen" in cli(local, "schedule", "list").stderr,
                  2 * schedules.BEAT_INTERVAL_S + 10, lambda: "no warning after the beat stopped", poll=1)

@@ -107,7 +107,9 @@ def test_killed_two_stream_worker_redelivers_both_chunks(env, jobs, cpu, clean_j
     gpu.kill(gpu.pid, signal.SIGKILL)
     gpu.stop()
 
-    again = two_streams(env, jobs, "gpu-after-kill")  # restores the unacked messages past the visibility timeout
+    # It restores the unacked messages past the visibility timeout; it looks every second (kombu's
+    # own pace is a look every ~100 s, which left the test waiting up to that long past the timeout).
+    again = two_streams(env, jobs, "gpu-after-kill", SAM3V_RESTORE_INTERVAL="1")
     try:
         assert_ends_as_the_clean_run(jobs, clean_job, job, lambda: again.tail() + cpu.tail())
         for vid in VIDEOS:

@@ -23,6 +23,7 @@ from tests.test_pipeline import BUCKET, clips, env, redis_server, s3  # noqa: F4
 KEY = "handoff-key"
 H = {"Authorization": f"Bearer {KEY}"}
 ATTEMPTS, BACKOFF = 10, 0.2  # the holder is still retrying (pauses 0.2 s, 0.4 s, ...) when it is killed
+CLAIM_INTERVAL = 1  # the live process looks for abandoned events every second (default: a minute)
 
 
 class Receiver:
@@ -75,7 +76,8 @@ def _pending(r: redis.Redis, eid: str) -> list[dict]:
 def test_killed_api_process_hands_its_webhook_to_the_live_one(env, clips, redis_server, receiver, tmp_path):
     api_env = {**env, "SAM3V_API_KEYS": KEY, "SAM3V_API_S3_BUCKETS": f"{BUCKET}/inputs",
                "SAM3V_URL_ALLOWLIST": f"127.0.0.1:{receiver.port}",
-               "SAM3V_API_WEBHOOK_ATTEMPTS": str(ATTEMPTS), "SAM3V_API_WEBHOOK_BACKOFF": str(BACKOFF)}
+               "SAM3V_API_WEBHOOK_ATTEMPTS": str(ATTEMPTS), "SAM3V_API_WEBHOOK_BACKOFF": str(BACKOFF),
+               "SAM3V_API_WEBHOOK_CLAIM_INTERVAL": str(CLAIM_INTERVAL)}
     r = redis.Redis.from_url(redis_server.url)
     logs = {name: tmp_path / f"{name}.log" for name in ("worker", "api1", "api2")}
 
@@ -110,15 +112,20 @@ def test_killed_api_process_hands_its_webhook_to_the_live_one(env, clips, redis_
         tries_by_holder = len(receiver.received())
         assert tries_by_holder < ATTEMPTS, "the holder was still retrying when killed"
 
-        # Stand in for the claim time (at least 15 min, not configurable: CLAIM_IDLE_MS): the entry
-        # stays the dead consumer's, made as idle as if that time had passed.
-        idle_ms = claim_idle_ms(ATTEMPTS, BACKOFF) + 60_000
-        r.xclaim(EVENTS, GROUP, holder_name, 0, [eid], idle=idle_ms, justid=True)
-        assert _pending(r, eid)[0]["consumer"].decode() == holder_name
-
+        # The receiver is back before the event can be claimed (the live process looks every
+        # CLAIM_INTERVAL): the live process's first attempt is the one that meets it up.
         with receiver.lock:
             receiver.up = True
-        # The live process looks for abandoned events once a minute.
+        assert len(receiver.received()) == tries_by_holder, "nobody tries the event while its holder is dead"
+
+        # Stand in for the claim time (at least 15 min, not configurable: CLAIM_IDLE_MS): the entry
+        # stays the dead consumer's, made as idle as if that time had passed. (Checked before: from
+        # the xclaim on, the live process may take it at any moment.)
+        assert _pending(r, eid)[0]["consumer"].decode() == holder_name
+        idle_ms = claim_idle_ms(ATTEMPTS, BACKOFF) + 60_000
+        claimed = r.xclaim(EVENTS, GROUP, holder_name, 0, [eid], idle=idle_ms, justid=True)
+        assert [c.decode() for c in claimed] == [eid], claimed
+        # The live process looks for abandoned events every CLAIM_INTERVAL.
         wait_for(lambda: receiver.received(204), 150, lambda: f"never delivered: {receiver.posts}\n{context()}", poll=0.1)
 
         # Done with: acknowledged, and the generation records the delivery.

@@ -47,6 +47,8 @@ def make_app(settings: Settings) -> Celery:
     transport = {"visibility_timeout": settings.visibility_timeout}
     # Interactive queues are read before batch ones (kombu round-robins them by default).
     broker_transport = {**transport, "queue_order_strategy": QUEUE_ORDER}
+    if settings.restore_interval:  # kombu looks every interval, and scans Redis only every throttle-th look
+        broker_transport.update(unacked_restore_interval=settings.restore_interval, unacked_restore_throttle=1)
     app.conf.update(
         task_routes=ROUTES,
         task_default_queue="cpu",

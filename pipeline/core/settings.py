@@ -26,6 +26,10 @@ class Settings(BaseSettings):
     chunk_seconds: float = Field(10.0, gt=0, description="Default chunk length in seconds of video")
     task_time_limit: int = Field(1800, gt=0, description="Hard time limit of one task, seconds")
     visibility_timeout: int = Field(3600, gt=0, description="Redis redelivers an unacked task after this; must exceed the time limit")
+    restore_interval: float | None = Field(
+        None, gt=0, description="How often a worker looks in Redis for tasks left unacked past the visibility timeout "
+                                "(their worker died) and puts them back on their queue, seconds; unset: kombu's pace "
+                                "(a look about every 100 s)")
     max_redeliveries: int = Field(3, ge=1, description="Deliveries of one chunk before its video fails")
     keep_chunks: bool = Field(False, description="Keep chunk states and segments after finalize")
     url_max_bytes: int = Field(20 * 1024**3, gt=0, description="Largest URL input, bytes")
@@ -51,6 +55,9 @@ class Settings(BaseSettings):
     api_webhook_secret: str | None = Field(None, description="Signs webhook bodies (per-key secrets derive from it); unset: one is made and kept in Redis")
     api_webhook_attempts: int = Field(6, ge=1, description="Deliveries of one webhook before it is given up")
     api_webhook_backoff: float = Field(2.0, gt=0, description="Pause before the second webhook delivery, seconds; doubles each time")
+    api_webhook_claim_interval: float = Field(
+        60.0, gt=0, description="How often an API process looks for webhook events a dead process took and never "
+                                "acknowledged (it takes those idle past the claim time), seconds")
     max_prompts: int = Field(DEFAULT_MAX_PROMPTS, ge=1, description="Most prompts one video may have (a manifest line, an API request, sam3v segment); each costs model time on every frame")
     worker_start_timeout: float = Field(
         300.0, gt=0, description="A worker's new process (after a crash, an OOM kill or --max-tasks-per-child) must be "

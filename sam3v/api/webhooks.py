@@ -108,7 +108,7 @@ class WebhookDispatcher:
                 self._submit_due()
                 entries = []
                 if time.monotonic() >= next_claim:  # a dead process's unacknowledged events
-                    next_claim = time.monotonic() + 60
+                    next_claim = time.monotonic() + self.settings.api_webhook_claim_interval
                     entries += self.r.xautoclaim(EVENTS, GROUP, self.consumer, self.claim_idle_ms, "0-0",
                                                      count=100)[1]
                 asked = time.monotonic()
