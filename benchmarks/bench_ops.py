@@ -14,7 +14,8 @@ that postprocessing stays cheap on a CPU). For each object count N:
   tracker (``workers.model.object_batch``) on (``--no-object-batch``: transformers' loop, as before it).
 
 Each warms up over ``--prewarm`` frames (past SAM 3's 15-frame hotstart and its 16-frame pointer
-window), then ``torch.profiler`` records ``--frames`` frames (whole groups of B). One JSON line
+window), then ``torch.profiler`` records ``--frames`` frames (whole groups of B; today's path with
+one group pushed ahead, since it tracks a group when the next one arrives). One JSON line
 per figure: ``aten_ops_per_frame`` (every ``aten::`` event, nested ones included),
 ``copy_per_frame`` (``aten::copy_``), ``host_syncs_per_frame`` (``aten::_local_scalar_dense``,
 i.e. ``.item()`` and friends, plus the operations whose output size a GPU must report back first:
@@ -65,12 +66,19 @@ SYNC_OPS = ("aten::_local_scalar_dense", "aten::nonzero", "aten::masked_select",
             "aten::unique_dim", "aten::unique_consecutive")
 
 
-def count(stream: TrackedVideo, frames: Frames, start: int, measured: int, device: torch.device) -> tuple[Counter, list[int]]:
-    """Push frames [start, start + measured) under the profiler; (event counts, objects tracked after each)."""
+def count(stream: TrackedVideo, frames: Frames, start: int, measured: int, device: torch.device,
+          lead: int = 0) -> tuple[Counter, list[int]]:
+    """Push ``lead`` frames, then frames [start + lead, start + lead + measured) under the profiler;
+    (event counts, objects tracked after each). Today's path tracks a group of frames when the next
+    group is pushed (the backbone batches a whole group): with one group pushed ahead (``lead``),
+    the profiled pushes track ``measured`` frames, as in a running chunk. Without it they would only
+    queue frames, and the counts would miss the backbone and the tracker altogether."""
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     tracked = []
+    for idx in range(start, start + lead):
+        stream.push(idx, frames(idx))
     with profile(activities=activities) as prof:
-        for idx in range(start, start + measured):
+        for idx in range(start + lead, start + lead + measured):
             stream.push(idx, frames(idx))
             tracked.append(stream.tracked())
         if device.type == "cuda":
@@ -96,9 +104,9 @@ def record(path: str, n: int, counts: Counter, tracked: list[int], measured: int
     }
 
 
-def measure(path: str, n: int, make: Callable[[], TrackedVideo], frames: Frames, args, device) -> dict:
+def measure(path: str, n: int, make: Callable[[], TrackedVideo], frames: Frames, args, device, lead: int) -> dict:
     stream = make()
-    counts, tracked = count(stream, frames, args.prewarm, args.frames, device)
+    counts, tracked = count(stream, frames, args.prewarm, args.frames, device, lead)
     stream.close()
     return record(path, n, counts, tracked, args.frames)
 
@@ -111,7 +119,8 @@ def run(args: argparse.Namespace) -> list[dict]:
     device = torch.device(args.device)
     loaded = random_model("tiny", device, "cpu")
     cap = DetectionCap(loaded.model)
-    frames = Frames(synthetic_frames(args.frames + args.prewarm, args.height, args.width), "synthetic moving shapes")
+    frames = Frames(synthetic_frames(args.prewarm + args.frame_batch + args.frames, args.height, args.width),
+                    "synthetic moving shapes")
     from workers.model.engine import FrameEngine  # the new path
 
     engine = FrameEngine(loaded)
@@ -133,9 +142,11 @@ def run(args: argparse.Namespace) -> list[dict]:
 
     for n in args.objects:
         cap.set(n)
-        for path, make, batched in (("baseline", baseline, False), ("current", current, args.object_batch)):
+        # The frozen loop tracks each frame as it is pushed; today's path one group behind (``count``).
+        for path, make, batched, lead in (("baseline", baseline, False, 0),
+                                          ("current", current, args.object_batch, args.frame_batch)):
             object_batch.install(loaded.model, batched)
-            rec = {**measure(path, n, make, frames, args, device), **common}
+            rec = {**measure(path, n, make, frames, args, device, lead), **common}
             print(json.dumps(rec), flush=True)
             records.append(rec)
     print(f"# done in {time.perf_counter() - started:.1f} s", file=sys.stderr)

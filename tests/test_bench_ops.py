@@ -7,7 +7,8 @@ machine's speed, so the bounds are checked here, in CI:
 - today's path at 16 objects: at most a quarter of the frozen 038fd06 loop's aten ops per frame;
 - today's path at 16 objects: at most twice its own ops per frame at 1 object;
 - host syncs per frame at 16 objects: no more than the frozen loop's;
-- the detection cap held: each figure tracked objects, never more than asked.
+- the detection cap held: each figure tracked objects, never more than asked;
+- the count is not vacuous: at 1 object today's path does at least half the frozen loop's work.
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ def test_launch_counts_meet_the_bounds():
         assert r["aten_ops_per_frame"] > 0 and r["copy_per_frame"] > 0, (key, r)
         assert 0 < r["objects_tracked_per_frame"] <= r["objects"], (key, r)
     base16, cur16, cur1 = got["baseline", 16], got["current", 16], got["current", 1]
+    # The window holds today's backbone and tracker, not only frames queued for them: a profile that
+    # missed them (the frame engine tracks a group when the next arrives) counted 44 ops a frame, and
+    # every bound below held for nothing.
+    assert cur1["aten_ops_per_frame"] >= got["baseline", 1]["aten_ops_per_frame"] / 2, (cur1, got["baseline", 1])
     assert cur16["objects_tracked_per_frame"] >= 8, cur16  # many objects really tracked
     assert cur16["aten_ops_per_frame"] <= base16["aten_ops_per_frame"] / 4, (cur16, base16)
     assert cur16["aten_ops_per_frame"] <= 2 * cur1["aten_ops_per_frame"], (cur16, cur1)
